@@ -1,0 +1,109 @@
+"""Environment construction shared by every schedule.
+
+Every worker steps a gymnasium vector env (``num_envs`` copies, in-process or one subprocess each) in
+``SAME_STEP`` autoreset mode: when an episode ends, ``step`` returns the first observation of the next
+episode and puts the last one in ``info["final_obs"]``, which the rollout needs to bootstrap through
+time-limit truncations. Observation and reward normalization are running statistics owned by the
+learner (not env wrappers), so episode statistics always see raw rewards and the statistics travel
+in checkpoints.
+
+Seeding: env ``j`` of worker ``w`` is seeded with ``seed + w * num_envs + j``, so with one env per
+worker the seed is ``seed + worker`` and no two envs in a run share a seed.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+
+
+def worker_seed(seed: int, worker: int, num_envs: int) -> int:
+    """Seed of the first env of ``worker``; its env ``j`` gets this plus ``j``."""
+    return seed + worker * num_envs
+
+
+def make_env(env_cfg: Any) -> gym.Env:
+    """One env from an EnvConfig (id, kwargs, optional episode-step limit)."""
+    kwargs = dict(env_cfg.kwargs)
+    if env_cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = env_cfg.max_episode_steps
+    return gym.make(env_cfg.id, **kwargs)
+
+
+def make_vector_env(env_cfg: Any, num_envs: int, backend: str = "sync") -> VectorEnv:
+    """``num_envs`` copies of the env in lockstep; ``backend="async"`` runs each in a subprocess."""
+    env_fns = [partial(make_env, env_cfg) for _ in range(num_envs)]
+    if backend == "async":
+        return AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn")
+    # copy=False: the collector copies observations into its own storage before the next step.
+    return SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+
+
+class RunningMeanStd:
+    """Mean and variance over a stream of batches (parallel-variance update of Chan et al.)."""
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = 1e-4
+
+    def update(self, batch: np.ndarray) -> None:
+        batch_mean, batch_var, batch_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.var, self.count = state["mean"].copy(), state["var"].copy(), state["count"]
+
+
+class ObservationNormalizer:
+    """(obs - mean) / std, clipped, with statistics updated from every observed batch."""
+
+    def __init__(self, shape: tuple[int, ...], clip: float, epsilon: float = 1e-8):
+        self.stats = RunningMeanStd(shape)
+        self.clip, self.epsilon = clip, epsilon
+
+    def __call__(self, obs: np.ndarray, update: bool = True) -> np.ndarray:
+        if update:
+            self.stats.update(obs)
+        normalized = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
+        return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stats.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state)
+
+
+class RewardScaler:
+    """Divides rewards by the running std of the discounted return (Stable-Baselines3's VecNormalize)."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float, epsilon: float = 1e-8):
+        self.stats = RunningMeanStd(())
+        self.discounted_return = np.zeros(num_envs, dtype=np.float64)
+        self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        self.discounted_return = self.discounted_return * self.gamma + rewards
+        self.stats.update(self.discounted_return)
+        self.discounted_return[dones] = 0.0
+        scaled = rewards / np.sqrt(self.stats.var + self.epsilon)
+        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stats.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state)

@@ -1,0 +1,115 @@
+"""Return, advantage and loss computations: pure, documented functions.
+
+Returns and advantages are targets (no gradient flows through them), computed in numpy over the
+rollout's ``[T, N]`` arrays: ``T`` is the rollout length (``n_steps``) and ``N`` the number of envs.
+Step ``t`` of env ``n`` ends an episode when ``terminated[t, n]`` (a true end: the future is worth 0)
+or ``truncated[t, n]`` (a time limit: the future is worth ``V(s_final)``, passed in
+``truncation_values[t, n]``). ``next_value[n]`` is ``V`` of the observation after the last step,
+used when the last step ended nothing. The loss is a torch function with autograd.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _check_shapes(**arrays: np.ndarray) -> int:
+    shape = arrays["rewards"].shape
+    if len(shape) != 2:
+        raise ValueError(f"rewards must be [T, N], got {tuple(shape)}")
+    for name, array in arrays.items():
+        expected = shape[1:] if name == "next_value" else shape
+        if array.shape != expected:
+            raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(array.shape)}")
+    return shape[0]
+
+
+def _episode_masks(
+    terminated: np.ndarray, truncated: np.ndarray, truncation_values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``continuing[t]`` is 1 where step t ended nothing; ``cut_value[t]`` is V(s_final) after truncation.
+
+    What follows step t is then ``following * continuing[t] + cut_value[t]``: 0 after termination
+    (termination wins when both flags are set), V(s_final) after truncation, else ``following``.
+    """
+    continuing = 1.0 - np.maximum(terminated, truncated)
+    cut_value = truncation_values * truncated * (1.0 - terminated)
+    return continuing, cut_value
+
+
+def n_step_returns(
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    truncation_values: np.ndarray,
+    next_value: np.ndarray,
+    gamma: float,
+) -> np.ndarray:
+    """Bootstrapped n-step returns, as in A3C (Mnih et al., 2016, Algorithm S3).
+
+    R_t = r_t + gamma * B_t, where B_t is 0 if step t terminated the episode, V(s_final) if step t
+    truncated it, and otherwise R_{t+1}, with R_T = next_value.
+    """
+    num_steps = _check_shapes(rewards=rewards, terminated=terminated, truncated=truncated,
+                              truncation_values=truncation_values, next_value=next_value)
+    continuing, cut_value = _episode_masks(terminated, truncated, truncation_values)
+    returns = np.empty_like(rewards)
+    following = next_value
+    for t in reversed(range(num_steps)):
+        following = rewards[t] + gamma * (following * continuing[t] + cut_value[t])
+        returns[t] = following
+    return returns
+
+
+def gae_advantages(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    truncation_values: np.ndarray,
+    next_value: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> np.ndarray:
+    """Generalised advantage estimates (Schulman et al., 2016).
+
+    delta_t = r_t + gamma * V'_t - V(s_t), where V'_t is 0 after termination, V(s_final) after
+    truncation, else V(s_{t+1}) (values[t+1], or next_value at t = T-1);
+    A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}, with done_t = terminated_t or truncated_t.
+    With lambda = 1, A_t + V(s_t) equals :func:`n_step_returns`.
+    """
+    num_steps = _check_shapes(rewards=rewards, values=values, terminated=terminated, truncated=truncated,
+                              truncation_values=truncation_values, next_value=next_value)
+    continuing, cut_value = _episode_masks(terminated, truncated, truncation_values)
+    next_state_values = np.concatenate([values[1:], next_value[None]])
+    deltas = rewards + gamma * (next_state_values * continuing + cut_value) - values
+    advantages = np.empty_like(rewards)
+    following_advantage = np.zeros_like(next_value)
+    for t in reversed(range(num_steps)):
+        following_advantage = deltas[t] + gamma * gae_lambda * continuing[t] * following_advantage
+        advantages[t] = following_advantage
+    return advantages
+
+
+def actor_critic_loss(
+    log_probs: torch.Tensor,
+    entropy: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    advantages: torch.Tensor,
+    value_coef: float,
+    entropy_coef: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Advantage actor-critic loss over a batch of transitions (any matching shapes).
+
+    L = -mean(A * log pi(a|s)) + value_coef * mean((R - V(s))^2) - entropy_coef * mean(H(pi(.|s))),
+    with the advantages A and returns R treated as constants. Returns L and its three parts.
+    """
+    if not (log_probs.shape == entropy.shape == values.shape == returns.shape == advantages.shape):
+        raise ValueError("log_probs, entropy, values, returns and advantages must share one shape")
+    policy_loss = -(advantages.detach() * log_probs).mean()
+    value_loss = (returns.detach() - values).pow(2).mean()
+    entropy_mean = entropy.mean()
+    total = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
+    return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean}

@@ -1,0 +1,153 @@
+"""Fixed-size rollout storage and its collection, shared by every schedule.
+
+Storage is allocated once as numpy arrays with torch views over the same memory, so per step the env's
+outputs and the actor's numpy outputs are written into place, and the learner reads the whole batch
+as tensors without conversion. Acting runs in numpy without autograd; the learner recomputes
+log-probabilities and values for the whole batch with autograd once per update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import VectorEnv
+
+from algorithms.envs import ObservationNormalizer, RewardScaler
+from algorithms.nets import ActorCritic
+
+
+@dataclass
+class Rollout:
+    """One rollout of ``T`` steps of ``N`` envs; the tensors share memory with the collector."""
+
+    obs: torch.Tensor  # [T, N, *obs_shape], the observation each action was taken in
+    actions: torch.Tensor  # [T, N] discrete, [T, N, action_dim] continuous (before clipping)
+    rewards: torch.Tensor  # [T, N], after reward scaling when enabled
+    values: torch.Tensor  # [T, N], V(obs) when acting
+    terminated: torch.Tensor  # [T, N], 1.0 where the step ended the episode for real
+    truncated: torch.Tensor  # [T, N], 1.0 where a time limit cut the episode
+    truncation_values: torch.Tensor  # [T, N], V(final obs) where truncated, else 0
+    next_value: torch.Tensor  # [N], V of the observation after the last step
+
+
+@dataclass
+class Episode:
+    env_index: int
+    ret: float  # undiscounted sum of raw rewards
+    length: int
+    steps_into_rollout: int  # env steps (all envs together) from the rollout's start to this end
+
+
+class Collector:
+    """Steps a vector env with a model ``n_steps`` at a time into preallocated storage."""
+
+    def __init__(
+        self,
+        envs: VectorEnv,
+        n_steps: int,
+        sampling_seed: int,
+        obs_normalizer: ObservationNormalizer | None = None,
+        reward_scaler: RewardScaler | None = None,
+    ):
+        self.envs = envs
+        self.n_steps, self.num_envs = n_steps, envs.num_envs
+        self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
+        self.rng = np.random.default_rng(sampling_seed)
+        action_space = envs.single_action_space
+        self.discrete = isinstance(action_space, spaces.Discrete)
+        if not self.discrete:
+            self.action_low, self.action_high = action_space.low, action_space.high
+        obs_shape = envs.single_observation_space.shape
+        action_shape = () if self.discrete else action_space.shape
+        size = (n_steps, self.num_envs)
+        self._obs = np.zeros(size + obs_shape, dtype=np.float32)
+        self._actions = np.zeros(size + action_shape, dtype=np.int64 if self.discrete else np.float32)
+        self._rewards = np.zeros(size, dtype=np.float32)
+        self._terminated = np.zeros(size, dtype=np.float32)
+        self._truncated = np.zeros(size, dtype=np.float32)
+        self._truncation_values = np.zeros(size, dtype=np.float32)
+        self._values = np.zeros(size, dtype=np.float32)
+        self._next_value = np.zeros(self.num_envs, dtype=np.float32)
+        self.rollout = Rollout(
+            obs=torch.from_numpy(self._obs),
+            actions=torch.from_numpy(self._actions),
+            rewards=torch.from_numpy(self._rewards),
+            values=torch.from_numpy(self._values),
+            terminated=torch.from_numpy(self._terminated),
+            truncated=torch.from_numpy(self._truncated),
+            truncation_values=torch.from_numpy(self._truncation_values),
+            next_value=torch.from_numpy(self._next_value),
+        )
+        self.episode_returns = np.zeros(self.num_envs, dtype=np.float64)
+        self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
+        self.current_obs: np.ndarray | None = None
+
+    def reset(self, seed: int) -> None:
+        """Start fresh episodes in every env; env ``j`` is seeded with ``seed + j``."""
+        obs, _ = self.envs.reset(seed=seed)
+        self.current_obs = self._normalize(obs)
+        self.episode_returns[:] = 0.0
+        self.episode_lengths[:] = 0
+
+    def _normalize(self, obs: np.ndarray, update: bool = True) -> np.ndarray:
+        if self.obs_normalizer is None:
+            return obs.astype(np.float32, copy=False)
+        return self.obs_normalizer(obs, update=update)
+
+    def collect(self, model: ActorCritic) -> list[Episode]:
+        """Fill :attr:`rollout` with ``n_steps`` steps of every env; return the episodes that ended."""
+        if self.current_obs is None:
+            raise RuntimeError("call reset(seed) before collect()")
+        episodes: list[Episode] = []
+        for t in range(self.n_steps):
+            self._obs[t] = self.current_obs
+            actions, self._values[t] = model.act(self.current_obs, self.rng)
+            self._actions[t] = actions
+            if not self.discrete:
+                actions = np.clip(actions, self.action_low, self.action_high)
+            next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+            self.episode_returns += rewards
+            self.episode_lengths += 1
+            dones = terminated | truncated
+            self._terminated[t] = terminated
+            self._truncated[t] = truncated
+            self._truncation_values[t] = 0.0
+            if dones.any():
+                for i in np.flatnonzero(dones):
+                    episodes.append(Episode(int(i), float(self.episode_returns[i]),
+                                            int(self.episode_lengths[i]), (t + 1) * self.num_envs))
+                self.episode_returns[dones] = 0.0
+                self.episode_lengths[dones] = 0
+                cut = np.flatnonzero(truncated & ~terminated)
+                if len(cut):
+                    final_obs = np.stack([info["final_obs"][i] for i in cut])
+                    self._truncation_values[t, cut] = model.predict_values(self._normalize(final_obs, update=False))
+            if self.reward_scaler is not None:
+                rewards = self.reward_scaler(rewards, dones)
+            self._rewards[t] = rewards
+            self.current_obs = self._normalize(next_obs)
+        self._next_value[:] = model.predict_values(self.current_obs)
+        return episodes
+
+    @property
+    def steps_per_collect(self) -> int:
+        return self.n_steps * self.num_envs
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue sampling and normalizing where it left off."""
+        return {
+            "rng": self.rng.bit_generator.state,
+            "obs_normalizer": self.obs_normalizer.state_dict() if self.obs_normalizer else None,
+            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        if self.obs_normalizer is not None:
+            self.obs_normalizer.load_state_dict(state["obs_normalizer"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])

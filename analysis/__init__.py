@@ -1,0 +1,1 @@
+"""Turns run directories into tidy frames, statistics, figures and tables."""

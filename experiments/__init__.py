@@ -1,0 +1,1 @@
+"""Entry points: configuration, training runs and their records, benchmarks."""

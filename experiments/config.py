@@ -1,0 +1,283 @@
+"""Typed configuration schema and the rules that hold across its fields.
+
+The dataclasses below are registered in Hydra's ConfigStore as ``base_config``; the YAML files in
+``conf/`` only set values. Types are enforced by OmegaConf when YAML and command-line overrides are
+merged (``algo.lr=fast`` fails there, naming the key). Everything else that makes a config unusable is
+checked by :func:`validate`, which a Hydra callback runs before Hydra creates any run directory, and
+which names the key and the value in its message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig
+
+# Which modes each algorithm schedules; the first is the default.
+ALGORITHM_MODES: dict[str, tuple[str, ...]] = {
+    "single": ("serial",),
+    "a2c": ("vector", "workers"),
+    "a3c": ("hogwild", "parameter_server"),
+}
+OPTIMIZERS = ("rmsprop", "adam")
+LR_SCHEDULES = ("constant", "linear")
+STALENESS_LR_SCALINGS = ("none", "inverse")
+VECTOR_BACKENDS = ("sync", "async")
+START_METHODS = ("spawn", "forkserver", "fork")
+ACTIVATIONS = ("tanh", "relu")
+BACKENDS = ("local", "ray")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class StalenessConfig:
+    """Controlled staleness for asynchronous schedules (a3c)."""
+
+    delay: int = 0  # apply each gradient only after this many newer updates
+    max: int | None = None  # drop gradients staler than this (null: never drop)
+    lr_scaling: str = "none"  # none | inverse: step size divided by max(1, staleness)
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+    mode: str = MISSING
+    num_workers: int = 1
+    num_envs: int = 1  # envs stepped in lockstep by each worker (or by the learner in vector mode)
+    vector_backend: str = "sync"  # sync: envs in-process; async: one subprocess per env
+    n_steps: int = 5
+    gamma: float = 0.99
+    gae_lambda: float = 1.0  # 1.0 gives plain n-step returns, as in the A3C paper
+    lr: float = 7e-4
+    lr_schedule: str = "constant"
+    optimizer: str = "rmsprop"
+    rmsprop_alpha: float = 0.99
+    optimizer_eps: float = 1e-5
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float | None = 0.5  # null disables clipping
+    normalize_advantage: bool = False
+    lock: bool = False
+    max_restarts: int = 3
+    start_method: str = "spawn"
+    staleness: StalenessConfig = field(default_factory=StalenessConfig)
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    log_std_init: float = 0.0  # diagonal Gaussian heads only
+    ortho_init: bool = True
+
+
+@dataclass
+class EnvConfig:
+    name: str = MISSING  # short name used in run directory names
+    id: str = MISSING  # gymnasium id
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int | None = None  # null keeps the registered limit
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+    solved_return: float | None = None  # threshold for time-to-threshold in analysis
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str = "sync-vs-async-rl"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    total_env_steps: int = 100_000
+    log_interval: int = 2_000  # env steps between rows of metrics.csv
+    checkpoint_interval: int = 50_000  # env steps between checkpoints
+    return_window: int = 20  # episodes behind return_mean in metrics.csv
+    resume: bool = False
+    backend: str = "local"
+    quiet: bool = False  # no progress bar: for sweeps
+    torch_threads: int = 1  # per process; more only fights the other workers for cores
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the value."""
+
+    def __init__(self, key: str, value: Any, reason: str):
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"{key}={value!r}: {reason}")
+
+
+def _require(ok: bool, key: str, value: Any, reason: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, reason)
+
+
+def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, value, f"must be one of {', '.join(choices)}")
+
+
+def _positive_int(key: str, value: int) -> None:
+    _require(value >= 1, key, value, "must be a positive integer")
+
+
+@cache
+def registered_env_ids() -> tuple[str, ...]:
+    import gymnasium as gym
+
+    return tuple(gym.registry.keys())
+
+
+@cache
+def env_spaces(env_id: str, kwargs_items: tuple) -> tuple[Any, Any]:
+    """Observation and action spaces of an env id (builds the env once, then caches)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id, **dict(kwargs_items))
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def _validate_env(env: DictConfig) -> None:
+    from gymnasium import spaces
+
+    ids = registered_env_ids()
+    if env.id not in ids:
+        close = difflib.get_close_matches(env.id, ids, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError("env.id", env.id, f"is not a registered gymnasium environment{hint}")
+    kwargs = tuple(sorted(dict(env.kwargs).items()))
+    try:
+        observation_space, action_space = env_spaces(env.id, kwargs)
+    except Exception as error:  # missing extras, bad kwargs: the env's own words say why
+        raise ConfigError("env.id", env.id, f"cannot be created: {error}") from error
+    _require(
+        isinstance(action_space, spaces.Discrete | spaces.Box) and len(action_space.shape) <= 1,
+        "env.id", env.id,
+        f"has action space {action_space}; the actor-critic supports Discrete and 1-D Box actions",
+    )
+    _require(
+        isinstance(observation_space, spaces.Box),
+        "env.id", env.id,
+        f"has observation space {observation_space}; the MLP actor-critic needs Box observations",
+    )
+    if env.max_episode_steps is not None:
+        _positive_int("env.max_episode_steps", env.max_episode_steps)
+    for key in ("clip_obs", "clip_reward"):
+        _require(env[key] > 0, f"env.{key}", env[key], "must be > 0")
+
+
+def _validate_algo(algo: DictConfig) -> None:
+    _one_of("algo.name", algo.name, tuple(ALGORITHM_MODES))
+    _one_of("algo.mode", algo.mode, ALGORITHM_MODES[algo.name])
+    for key in ("num_workers", "num_envs", "n_steps"):
+        _positive_int(f"algo.{key}", algo[key])
+    if algo.name == "single":
+        for key in ("num_workers", "num_envs"):
+            _require(algo[key] == 1, f"algo.{key}", algo[key],
+                     "algo=single runs one env in one process; use algo=a2c or algo=a3c for more")
+    _require(math.isfinite(algo.lr) and algo.lr > 0, "algo.lr", algo.lr, "must be a finite number > 0")
+    _require(0 < algo.gamma <= 1, "algo.gamma", algo.gamma, "must lie in (0, 1]")
+    _require(0 <= algo.gae_lambda <= 1, "algo.gae_lambda", algo.gae_lambda, "must lie in [0, 1]")
+    for key in ("value_coef", "entropy_coef"):
+        _require(math.isfinite(algo[key]) and algo[key] >= 0, f"algo.{key}", algo[key],
+                 "must be a finite number >= 0")
+    if algo.max_grad_norm is not None:
+        _require(algo.max_grad_norm > 0, "algo.max_grad_norm", algo.max_grad_norm,
+                 "must be > 0 (null disables clipping)")
+    _one_of("algo.optimizer", algo.optimizer, OPTIMIZERS)
+    _one_of("algo.lr_schedule", algo.lr_schedule, LR_SCHEDULES)
+    _require(0 <= algo.rmsprop_alpha < 1, "algo.rmsprop_alpha", algo.rmsprop_alpha, "must lie in [0, 1)")
+    _require(algo.optimizer_eps > 0, "algo.optimizer_eps", algo.optimizer_eps, "must be > 0")
+    _one_of("algo.vector_backend", algo.vector_backend, VECTOR_BACKENDS)
+    _one_of("algo.start_method", algo.start_method, START_METHODS)
+    _require(algo.max_restarts >= 0, "algo.max_restarts", algo.max_restarts, "must be >= 0")
+    staleness = algo.staleness
+    _require(staleness.delay >= 0, "algo.staleness.delay", staleness.delay, "must be >= 0")
+    if staleness.max is not None:
+        _require(staleness.max >= 0, "algo.staleness.max", staleness.max, "must be >= 0 (null: never drop)")
+    _one_of("algo.staleness.lr_scaling", staleness.lr_scaling, STALENESS_LR_SCALINGS)
+    if algo.name != "a3c":
+        for key, default in (("delay", 0), ("max", None), ("lr_scaling", "none")):
+            _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],
+                     f"controlled staleness is an a3c setting; algo={algo.name} applies every gradient fresh")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every rule that types alone cannot express; raise ConfigError naming the key and value."""
+    _validate_algo(cfg.algo)
+    _validate_env(cfg.env)
+    for key in ("total_env_steps", "log_interval", "checkpoint_interval", "return_window", "torch_threads"):
+        _positive_int(key, cfg[key])
+    _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    _one_of("backend", cfg.backend, BACKENDS)
+    _require(cfg.backend == "local", "backend", cfg.backend,
+             "this installation trains on the local backend only")
+    _require(len(cfg.model.hidden_sizes) >= 1 and all(h >= 1 for h in cfg.model.hidden_sizes),
+             "model.hidden_sizes", list(cfg.model.hidden_sizes), "must be a non-empty list of positive sizes")
+    _one_of("model.activation", cfg.model.activation, ACTIVATIONS)
+    _one_of("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+
+
+def exit_on_invalid(cfg: DictConfig, job: str | None = None) -> None:
+    """Validate, and on failure print one line naming key and value and exit with status 2."""
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        where = f" (job {job})" if job else ""
+        print(f"error: invalid config{where}: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+class ValidateBeforeLaunch(Callback):
+    """Hydra callback: reject bad configs before Hydra creates any run directory.
+
+    ``on_run_start`` sees the composed config of a single run. ``on_multirun_start`` sees the sweep's
+    base config, so it composes and checks every job of a basic sweep before the first one starts.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_on_invalid(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create()
+        overrides = parser.parse_overrides(list(config.hydra.overrides.task))
+        for batch in BasicSweeper.split_arguments(overrides, max_batch_size=None):
+            for job_overrides in batch:
+                job_cfg = compose(config_name=config.hydra.job.config_name, overrides=list(job_overrides))
+                exit_on_invalid(job_cfg, job=" ".join(job_overrides) or "base")
+
+
+register_configs()

@@ -1,0 +1,42 @@
+"""Shared test helpers: configs composed exactly as the command line composes them, and short real runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import experiments.config  # noqa: F401  (registers the schema in Hydra's ConfigStore)
+from experiments.train import train
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# Fast, silent runs unless a test asks otherwise.
+TEST_DEFAULTS = ["quiet=true", "logger.wandb.mode=disabled"]
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=TEST_DEFAULTS + list(overrides))
+
+
+def train_run(run_dir: Path, *overrides: str):
+    """Train in this process into ``run_dir``; return the closed run record."""
+    return train(compose_config(*overrides), str(run_dir))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_meta(run_dir: Path) -> dict:
+    return json.loads((run_dir / "meta.json").read_text())
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
