@@ -22,8 +22,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m experiments.train algo=single env=cartpole total_env_steps=100000 seed=0 \
-		hydra.run.dir=runs/demo/single_cartpole_s0
+	$(PY) -m experiments.train algo=single env=cartpole total_env_steps=100000 seed=0
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

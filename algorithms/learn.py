@@ -52,14 +52,15 @@ def build_model(cfg: Any, envs: VectorEnv) -> ActorCritic:
     )
 
 
-def make_optimizer(model: ActorCritic, algo: Any) -> torch.optim.Optimizer:
+def make_optimizer(model: ActorCritic | torch.Tensor, algo: Any) -> torch.optim.Optimizer:
     """RMSprop (the A3C paper's choice) or Adam over the model's flat parameters, state created now.
 
     Creating the state up front rather than lazily lets an asynchronous schedule place it in shared
     memory before any worker starts, so all workers update one set of statistics (and, for Adam, one
-    step count).
+    step count). ``model`` may also be a flat parameter tensor itself: an A3C worker's handle on the
+    shared global parameters.
     """
-    params = [model.flat_params]
+    params = [model if isinstance(model, torch.Tensor) else model.flat_params]
     if algo.optimizer == "rmsprop":
         optimizer = torch.optim.RMSprop(params, lr=algo.lr, alpha=algo.rmsprop_alpha, eps=algo.optimizer_eps,
                                         foreach=True)

@@ -185,9 +185,10 @@ def _validate_env(env: DictConfig) -> None:
         f"has action space {action_space}; the actor-critic supports Discrete and 1-D Box actions",
     )
     _require(
-        isinstance(observation_space, spaces.Box),
+        isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1,
         "env.id", env.id,
-        f"has observation space {observation_space}; the MLP actor-critic needs Box observations",
+        f"has observation space {observation_space}; the MLP actor-critic takes 1-D Box observations "
+        "(images need a convolutional torso, which this harness does not have yet)",
     )
     if env.max_episode_steps is not None:
         _positive_int("env.max_episode_steps", env.max_episode_steps)

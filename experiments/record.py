@@ -201,6 +201,7 @@ class RunRecord:
         self._open_wandb()
         self._open_progress()
         self._install_signal_handlers()
+        self._start = time.monotonic()  # wall_time measures training, not W&B's start-up
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -419,7 +420,9 @@ class RunRecord:
 
         payload = {name: value for name, value in row.items()
                    if not (isinstance(value, float) and math.isnan(value))}
-        payload["staleness_hist"] = wandb.Histogram(staleness)
+        # One bin per integer staleness value, so the histogram reads as counts of 0, 1, 2, ... versions.
+        edges = np.arange(staleness.max() + 2) - 0.5
+        payload["staleness_hist"] = wandb.Histogram(np_histogram=np.histogram(staleness, bins=edges))
         self.wandb_run.log(payload)
 
     def _close_wandb(self) -> None:

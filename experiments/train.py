@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,9 @@ from experiments.config import exit_on_invalid
 from experiments.record import RunRecord
 
 EXIT_INTERRUPTED = 130
+# An absolute directory: a relative config_path would be read as a Python package when the code is
+# started from the console script rather than with `python -m`.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> RunRecord:
@@ -34,7 +38,7 @@ def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> 
     return record
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> str:
     runtime = HydraConfig.get()
     record = train(cfg, runtime.runtime.output_dir, list(runtime.overrides.task))
