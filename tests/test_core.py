@@ -104,11 +104,11 @@ def test_flat_optimizer_step_equals_torch_per_layer_step(name):
     for step in range(3):
         torch.manual_seed(step)
         model.flat_grads.copy_(torch.randn_like(model.flat_grads))
-        for param, grad in zip(reference.parameters(), model.parameters()):
+        for param, grad in zip(reference.parameters(), model.parameters(), strict=True):
             param.grad = grad.grad.clone()
         optimizer.step()
         torch_optimizer.step()
-    for param, expected in zip(model.parameters(), reference.parameters()):
+    for param, expected in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(param, expected)
 
 
@@ -149,7 +149,7 @@ def test_envs_are_seeded_per_worker():
     cfg = compose_config("algo=single")
     first = [build_collector(cfg, make_vector_env(cfg.env, 1), worker=w) for w in (0, 0, 1)]
     observations = []
-    for collector, seed in zip(first, (cfg.seed, cfg.seed, cfg.seed + 1)):
+    for collector, seed in zip(first, (cfg.seed, cfg.seed, cfg.seed + 1), strict=True):
         collector.reset(seed)
         observations.append(collector.current_obs.copy())
     np.testing.assert_array_equal(observations[0], observations[1])

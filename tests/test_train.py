@@ -142,7 +142,7 @@ def test_wandb_offline_run_mirrors_metrics(cli_run):
     history = wandb_history(run_dir)
     metrics = metric_rows(run_dir)
     assert len(history) == len(metrics)
-    for logged, row in zip(history, metrics):
+    for logged, row in zip(history, metrics, strict=True):
         for column in METRIC_COLUMNS:
             if row[column] == "":  # NaN in the CSV (no episode finished yet) is not sent to W&B
                 assert column not in logged
