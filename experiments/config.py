@@ -10,6 +10,7 @@ which names the key and the value in its message.
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -148,13 +149,6 @@ def _positive_int(key: str, value: int) -> None:
 
 
 @cache
-def registered_env_ids() -> tuple[str, ...]:
-    import gymnasium as gym
-
-    return tuple(gym.registry.keys())
-
-
-@cache
 def env_spaces(env_id: str, kwargs_items: tuple) -> tuple[Any, Any]:
     """Observation and action spaces of an env id (builds the env once, then caches)."""
     import gymnasium as gym
@@ -167,11 +161,19 @@ def env_spaces(env_id: str, kwargs_items: tuple) -> tuple[Any, Any]:
 
 
 def _validate_env(env: DictConfig) -> None:
+    import gymnasium as gym
     from gymnasium import spaces
 
-    ids = registered_env_ids()
-    if env.id not in ids:
-        close = difflib.get_close_matches(env.id, ids, n=3, cutoff=0.6)
+    # gymnasium's "module:EnvId" form imports the module (which registers the env) before making it.
+    module, _, name = env.id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError("env.id", env.id, f"cannot import module {module!r}: {error}") from error
+    ids = tuple(gym.registry.keys())
+    if name not in ids:
+        close = difflib.get_close_matches(name, ids, n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError("env.id", env.id, f"is not a registered gymnasium environment{hint}")
     kwargs = tuple(sorted(dict(env.kwargs).items()))
@@ -226,6 +228,13 @@ def _validate_algo(algo: DictConfig) -> None:
     if staleness.max is not None:
         _require(staleness.max >= 0, "algo.staleness.max", staleness.max, "must be >= 0 (null: never drop)")
     _one_of("algo.staleness.lr_scaling", staleness.lr_scaling, STALENESS_LR_SCALINGS)
+    if algo.name == "a3c" and algo.mode == "hogwild":
+        _require(staleness.delay == 0 or algo.lock, "algo.staleness.delay", staleness.delay,
+                 "needs algo.lock=true in mode=hogwild (a parameter snapshot must not change while a worker "
+                 "copies it)")
+    if algo.name == "a3c" and algo.mode == "parameter_server":
+        _require(not algo.lock, "algo.lock", algo.lock,
+                 "is a mode=hogwild setting; the parameter server applies one gradient at a time")
     if algo.name != "a3c":
         for key, default in (("delay", 0), ("max", None), ("lr_scaling", "none")):
             _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],

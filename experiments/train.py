@@ -4,7 +4,8 @@ Hydra composes the config from ``conf/``; the ``ValidateBeforeLaunch`` callback 
 before any directory exists; then the run record is opened in Hydra's output directory and
 ``algorithms.<algo>.run(cfg, record)`` trains. The exit status is 0 for a completed run, 1 for a
 failed one and 130 for an interrupted one (SIGINT or SIGTERM), which is resumable with
-``resume=true hydra.run.dir=<the run directory>``.
+``resume=true hydra.run.dir=<the run directory>``. In a multirun, jobs are run, resumed or skipped
+as ``experiments.sweep`` describes, and an interrupted job stops the sweep.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import exit_on_invalid
 from experiments.record import RunRecord
+from experiments.sweep import run_sweep_job
 
 EXIT_INTERRUPTED = 130
 # An absolute directory: a relative config_path would be read as a Python package when the code is
@@ -40,11 +43,16 @@ def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> str:
-    runtime = HydraConfig.get()
-    record = train(cfg, runtime.runtime.output_dir, list(runtime.overrides.task))
-    if record.status == "interrupted":
+    hydra_cfg = HydraConfig.get()
+    run_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        status = run_sweep_job(cfg, run_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.override_dirname,
+                               overrides, train)
+    else:
+        status = train(cfg, str(run_dir), overrides).status
+    if status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
-    return record.status
+    return status
 
 
 if __name__ == "__main__":

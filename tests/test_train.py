@@ -17,10 +17,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium.envs.classic_control import CartPoleEnv
 
 from experiments.record import EPISODE_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
 from tests.conftest import read_csv, read_meta, train_run
+
+EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["quiet=true", "logger.wandb.mode=disabled"]
@@ -239,25 +240,9 @@ def test_resume_after_sigkill_drops_rows_logged_after_the_checkpoint(tmp_path):
     assert_contiguous(run_dir, total)
 
 
-class ExplodingCartPole(CartPoleEnv):
-    """A real env with a real bug: it raises on its 300th step."""
-
-    steps = 0
-
-    def step(self, action):
-        ExplodingCartPole.steps += 1
-        if ExplodingCartPole.steps == 300:
-            raise RuntimeError("simulator diverged")
-        return super().step(action)
-
-
 def test_a_crash_marks_the_run_failed_and_keeps_what_was_logged(run_dir):
-    gym.register("tests/ExplodingCartPole-v0", entry_point=ExplodingCartPole, max_episode_steps=500)
-    try:
-        with pytest.raises(RuntimeError, match="simulator diverged"):
-            train_run(run_dir, "env.id=tests/ExplodingCartPole-v0", "log_interval=100", "total_env_steps=5000")
-    finally:
-        gym.registry.pop("tests/ExplodingCartPole-v0")
+    with pytest.raises(RuntimeError, match="simulator diverged"):
+        train_run(run_dir, f"env.id={EXPLODING_ENV}", "log_interval=100", "total_env_steps=5000")
     meta = read_meta(run_dir)
     assert meta["status"] == "failed" and meta["error"] == "RuntimeError: simulator diverged"
     rows = metric_rows(run_dir)

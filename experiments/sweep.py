@@ -1,0 +1,83 @@
+"""Sweeps that survive failure and can be re-run.
+
+Each job of a Hydra multirun runs in a directory named by its overrides. Re-running a sweep into the
+same ``hydra.sweep.dir`` skips the jobs whose ``meta.json`` says ``completed``, resumes the
+interrupted (or killed) ones from their checkpoint, and reruns the failed ones from scratch. A failing
+job never stops the others: its record is marked ``failed`` and the sweep goes on. Every job appends
+its outcome to ``sweep_jobs.jsonl`` in the sweep directory; at the end :class:`SweepSummary` prints
+the completed, skipped, resumed and failed jobs with their overrides and errors, writes
+``sweep_summary.json`` and ``sweep_summary.md`` beside them, and exits with status 1 if any job failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+JOB_LOG = "sweep_jobs.jsonl"
+SUMMARY_JSON = "sweep_summary.json"
+SUMMARY_MARKDOWN = "sweep_summary.md"
+OUTCOMES = ("completed", "resumed", "skipped", "failed", "interrupted")
+
+
+def previous_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "meta.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str, overrides: list[str],
+                  train: Any) -> str:
+    """Run, resume or skip one job of a sweep; record its outcome; never raise for a failed run."""
+    status = previous_status(run_dir)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    error = None
+    if status == "completed":
+        outcome = "skipped"
+        print(f"skipped (already completed): {run_dir}", flush=True)
+    else:
+        # An interrupted or killed run continues from its checkpoint; a failed one starts afresh.
+        cfg.resume = status in ("interrupted", "running") and checkpoint.exists()
+        try:
+            record = train(cfg, str(run_dir), overrides)
+            outcome = {"completed": "resumed" if cfg.resume else "completed"}.get(record.status, record.status)
+        except Exception as exception:  # the record has marked the run failed; the sweep goes on
+            traceback.print_exc()
+            outcome, error = "failed", f"{type(exception).__name__}: {exception}"
+    entry = {"job": job_name, "overrides": overrides, "run_dir": str(run_dir), "outcome": outcome,
+             "error": error, "time": time.time()}
+    with (sweep_dir / JOB_LOG).open("a") as log:
+        log.write(json.dumps(entry) + "\n")
+    return outcome
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, summarise this invocation's jobs and fail if any job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        log = sweep_dir / JOB_LOG
+        entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        entries = [entry for entry in entries if entry["time"] >= self.started]
+        counts = {outcome: sum(entry["outcome"] == outcome for entry in entries) for outcome in OUTCOMES}
+        lines = [f"# Sweep summary: {sweep_dir}", "",
+                 ", ".join(f"{count} {outcome}" for outcome, count in counts.items()), "",
+                 "| outcome | job | error |", "| --- | --- | --- |"]
+        lines += [f"| {entry['outcome']} | {entry['job'] or '(no overrides)'} | {entry['error'] or ''} |"
+                  for entry in sorted(entries, key=lambda entry: (entry["outcome"], entry["job"]))]
+        (sweep_dir / SUMMARY_MARKDOWN).write_text("\n".join(lines) + "\n")
+        (sweep_dir / SUMMARY_JSON).write_text(json.dumps({"counts": counts, "jobs": entries}, indent=2) + "\n")
+        print("\n".join(lines[2:]) + f"\nSweep summary written to {sweep_dir / SUMMARY_MARKDOWN}", flush=True)
+        if counts["failed"]:
+            sys.exit(1)

@@ -1,0 +1,80 @@
+"""Sweeps survive failure: a failing job never stops the others; re-running a sweep skips what completed,
+resumes what was interrupted and reruns what failed; a summary says which is which."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import read_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"
+FAST = ["quiet=true", "logger.wandb.mode=disabled"]
+
+
+def sweep_command(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.train", "-m", *overrides, *FAST, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def run_sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_command(sweep_dir, *overrides), cwd=sweep_dir.parent, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def summary(sweep_dir: Path) -> dict[str, str]:
+    jobs = json.loads((sweep_dir / "sweep_summary.json").read_text())["jobs"]
+    return {job["job"]: job["outcome"] for job in jobs}
+
+
+def test_failing_job_does_not_stop_the_sweep_and_a_rerun_skips_completed_jobs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    overrides = ("total_env_steps=1000", "log_interval=250", f"env.id=CartPole-v1,{EXPLODING_ENV}", "seed=0,1")
+    first = run_sweep(sweep_dir, *overrides)
+    assert first.returncode == 1, first.stderr  # something failed
+    outcomes = summary(sweep_dir)
+    good = {job for job in outcomes if "CartPole-v1" in job}
+    bad = set(outcomes) - good
+    assert len(good) == len(bad) == 2
+    assert {outcomes[job] for job in good} == {"completed"} and {outcomes[job] for job in bad} == {"failed"}
+    for job in bad:  # the failed runs are recorded, with their error, in their own directories
+        meta = read_meta(sweep_dir / job)
+        assert meta["status"] == "failed" and meta["error"] == "RuntimeError: simulator diverged"
+    markdown = (sweep_dir / "sweep_summary.md").read_text()
+    assert "2 completed, 0 resumed, 0 skipped, 2 failed" in markdown and "simulator diverged" in markdown
+    assert "2 completed, 0 resumed, 0 skipped, 2 failed" in first.stdout
+
+    second = run_sweep(sweep_dir, *overrides)
+    assert second.returncode == 1
+    outcomes = summary(sweep_dir)
+    assert {outcomes[job] for job in good} == {"skipped"} and {outcomes[job] for job in bad} == {"failed"}
+    assert all(read_meta(sweep_dir / job)["status"] == "completed" for job in good)
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    overrides = ("total_env_steps=10000", "log_interval=500", "checkpoint_interval=100000", "seed=0,1")
+    process = subprocess.Popen(sweep_command(sweep_dir, *overrides), cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    first_job = sweep_dir / "checkpoint_interval=100000,log_interval=500,seed=0,total_env_steps=10000"
+    deadline = time.monotonic() + 120
+    while not (first_job / "metrics.csv").exists() or len((first_job / "metrics.csv").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130  # Ctrl-C stops the whole sweep, not just the current job
+    assert read_meta(first_job)["status"] == "interrupted"
+    assert not (sweep_dir / "checkpoint_interval=100000,log_interval=500,seed=1,total_env_steps=10000").exists()
+
+    rerun = run_sweep(sweep_dir, *overrides)
+    assert rerun.returncode == 0, rerun.stderr
+    outcomes = summary(sweep_dir)
+    assert outcomes == {first_job.name: "resumed",
+                        "checkpoint_interval=100000,log_interval=500,seed=1,total_env_steps=10000": "completed"}
+    meta = read_meta(first_job)
+    assert meta["status"] == "completed" and len(meta["resumed_at_env_steps"]) == 1
