@@ -121,6 +121,7 @@ class Config:
     backend: str = "local"
     quiet: bool = False  # no progress bar: for sweeps
     torch_threads: int = 1  # per process; more only fights the other workers for cores
+    cpu_budget: int | None = None  # CPUs a parallel sweep may keep busy (null: all of this machine's)
 
 
 def register_configs() -> None:
@@ -235,6 +236,9 @@ def _validate_algo(algo: DictConfig) -> None:
     if algo.name == "a3c" and algo.mode == "parameter_server":
         _require(not algo.lock, "algo.lock", algo.lock,
                  "is a mode=hogwild setting; the parameter server applies one gradient at a time")
+    if algo.name == "a2c" and algo.mode == "vector":
+        _require(algo.num_workers == 1, "algo.num_workers", algo.num_workers,
+                 "mode=vector is one learner process; set algo.num_envs for more envs, or algo.mode=workers")
     if algo.name != "a3c":
         for key, default in (("delay", 0), ("max", None), ("lr_scaling", "none")):
             _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],
@@ -248,6 +252,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("total_env_steps", "log_interval", "checkpoint_interval", "return_window", "torch_threads"):
         _positive_int(key, cfg[key])
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    if cfg.cpu_budget is not None:
+        _positive_int("cpu_budget", cfg.cpu_budget)
     _one_of("backend", cfg.backend, BACKENDS)
     _require(cfg.backend == "local", "backend", cfg.backend,
              "this installation trains on the local backend only")
@@ -271,7 +277,8 @@ class ValidateBeforeLaunch(Callback):
     """Hydra callback: reject bad configs before Hydra creates any run directory.
 
     ``on_run_start`` sees the composed config of a single run. ``on_multirun_start`` sees the sweep's
-    base config, so it composes and checks every job of a basic sweep before the first one starts.
+    base config, so it composes and checks every job of a basic sweep before the first one starts,
+    then fits a parallel launcher to the CPU budget (``experiments.sweep.limit_parallel_jobs``).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -282,12 +289,17 @@ class ValidateBeforeLaunch(Callback):
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        from experiments.sweep import limit_parallel_jobs
+
         parser = OverridesParser.create()
         overrides = parser.parse_overrides(list(config.hydra.overrides.task))
+        job_cfgs = []
         for batch in BasicSweeper.split_arguments(overrides, max_batch_size=None):
             for job_overrides in batch:
                 job_cfg = compose(config_name=config.hydra.job.config_name, overrides=list(job_overrides))
                 exit_on_invalid(job_cfg, job=" ".join(job_overrides) or "base")
+                job_cfgs.append(job_cfg)
+        limit_parallel_jobs(config, job_cfgs)
 
 
 register_configs()

@@ -42,7 +42,7 @@ METRIC_COLUMNS = (
 EPISODE_COLUMNS = ("env_steps", "wall_time", "worker", "return", "length")
 UPDATE_COLUMNS = (
     "update", "wall_time", "env_steps", "worker",
-    "version_at_sync", "version_at_apply", "staleness", "applied", "wait_time",
+    "version_at_sync", "version_at_apply", "staleness", "applied", "wait_time", "lr",
 )
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
 RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas")
@@ -50,7 +50,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -286,7 +286,7 @@ class RunRecord:
         self.updates += 1
         staleness = version_at_apply - version_at_sync
         self.updates_log.write((self.updates, self.wall_time(), env_steps, worker, version_at_sync,
-                                version_at_apply, staleness, int(applied), wait_time))
+                                version_at_apply, staleness, int(applied), wait_time, lr))
         interval = self._interval
         interval.setdefault("staleness", []).append(staleness)
         interval.setdefault("wait_time", []).append(wait_time)

@@ -7,11 +7,16 @@ job never stops the others: its record is marked ``failed`` and the sweep goes o
 its outcome to ``sweep_jobs.jsonl`` in the sweep directory; at the end :class:`SweepSummary` prints
 the completed, skipped, resumed and failed jobs with their overrides and errors, writes
 ``sweep_summary.json`` and ``sweep_summary.md`` beside them, and exits with status 1 if any job failed.
+
+A parallel launcher (Hydra's joblib launcher, ``hydra/launcher=joblib``) runs several jobs at once;
+:func:`limit_parallel_jobs` caps how many so that the busy processes of all running jobs fit the CPU
+budget (``cpu_budget``, all CPUs by default): parallel runs must not distort each other's wall-clock.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -19,12 +24,43 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 JOB_LOG = "sweep_jobs.jsonl"
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_MARKDOWN = "sweep_summary.md"
 OUTCOMES = ("completed", "resumed", "skipped", "failed", "interrupted")
+
+
+def busy_processes(cfg: DictConfig) -> int:
+    """CPU-bound processes one run keeps busy (a multi-process trainer itself mostly waits on its workers)."""
+    algo = cfg.algo
+    per_actor = 1 + (algo.num_envs if algo.vector_backend == "async" else 0)
+    if algo.name == "single" or algo.mode == "vector":
+        return per_actor
+    return algo.num_workers * per_actor + (1 if algo.mode == "parameter_server" else 0)
+
+
+def limit_parallel_jobs(config: DictConfig, job_cfgs: list[DictConfig]) -> None:
+    """Cap a parallel launcher's ``n_jobs`` so that concurrent runs never oversubscribe the CPU budget."""
+    launcher = config.hydra.launcher
+    if "n_jobs" not in launcher or not job_cfgs:  # the basic launcher runs one job at a time
+        return
+    cpus = os.cpu_count() or 1
+    budget = config.cpu_budget or cpus
+    widest = max(busy_processes(job_cfg) for job_cfg in job_cfgs)
+    allowed = max(1, budget // widest)
+    # joblib reads n_jobs=-1 as all CPUs, -2 as all but one, and so on.
+    requested = launcher.n_jobs if launcher.n_jobs > 0 else cpus + 1 + launcher.n_jobs
+    if requested > allowed:
+        print(f"warning: hydra.launcher.n_jobs={launcher.n_jobs} would keep up to {requested * widest} processes "
+              f"busy on a budget of {budget} CPUs; running {allowed} job(s) at a time so that parallel runs do "
+              "not distort each other's wall-clock", file=sys.stderr)
+        with read_write(config), open_dict(config):
+            launcher.n_jobs = allowed
+    if widest > budget:
+        print(f"warning: a run of this sweep keeps {widest} processes busy on a budget of {budget} CPUs: its "
+              "workers time-share cores, and its wall-clock measures that", file=sys.stderr)
 
 
 def previous_status(run_dir: Path) -> str | None:

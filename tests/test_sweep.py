@@ -78,3 +78,27 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
                         "checkpoint_interval=100000,log_interval=500,seed=1,total_env_steps=10000": "completed"}
     meta = read_meta(first_job)
     assert meta["status"] == "completed" and len(meta["resumed_at_env_steps"]) == 1
+
+
+def test_parallel_launcher_is_limited_to_the_cpu_budget(tmp_path):
+    from datetime import datetime
+
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", "cpu_budget=1",
+                       "total_env_steps=1000", "log_interval=500", "seed=0,1,2")
+    assert result.returncode == 0, result.stderr
+    assert "hydra.launcher.n_jobs=3 would keep up to 3 processes busy on a budget of 1 CPUs; running 1 job(s)" \
+        in result.stderr
+    assert set(summary(sweep_dir).values()) == {"completed"}
+    spans = sorted((datetime.fromisoformat(meta["start_time"]), datetime.fromisoformat(meta["end_time"]))
+                   for meta in (read_meta(run) for run in sweep_dir.glob("*seed=*")))
+    assert len(spans) == 3
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False))  # one at a time
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.train", "hydra/launcher=slurm", "--cfg",
+                             "hydra"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert "SlurmLauncher" in result.stdout and "cpus_per_task: 4" in result.stdout
