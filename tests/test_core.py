@@ -112,14 +112,21 @@ def test_flat_optimizer_step_equals_torch_per_layer_step(name):
         torch.testing.assert_close(param, expected)
 
 
-def test_gradient_clipping_bounds_the_norm_and_reports_the_raw_norm():
-    cfg = compose_config("algo=single", "algo.max_grad_norm=0.01")
-    envs = make_vector_env(cfg.env, 1)
+def gradients_of_one_rollout(num_envs: int, *overrides: str) -> tuple[ActorCritic, dict[str, float]]:
+    """Build the core from a composed config, collect one rollout and compute its gradients."""
+    cfg = compose_config("algo=single", *overrides)
+    envs = make_vector_env(cfg.env, num_envs)
     model = build_model(cfg, envs)
     collector = build_collector(cfg, envs, worker=0)
     collector.reset(0)
     collector.collect(model)
     stats = compute_gradients(model, collector.rollout, cfg.algo)
+    envs.close()
+    return model, stats
+
+
+def test_gradient_clipping_bounds_the_norm_and_reports_the_raw_norm():
+    model, stats = gradients_of_one_rollout(1, "algo.max_grad_norm=0.01")
     assert stats["grad_norm"] > 0.01
     assert float(model.flat_grads.norm()) == pytest.approx(0.01, rel=1e-3)
 
@@ -174,12 +181,5 @@ def test_collector_bootstraps_truncated_episodes_from_their_final_observation():
 
 @pytest.mark.parametrize("env", ["cartpole", "acrobot", "lunarlander", "pendulum"])
 def test_every_env_of_the_suite_collects_and_computes_gradients(env):
-    cfg = compose_config("algo=single", f"env={env}")
-    envs = make_vector_env(cfg.env, 2)
-    model = build_model(cfg, envs)
-    collector = build_collector(cfg, envs, worker=0)
-    collector.reset(0)
-    collector.collect(model)
-    stats = compute_gradients(model, collector.rollout, cfg.algo)
+    _, stats = gradients_of_one_rollout(2, f"env={env}")
     assert np.isfinite(list(stats.values())).all()
-    envs.close()
