@@ -1,0 +1,410 @@
+"""One command from run directories to figures, tables and a report page.
+
+    python -m analysis.report RUNS_DIR [RUNS_DIR ...] --out DIR      (or: svrl-report ...)
+
+writes ``DIR/figures/*.png|pdf``, ``DIR/tables/*.md|tex`` and ``DIR/report.md`` (figures embedded as
+images, tables inline, skipped runs and skipped figures listed with their reasons), then prints where
+the report is. Thresholds default to each env's ``env.solved_return`` from the runs' Hydra configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures, stats
+from analysis.load import RunSet, SkippedRunWarning, load_runs, load_wandb
+
+FIGURES = ("return_vs_steps", "return_vs_time", "staleness_distribution", "staleness_vs_workers",
+           "return_vs_staleness", "throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers")
+CAPTIONS = {
+    "return_vs_steps": "Sample efficiency: return (mean over each run's most recent episodes, the config's "
+                       "return_window) against environment steps.",
+    "return_vs_time": "Return against wall-clock seconds. A condition's curve ends where its shortest run ends, "
+                      "so every point averages the same seeds.",
+    "staleness_distribution": "Distribution (ECDF) of gradient staleness, per worker count, for multi-worker "
+                              "schedules.",
+    "staleness_vs_workers": "Mean gradient staleness per run against the number of workers.",
+    "return_vs_staleness": "Final return against mean gradient staleness, one point per multi-worker run.",
+    "throughput_vs_workers": "Environment steps per second (from the first to the last logged interval) "
+                             "against the number of workers.",
+    "speedup_vs_workers": "Speedup in wall-clock time to threshold over the 1-worker runs of the same schedule; "
+                          "dashed: ideal linear speedup. Runs that never reached the threshold are left out.",
+    "barrier_wait_vs_workers": "Share of worker time spent waiting at the synchronisation barrier, for "
+                               "synchronous multi-worker schedules.",
+}
+
+
+@dataclass
+class ReportOptions:
+    envs: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)  # overrides of the configs' solved_return
+    x_axes: tuple[str, ...] = ("env_steps", "wall_time")
+    figures: tuple[str, ...] = FIGURES
+    estimator: str = "iqm"
+    confidence: float = stats.DEFAULT_CONFIDENCE
+    budget_seconds: float | None = None
+
+
+@dataclass
+class Analysis:
+    """Everything the figures and tables are drawn from."""
+
+    runset: RunSet
+    options: ReportOptions
+    thresholds: dict[str, float]
+    summary: pd.DataFrame
+    env_ids: dict[str, str]
+
+    @property
+    def series(self) -> list[str]:
+        """Condition columns that distinguish lines within one env panel."""
+        return [column for column in self.runset.conditions if column not in ("env_name", "algo", "mode")]
+
+    @property
+    def lines(self) -> list[str]:
+        """Condition columns that distinguish lines in a per-worker-count figure."""
+        return [column for column in self.series if column != "num_workers"]
+
+    @property
+    def scaling_conditions(self) -> list[str]:
+        """Condition columns that a worker count is compared within (its 1-worker baseline shares them)."""
+        return [column for column in self.runset.conditions if column != "num_workers"]
+
+
+def analyse(runset: RunSet, options: ReportOptions) -> Analysis:
+    runset = runset.select(options.envs)
+    thresholds = {**stats.thresholds_from_runs(runset.runs), **options.thresholds}
+    summary = stats.run_summary(runset.metrics, runset.updates, runset.labels, thresholds)
+    env_ids = dict(runset.runs[["env_name", "env_id"]].drop_duplicates().itertuples(index=False))
+    return Analysis(runset, options, thresholds, summary, env_ids)
+
+
+# --------------------------------------------------------------------------- figures
+def _multi_worker_schedules(summary: pd.DataFrame) -> pd.Series:
+    """Rows of schedules that have at least one run with more than one worker."""
+    return summary["schedule"].isin(summary.loc[summary.num_workers > 1, "schedule"])
+
+
+def _curves(x: str) -> Callable[[Analysis], figures.Figure]:
+    def draw(analysis: Analysis) -> figures.Figure:
+        opts = analysis.options
+        curves = stats.interpolate_curves(analysis.runset.metrics, analysis.runset.labels, x=x)
+        aggregated = stats.aggregate_curves(curves, analysis.runset.conditions, x=x, estimator=opts.estimator,
+                                            confidence=opts.confidence)
+        return figures.plot_curves(analysis.runset.metrics, aggregated, analysis.series, x, opts.estimator,
+                                   opts.confidence, analysis.thresholds, analysis.env_ids)
+
+    return draw
+
+
+def _staleness_distribution(analysis: Analysis) -> figures.Figure:
+    updates = analysis.runset.updates
+    multi = updates["schedule"].isin(analysis.summary.loc[_multi_worker_schedules(analysis.summary), "schedule"])
+    if not multi.any():
+        raise figures.NoData("no multi-worker runs")
+    return figures.plot_staleness_distribution(updates[multi], analysis.env_ids)
+
+
+def _vs_workers(value: str, ylabel: str, rows: Callable[[pd.DataFrame], pd.Series], missing: str,
+                scale: float = 1.0) -> Callable[[Analysis], figures.Figure]:
+    def draw(analysis: Analysis) -> figures.Figure:
+        selected = analysis.summary[rows(analysis.summary)]
+        if selected.empty:
+            raise figures.NoData(missing)
+        opts = analysis.options
+        return figures.plot_vs_workers(selected, value, analysis.lines, ylabel, opts.estimator, opts.confidence,
+                                       analysis.env_ids, scale)
+
+    return draw
+
+
+def _synchronous_multi_worker(summary: pd.DataFrame) -> pd.Series:
+    """Multi-worker schedules none of whose gradients was ever stale."""
+    stale = summary.groupby("schedule")["staleness_max"].max()
+    return _multi_worker_schedules(summary) & summary["schedule"].map(stale).eq(0)
+
+
+def _return_vs_staleness(analysis: Analysis) -> figures.Figure:
+    summary = analysis.summary[_multi_worker_schedules(analysis.summary)]
+    if summary.empty:
+        raise figures.NoData("no multi-worker runs")
+    return figures.plot_return_vs_staleness(summary, analysis.env_ids)
+
+
+def _speedup(analysis: Analysis) -> figures.Figure:
+    if not analysis.thresholds:
+        raise figures.NoData("no threshold: give --threshold ENV=RETURN or env.solved_return in the config")
+    table = speedup_table(analysis)
+    # A condition with no multi-worker run has only its baseline point (1 by definition): nothing to show.
+    scaled = table.groupby(analysis.scaling_conditions, dropna=False)["num_workers"].transform("max") > 1
+    table = table[scaled & table["speedup"].notna()]
+    if not (table.num_workers > 1).any():
+        raise figures.NoData("no multi-worker condition with a 1-worker baseline that reached the threshold")
+    return figures.plot_speedup(table, analysis.lines, analysis.env_ids, analysis.thresholds,
+                                analysis.options.confidence)
+
+
+def speedup_table(analysis: Analysis) -> pd.DataFrame:
+    return stats.speedup(analysis.summary, analysis.scaling_conditions, confidence=analysis.options.confidence)
+
+
+DRAW: dict[str, Callable[[Analysis], figures.Figure]] = {
+    "return_vs_steps": _curves("env_steps"),
+    "return_vs_time": _curves("wall_time"),
+    "staleness_distribution": _staleness_distribution,
+    "staleness_vs_workers": _vs_workers("staleness_mean", "mean staleness (policy versions behind)",
+                                        _multi_worker_schedules, "no multi-worker runs"),
+    "return_vs_staleness": _return_vs_staleness,
+    "throughput_vs_workers": _vs_workers("steps_per_second", "environment steps per second",
+                                         lambda summary: pd.Series(True, index=summary.index), "no runs"),
+    "speedup_vs_workers": _speedup,
+    "barrier_wait_vs_workers": _vs_workers("barrier_wait_share", "barrier wait (% of worker time)",
+                                           _synchronous_multi_worker, "no synchronous multi-worker runs",
+                                           scale=100.0),
+}
+X_AXIS_FIGURES = {"env_steps": "return_vs_steps", "wall_time": "return_vs_time"}
+
+
+def selected_figures(options: ReportOptions) -> list[str]:
+    left_out = {name for axis, name in X_AXIS_FIGURES.items() if axis not in options.x_axes}
+    return [name for name in options.figures if name not in left_out]
+
+
+# --------------------------------------------------------------------------- tables
+def _number(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def _with_ci(row: pd.Series, estimate: str = "estimate") -> str:
+    if math.isnan(row["low"]):
+        return _number(row[estimate])
+    return f"{_number(row[estimate])} [{_number(row['low'])}, {_number(row['high'])}]"
+
+
+def _condition_columns(analysis: Analysis, frame: pd.DataFrame) -> pd.DataFrame:
+    columns = {"env_name": "env", "schedule": "schedule", "num_workers": "workers"}
+    columns.update({key: key for key in analysis.runset.swept})
+    return frame[list(columns)].rename(columns=columns)
+
+
+def build_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
+    """The report's tables as frames of formatted strings, keyed by file name."""
+    summary, conditions, opts = analysis.summary, analysis.runset.conditions, analysis.options
+    if summary.empty:
+        return {}
+    estimator = figures.estimator_name(opts.estimator)
+    ci = f"{opts.confidence:.0%} CI"
+
+    def summarized(value: str) -> pd.DataFrame:
+        return stats.summarize(summary, value, conditions, opts.estimator, opts.confidence)
+
+    final = summarized("final_return")
+    tables = {"final_return": _condition_columns(analysis, final).assign(**{
+        "seeds": final["n_runs"], f"final return, {estimator} [{ci}]": final.apply(_with_ci, axis=1)})}
+
+    steps, seconds = summarized("steps_to_threshold"), summarized("seconds_to_threshold")
+    speedups = speedup_table(analysis).set_index(conditions)
+    ttt = _condition_columns(analysis, steps).assign(**{
+        "threshold": steps["env_name"].map(lambda env: f"{analysis.thresholds[env]:g}" if env in analysis.thresholds
+                                          else "–"),
+        "reached": [f"{n}/{total}" for n, total in zip(steps["n_runs"], steps["n_total"], strict=True)],
+        f"env steps, {estimator} [{ci}]": steps.apply(_with_ci, axis=1),
+        f"seconds, {estimator} [{ci}]": seconds.apply(_with_ci, axis=1),
+    })
+    keys = pd.MultiIndex.from_frame(steps[conditions])
+    ttt["speedup vs 1 worker"] = [_with_ci(speedups.loc[key], "speedup") if key in speedups.index else "–"
+                                  for key in keys]
+    ttt["efficiency"] = [_number(speedups.loc[key, "efficiency"]) if key in speedups.index else "–"
+                         for key in keys]
+    tables["time_to_threshold"] = ttt
+
+    throughput = summarized("steps_per_second")
+    tables["throughput"] = _condition_columns(analysis, throughput).assign(**{
+        "seeds": throughput["n_runs"], f"env steps/s, {estimator} [{ci}]": throughput.apply(_with_ci, axis=1)})
+
+    staleness = summarized("staleness_mean")
+    worst = summary.groupby(conditions, sort=True, dropna=False)[["staleness_max", "dropped_share"]].max()
+    worst = worst.reindex(pd.MultiIndex.from_frame(staleness[conditions]))
+    tables["staleness"] = _condition_columns(analysis, staleness).assign(**{
+        "seeds": staleness["n_runs"], f"mean staleness, {estimator} [{ci}]": staleness.apply(_with_ci, axis=1),
+        "max staleness": [_number(value) for value in worst["staleness_max"]],
+        "dropped gradients (max over seeds)": [f"{value:.1%}" if not math.isnan(value) else "–"
+                                               for value in worst["dropped_share"]]})
+
+    improvement = stats.probability_of_improvement(analysis.runset.metrics, conditions, opts.budget_seconds,
+                                                   opts.confidence)
+    tables["probability_of_improvement"] = pd.DataFrame({
+        "env": improvement["env_name"], "X": improvement["x"], "Y": improvement["y"],
+        "wall-clock budget (s)": improvement["budget_seconds"].map(_number),
+        f"P(X > Y) [{ci}]": improvement.apply(_with_ci, axis=1, estimate="probability"),
+        "runs X/Y": [f"{x}/{y}" for x, y in zip(improvement["n_x"], improvement["n_y"], strict=True)],
+    })
+    return {name: table.astype(str) for name, table in tables.items()}
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([row(table.columns), row(["---"] * table.shape[1]),
+                      *(row(values) for values in table.itertuples(index=False))]) + "\n"
+
+
+LATEX_ESCAPES = str.maketrans({"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
+                               "}": r"\}", "–": "--", "~": r"\textasciitilde{}", ">": "$>$", "<": "$<$"})
+
+
+def latex_table(table: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table (needs ``\\usepackage{booktabs}``)."""
+    def row(cells: Sequence[str]) -> str:
+        return " & ".join(str(cell).translate(LATEX_ESCAPES) for cell in cells) + r" \\"
+
+    return "\n".join([
+        r"\begin{table}[t]", r"\centering", rf"\caption{{{caption.translate(LATEX_ESCAPES)}}}",
+        rf"\label{{tab:{label}}}", r"\begin{tabular}{" + "l" * table.shape[1] + "}", r"\toprule",
+        row(table.columns), r"\midrule", *(row(values) for values in table.itertuples(index=False)),
+        r"\bottomrule", r"\end{tabular}", r"\end{table}",
+    ]) + "\n"
+
+
+TABLE_CAPTIONS = {
+    "final_return": "Final return (mean of the most recent episodes at the end of training) over seeds.",
+    "time_to_threshold": "Time to threshold: the first logged interval whose return reaches the threshold; "
+                         "estimates over the seeds that reached it.",
+    "throughput": "Environment steps per second from the first to the last logged interval.",
+    "staleness": "Gradient staleness (policy versions between a worker's sync and the update's apply).",
+    "probability_of_improvement": "Probability that a run of X has a higher return than a run of Y at the "
+                                  "same wall-clock budget (ties count one half).",
+}
+
+
+# --------------------------------------------------------------------------- the report
+def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Sequence[str]) -> Path:
+    """Write every selected figure, every table and ``report.md`` into ``out``; return the report's path."""
+    analysis = analyse(runset, options)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = analysis.runset.runs
+    lines = ["# Sync vs async RL: analysis report", "",
+             f"Sources: {', '.join(f'`{source}`' for source in sources)}  ",
+             f"Runs analysed: {len(runs)}; runs skipped: {len(runset.skipped)}  ",
+             f"Estimator over seeds: {figures.estimator_name(options.estimator)} with {options.confidence:.0%} "
+             "percentile bootstrap "
+             f"confidence intervals (scipy.stats.bootstrap)  ",
+             "Thresholds: " + (", ".join(f"{env} {value:g}" for env, value in sorted(analysis.thresholds.items()))
+                               or "none"), ""]
+    if not runs.empty:
+        counts = runs.groupby(analysis.runset.conditions, dropna=False).size().rename("seeds").reset_index()
+        lines += ["## Runs", "", markdown_table(_condition_columns(analysis, counts).assign(seeds=counts["seeds"]))]
+    if runset.skipped:
+        lines += ["## Skipped runs", ""] + [f"- `{skip.run}`: {skip.reason}" for skip in runset.skipped] + [""]
+
+    lines += ["## Figures", ""]
+    for name in selected_figures(options):
+        lines += [f"### {name.replace('_', ' ')}", ""]
+        try:
+            if runs.empty:
+                raise figures.NoData("no runs to analyse")
+            fig = DRAW[name](analysis)
+        except figures.NoData as reason:
+            lines += [f"*Skipped: {reason}.*", ""]
+            continue
+        png, pdf = figures.save_figure(fig, out / "figures", name)
+        lines += [f"![{name}]({png.relative_to(out).as_posix()})", "",
+                  f"{CAPTIONS[name]} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
+
+    lines += ["## Tables", ""]
+    tables_dir = out / "tables"
+    tables_dir.mkdir(exist_ok=True)
+    for name, table in build_tables(analysis).items():
+        (tables_dir / f"{name}.md").write_text(markdown_table(table))
+        (tables_dir / f"{name}.tex").write_text(latex_table(table, TABLE_CAPTIONS[name], name))
+        lines += [f"### {name.replace('_', ' ')}", "", TABLE_CAPTIONS[name], "", markdown_table(table),
+                  f"LaTeX: [tables/{name}.tex](tables/{name}.tex)", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    env, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return env, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ENV=RETURN, e.g. cartpole=475") from None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="svrl-report", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", type=Path, help="run directories, sweeps or trees of them")
+    parser.add_argument("--out", type=Path, required=True, help="directory for figures, tables and report.md")
+    parser.add_argument("--wandb-project", help="load runs from this W&B project instead (needs network)")
+    parser.add_argument("--wandb-entity", help="W&B entity of --wandb-project")
+    parser.add_argument("--env", dest="envs", action="append", default=[], metavar="ENV",
+                        help="analyse only this env (short name or gymnasium id); repeatable")
+    parser.add_argument("--threshold", action="append", type=_threshold, default=[], metavar="ENV=RETURN",
+                        help="return threshold for time-to-threshold (default: env.solved_return); repeatable")
+    parser.add_argument("--x", choices=("env_steps", "wall_time", "both"), default="both",
+                        help="x-axis of the return curves")
+    parser.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES), metavar="NAME",
+                        help=f"figures to draw (default: all): {', '.join(FIGURES)}")
+    parser.add_argument("--estimator", choices=tuple(stats.ESTIMATORS), default="iqm",
+                        help="aggregate over seeds (default: iqm, as rliable recommends)")
+    parser.add_argument("--confidence", type=float, default=stats.DEFAULT_CONFIDENCE,
+                        help="confidence level of the bootstrap intervals")
+    parser.add_argument("--budget-seconds", type=float,
+                        help="wall-clock budget of the probability of improvement (default: the longest "
+                             "time all runs of both conditions reached)")
+    args = parser.parse_args(argv)
+    if not args.runs and not args.wandb_project:
+        parser.error("give run directories, or --wandb-project")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.wandb_project:
+        runset = load_wandb(args.wandb_project, args.wandb_entity)
+        sources = [f"wandb:{args.wandb_entity + '/' if args.wandb_entity else ''}{args.wandb_project}"]
+    else:
+        try:
+            with warnings.catch_warnings():  # listed once below, without a warning's source line
+                warnings.simplefilter("ignore", SkippedRunWarning)
+                runset = load_runs(args.runs)
+        except FileNotFoundError as error:
+            print(f"svrl-report: {error}", file=sys.stderr)
+            return 2
+        for skipped in runset.skipped:
+            print(f"skipping run {skipped.run}: {skipped.reason}", file=sys.stderr)
+        sources = [str(path) for path in args.runs]
+    options = ReportOptions(envs=args.envs, thresholds=dict(args.threshold),
+                            x_axes=("env_steps", "wall_time") if args.x == "both" else (args.x,),
+                            figures=tuple(args.figures), estimator=args.estimator, confidence=args.confidence,
+                            budget_seconds=args.budget_seconds)
+    report = write_report(runset, args.out, options, sources)
+    print(f"report: {report.resolve()}")
+    if runset.select(options.envs).runs.empty:
+        print("svrl-report: no usable run to analyse (see the report for the skipped ones)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""Tests of analysis/: loading real run directories, skipping broken ones, statistics against values
+computed by hand from the CSV files, and the report command producing every figure and table.
+
+The runs are real: one Hydra multirun (3 seeds x CartPole and Acrobot, 3000 env steps each) is trained
+once per session. Only ``algo=single`` exists yet, so the figures about workers and staleness are fed
+copies of those runs whose ``meta.json`` names another schedule or worker count (see ``relabelled``);
+their metrics are the real metrics of the copied run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import figures, report, stats
+from analysis.load import RECORD_COLUMNS, RECORD_FILES, SkippedRunWarning, load_runs, parse_overrides
+from tests.conftest import read_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = (1, 2, 3)
+ENVS = ("acrobot", "cartpole")
+FIGURE_FILES = [f"{name}.{ext}" for name in report.FIGURES for ext in ("png", "pdf")]
+TABLES = ("final_return", "time_to_threshold", "throughput", "staleness", "probability_of_improvement")
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real multirun sweep, launched by the real command line: 2 envs x 3 seeds."""
+    sweep_dir = tmp_path_factory.mktemp("runs") / "sweep"
+    subprocess.run(
+        [sys.executable, "-m", "experiments.train", "-m", f"seed={','.join(map(str, SEEDS))}",
+         f"env={','.join(ENVS)}", "total_env_steps=3000", "log_interval=500", "quiet=true",
+         "logger.wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, check=True, capture_output=True, timeout=300,
+    )
+    return sweep_dir
+
+
+def run_of(sweep: Path, env: str, seed: int) -> Path:
+    (path,) = sweep.glob(f"env={env},*seed={seed},*")
+    return path
+
+
+def copy_run(source: Path, destination: Path, **meta_fields) -> Path:
+    """Copy a real run directory, changing only the given ``meta.json`` fields."""
+    shutil.copytree(source, destination)
+    meta = json.loads((destination / "meta.json").read_text())
+    meta.update(meta_fields)
+    (destination / "meta.json").write_text(json.dumps(meta))
+    return destination
+
+
+# Schedules and worker counts given to copies of the real single-worker runs, so that the worker,
+# staleness, speedup and barrier figures have groups to draw. Their staleness and waits are the copied
+# runs' real zeros.
+RELABELLINGS = [("a3c", "hogwild", 1), ("a3c", "hogwild", 2), ("a3c", "hogwild", 4), ("a2c", "workers", 1),
+                ("a2c", "workers", 2)]
+
+
+@pytest.fixture(scope="session")
+def relabelled(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("tree")
+    shutil.copytree(sweep, tree / "sweep")
+    for algo, mode, workers in RELABELLINGS:
+        for run in sorted(path for path in sweep.iterdir() if path.is_dir()):
+            copy_run(run, tree / f"{algo}-{mode}-{workers}" / run.name, algo=algo, mode=mode, num_workers=workers)
+    return tree
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, float]]:
+    return [{key: float(value) if value else math.nan for key, value in row.items()}
+            for row in read_csv(run_dir / "metrics.csv")]
+
+
+# --------------------------------------------------------------------------- loading
+def test_columns_analysis_requires_are_part_of_the_run_record():
+    for name, (required, _) in RECORD_FILES.items():
+        assert set(required) <= set(RECORD_COLUMNS[name]), name
+
+
+def test_loads_every_run_of_a_sweep_with_its_metadata(sweep: Path):
+    runset = load_runs(sweep)
+    assert runset.skipped == []
+    assert len(runset.runs) == len(SEEDS) * len(ENVS)
+    assert sorted(runset.runs["env_name"].unique()) == list(ENVS)
+    assert sorted(runset.runs["seed"].unique()) == list(SEEDS)
+    assert set(runset.runs["schedule"]) == {"single/serial"}
+    # Thresholds come from each run's .hydra/config.yaml (conf/env/*.yaml solved_return).
+    assert runset.runs.groupby("env_name")["solved_return"].first().to_dict() == {"acrobot": -100.0,
+                                                                                   "cartpole": 475.0}
+    # The constant overrides (total_env_steps, log_interval) are not conditions; seed and env are columns.
+    assert runset.swept == []
+    assert runset.conditions == ["env_name", "schedule", "algo", "mode", "num_workers"]
+    one = run_of(sweep, "cartpole", 2)
+    run_id = runset.runs.loc[(runset.runs.env_name == "cartpole") & (runset.runs.seed == 2), "run_id"].item()
+    assert run_id == f"sweep/{one.name}"
+    for name, frame in (("metrics", runset.metrics), ("episodes", runset.episodes), ("updates", runset.updates)):
+        rows = frame[frame.run_id == run_id]
+        assert len(rows) == len(read_csv(one / f"{name}.csv"))
+        assert set(rows["seed"]) == {2} and set(rows["env_name"]) == {"cartpole"}
+    assert list(runset.metrics.loc[runset.metrics.run_id == run_id, "env_steps"]) == list(range(500, 3001, 500))
+
+
+def test_loads_a_single_run_directory(sweep: Path):
+    one = run_of(sweep, "acrobot", 1)
+    runset = load_runs(one)
+    assert list(runset.runs["run_id"]) == [one.name]
+    assert runset.runs["env_id"].item() == "Acrobot-v1"
+
+
+def test_runs_of_several_roots_keep_distinct_names(sweep: Path, tmp_path: Path):
+    for machine in ("a", "b"):
+        copy_run(run_of(sweep, "acrobot", 1), tmp_path / machine / "runs" / "r")
+    roots = [tmp_path / "a" / "runs", tmp_path / "b" / "runs"]
+    runset = load_runs([*roots, roots[0]])  # a root given twice is read once
+    assert sorted(runset.runs["run_id"]) == ["a/runs/r", "b/runs/r"]
+    assert len(runset.metrics) == 2 * len(read_csv(run_of(sweep, "acrobot", 1) / "metrics.csv"))
+
+
+def test_overrides_that_vary_become_condition_columns(sweep: Path, tmp_path: Path):
+    assert parse_overrides(["seed=1", "env=cartpole", "algo.lr=1e-3", "+model.activation=relu", "quiet=true",
+                            "logger.wandb.mode=disabled", "hydra.run.dir=x"]) == {
+        "algo.lr": "1e-3", "model.activation": "relu"}
+    # Runs trained in-process have no .hydra/: their overrides come from meta.json.
+    for seed, lr in ((1, "7e-4"), (2, "1e-3")):
+        copy = copy_run(run_of(sweep, "cartpole", seed), tmp_path / f"lr{lr}", overrides=[f"algo.lr={lr}"])
+        shutil.rmtree(copy / ".hydra")
+    runset = load_runs(tmp_path)
+    assert runset.swept == ["algo.lr"]
+    assert "algo.lr" in runset.conditions
+    assert sorted(runset.metrics["algo.lr"].unique()) == ["1e-3", "7e-4"]
+    assert runset.runs["solved_return"].isna().all()  # no Hydra config: no default threshold
+
+
+def _rewrite(path: Path, edit) -> None:
+    path.write_text(edit(path.read_text()))
+
+
+def _set_meta(**fields):
+    def breaker(run: Path) -> None:
+        _rewrite(run / "meta.json", lambda text: json.dumps({**json.loads(text), **fields}))
+    return breaker
+
+
+def _duplicate_last_line(name: str):
+    def breaker(run: Path) -> None:
+        _rewrite(run / name, lambda text: text + text.splitlines()[-1] + "\n")
+    return breaker
+
+
+def _drop_last_field_of_line(run: Path) -> None:
+    def edit(text: str) -> str:
+        lines = text.splitlines()
+        lines[2] = lines[2].rsplit(",", 1)[0]
+        return "\n".join(lines) + "\n"
+    _rewrite(run / "metrics.csv", edit)
+
+
+BREAKERS = {
+    "missing meta.json": (lambda run: (run / "meta.json").unlink(), "meta.json is missing"),
+    "truncated meta.json": (lambda run: _rewrite(run / "meta.json", lambda text: text[: len(text) // 2]),
+                            "meta.json is truncated"),
+    "still running": (_set_meta(status="running"), "status is 'running'"),
+    "failed": (_set_meta(status="failed", error="RuntimeError: boom"), "the run failed: RuntimeError: boom"),
+    "interrupted": (_set_meta(status="interrupted"), "interrupted"),
+    "missing metrics.csv": (lambda run: (run / "metrics.csv").unlink(), "metrics.csv is missing"),
+    "missing updates.csv": (lambda run: (run / "updates.csv").unlink(), "updates.csv is missing"),
+    "empty episodes.csv": (lambda run: (run / "episodes.csv").write_text(""), "episodes.csv is empty"),
+    "truncated metrics.csv": (lambda run: _rewrite(run / "metrics.csv", lambda text: text[:-20]),
+                              "metrics.csv is truncated"),
+    "row with a missing field": (_drop_last_field_of_line, "metrics.csv line 3 has the wrong number of fields"),
+    "duplicate metrics rows": (_duplicate_last_line("metrics.csv"), "metrics.csv has 1 duplicate rows"),
+    "duplicate updates rows": (_duplicate_last_line("updates.csv"), "updates.csv has 1 duplicate rows"),
+    "header mismatch": (lambda run: _rewrite(run / "metrics.csv",
+                                             lambda text: text.replace("return_mean", "episode_return", 1)),
+                        "metrics.csv header does not match the run record: no column return_mean"),
+    "no metrics rows": (lambda run: _rewrite(run / "metrics.csv", lambda text: text.splitlines()[0] + "\n"),
+                        "metrics.csv has a header but no rows"),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKERS))
+def test_broken_runs_are_skipped_with_a_warning_naming_run_and_reason(sweep: Path, tmp_path: Path, breakage: str):
+    source = run_of(sweep, "cartpole", 1)
+    copy_run(source, tmp_path / "tree" / "good")
+    broken = copy_run(source, tmp_path / "tree" / "broken")
+    breaker, reason = BREAKERS[breakage]
+    breaker(broken)
+    with pytest.warns(SkippedRunWarning, match="skipping run tree/broken: ") as caught:
+        runset = load_runs(tmp_path / "tree")
+    assert len([warning for warning in caught if warning.category is SkippedRunWarning]) == 1
+    assert list(runset.runs["run_id"]) == ["tree/good"]
+    assert set(runset.metrics["run_id"]) == {"tree/good"}
+    (skipped,) = runset.skipped
+    assert skipped.run == "tree/broken"
+    assert reason in skipped.reason
+
+
+def test_report_lists_and_counts_skipped_runs(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    copy_run(run_of(sweep, "cartpole", 1), tmp_path / "runs" / "good")
+    copy_run(run_of(sweep, "cartpole", 2), tmp_path / "runs" / "killed", status="running")
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--figures", "return_vs_steps"]) == 0
+    assert "skipping run runs/killed: status is 'running'" in capsys.readouterr().err
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Runs analysed: 1; runs skipped: 1" in text
+    assert "- `runs/killed`: status is 'running'" in text
+
+
+def test_report_without_a_usable_run_says_so_and_fails(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    copy_run(run_of(sweep, "cartpole", 1), tmp_path / "runs" / "crashed", status="failed", error=None)
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 1
+    assert "no usable run" in capsys.readouterr().err
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "- `runs/crashed`: the run failed: no error recorded" in text
+    assert "*Skipped: no runs to analyse.*" in text
+    assert report.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+
+
+# --------------------------------------------------------------------------- statistics
+def test_iqm_and_bootstrap_interval_basics():
+    # IQM of 8 values drops the lowest 2 and the highest 2: mean(3, 4, 5, 6).
+    assert stats.iqm(np.array([7.0, 1, 100, 3, 5, 2, 6, 4])) == pytest.approx(4.5)
+    low, high = stats.bootstrap_ci(np.array([5.0]), np.mean)
+    assert np.isnan(low).all() and np.isnan(high).all()  # one run: no interval
+    low, high = stats.bootstrap_ci(np.array([2.0, 2.0, 2.0]), np.mean)
+    assert low.item() == high.item() == 2.0
+
+
+def test_curves_are_interpolated_per_run_without_extrapolating(sweep: Path):
+    runset = load_runs(sweep)
+    # 13 points over 0..3000: a point every 250 steps, half-way between logged rows.
+    curves = stats.interpolate_curves(runset.metrics, runset.labels, x="env_steps", num_points=13)
+    run = run_of(sweep, "cartpole", 3)
+    rows = metric_rows(run)
+    curve = curves[curves.run_id == f"sweep/{run.name}"].set_index("env_steps")["return_mean"]
+    assert np.isnan(curve[0.0]) and np.isnan(curve[250.0])  # before the first logged interval
+    assert curve[500.0] == pytest.approx(rows[0]["return_mean"])
+    assert curve[750.0] == pytest.approx((rows[0]["return_mean"] + rows[1]["return_mean"]) / 2)
+    assert curve[3000.0] == pytest.approx(rows[-1]["return_mean"])
+
+
+@pytest.mark.parametrize("estimator", ["mean", "iqm"])
+def test_aggregate_over_seeds_matches_hand_computed_values(sweep: Path, estimator: str):
+    runset = load_runs(sweep)
+    curves = stats.interpolate_curves(runset.metrics, runset.labels, x="env_steps", num_points=7)  # the logged steps
+    aggregated = stats.aggregate_curves(curves, runset.conditions, x="env_steps", estimator=estimator)
+    point = aggregated[(aggregated.env_name == "cartpole") & (aggregated.env_steps == 1500)].iloc[0]
+    values = [metric_rows(run_of(sweep, "cartpole", seed))[2]["return_mean"] for seed in SEEDS]
+    # With 3 seeds the IQM trims nothing (25% of 3 rounds down to 0) and equals the mean.
+    assert point["estimate"] == pytest.approx(sum(values) / 3)
+    assert point["n_runs"] == 3
+    # A percentile interval of a mean lies within the range of the values and contains the estimate.
+    assert min(values) <= point["low"] <= point["estimate"] <= point["high"] <= max(values)
+    assert 0.0 not in set(aggregated["env_steps"])  # no seed has a return before its first interval
+
+
+def test_per_run_summary_matches_hand_computed_values(sweep: Path):
+    run = run_of(sweep, "cartpole", 1)
+    rows = metric_rows(run)
+    returns = [row["return_mean"] for row in rows]
+    best = returns.index(max(returns))  # the first row that reaches the run's best return
+    runset = load_runs(run)
+    def summary_at(threshold: float):
+        return stats.run_summary(runset.metrics, runset.updates, runset.labels, {"cartpole": threshold}).iloc[0]
+
+    summary = summary_at(max(returns))
+    assert summary["final_return"] == pytest.approx(returns[-1])
+    assert summary["steps_per_second"] == pytest.approx(
+        (rows[-1]["env_steps"] - rows[0]["env_steps"]) / (rows[-1]["wall_time"] - rows[0]["wall_time"]))
+    assert summary["steps_to_threshold"] == rows[best]["env_steps"]
+    assert summary["seconds_to_threshold"] == pytest.approx(rows[best]["wall_time"])
+    # The single-worker schedule applies every gradient fresh and never waits.
+    assert (summary["staleness_mean"], summary["staleness_max"], summary["dropped_share"],
+            summary["barrier_wait_share"]) == (0, 0, 0, 0)
+    unreachable = summary_at(max(returns) + 1)
+    assert np.isnan(unreachable["steps_to_threshold"]) and np.isnan(unreachable["seconds_to_threshold"])
+
+
+def test_speedup_and_efficiency_against_the_one_worker_runs(sweep: Path, tmp_path: Path):
+    one, two = run_of(sweep, "cartpole", 1), run_of(sweep, "cartpole", 2)
+    copy_run(one, tmp_path / "w1", algo="a3c", mode="hogwild", num_workers=1)
+    copy_run(two, tmp_path / "w2", algo="a3c", mode="hogwild", num_workers=2)
+    threshold = min(max(row["return_mean"] for row in metric_rows(run)) for run in (one, two))
+    seconds = [next(row["wall_time"] for row in metric_rows(run) if row["return_mean"] >= threshold)
+               for run in (one, two)]
+    runset = load_runs(tmp_path)
+    summary = stats.run_summary(runset.metrics, runset.updates, runset.labels, {"cartpole": threshold})
+    table = stats.speedup(summary, ["env_name", "schedule", "algo", "mode"]).set_index("num_workers")
+    assert table.loc[1, "speedup"] == 1.0 and np.isnan(table.loc[1, "low"])
+    assert table.loc[2, "speedup"] == pytest.approx(seconds[0] / seconds[1])
+    assert table.loc[2, "efficiency"] == pytest.approx(seconds[0] / seconds[1] / 2)
+    assert np.isnan(table.loc[2, "low"])  # one run on each side: no interval
+
+
+def test_probability_of_improvement_matches_counting_pairs(sweep: Path, tmp_path: Path):
+    # Ties count one half: x=1 beats 0; x=2 beats 0 and ties 2; x=3 beats all three -> 5.5 of 9 pairs.
+    assert stats.probability_greater(np.array([1.0, 2, 3]), np.array([0.0, 2, 2.5])) == pytest.approx(5.5 / 9)
+    # CartPole: the sweep's first job (Acrobot, seed 1) also times the process's start-up, so its first
+    # row comes late enough that it may share no wall-clock range with the others.
+    for seed in SEEDS:
+        copy_run(run_of(sweep, "cartpole", seed), tmp_path / f"single{seed}")
+    for seed in (1, 2):
+        copy_run(run_of(sweep, "cartpole", seed), tmp_path / f"async{seed}", algo="a3c", mode="hogwild")
+    runset = load_runs(tmp_path)
+    # A budget inside every run's logged wall-clock range, between its first and last rows.
+    first_rows = [metric_rows(run)[0]["wall_time"] for run in tmp_path.iterdir()]
+    last_rows = [metric_rows(run)[-1]["wall_time"] for run in tmp_path.iterdir()]
+    assert max(first_rows) < min(last_rows)
+    budget = (max(first_rows) + min(last_rows)) / 2
+
+    def return_at(run: Path) -> float:
+        rows = metric_rows(run)
+        later = next(i for i, row in enumerate(rows) if row["wall_time"] >= budget and i > 0)
+        before, after = rows[later - 1], rows[later]
+        fraction = (budget - before["wall_time"]) / (after["wall_time"] - before["wall_time"])
+        return before["return_mean"] + fraction * (after["return_mean"] - before["return_mean"])
+
+    a3c = [return_at(tmp_path / f"async{seed}") for seed in (1, 2)]
+    single = [return_at(tmp_path / f"single{seed}") for seed in SEEDS]
+    expected = sum((x > y) + 0.5 * (x == y) for x in a3c for y in single) / 6
+    table = stats.probability_of_improvement(runset.metrics, runset.conditions, budget_seconds=budget)
+    (row,) = table.itertuples()
+    assert (row.x, row.y) == ("a3c/hogwild, 1 worker", "single/serial, 1 worker")
+    assert row.probability == pytest.approx(expected)
+    assert (row.n_x, row.n_y) == (2, 3)
+
+
+# --------------------------------------------------------------------------- the report
+def test_report_command_writes_every_figure_and_table(relabelled: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    completed = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(relabelled), "--out", str(out),
+         "--threshold", "cartpole=40", "--threshold", "acrobot=-300"],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.stdout.strip() == f"report: {(out / 'report.md').resolve()}"
+    for name in FIGURE_FILES:
+        assert (out / "figures" / name).stat().st_size > 10_000, name
+    text = (out / "report.md").read_text()
+    assert "Skipped:" not in text
+    for name in report.FIGURES:
+        assert f"![{name}](figures/{name}.png)" in text
+    for name in TABLES:
+        markdown = (out / "tables" / f"{name}.md").read_text()
+        latex = (out / "tables" / f"{name}.tex").read_text()
+        assert markdown in text
+        assert latex.startswith("\\begin{table}") and "\\bottomrule" in latex
+    # 6 conditions per env, 2 envs, 3 seeds each.
+    final = (out / "tables" / "final_return.md").read_text().splitlines()
+    assert len(final) == 2 + 12
+    assert "| cartpole | a3c/hogwild | 4 | 3 |" in (out / "tables" / "final_return.md").read_text()
+    assert "mean staleness, IQM [95\\% CI]" in (out / "tables" / "staleness.tex").read_text()
+    ttt = (out / "tables" / "time_to_threshold.md").read_text()
+    assert "| cartpole | a3c/hogwild | 4 | 40 |" in ttt
+
+
+def test_figures_without_data_are_skipped_with_a_note(sweep: Path, tmp_path: Path):
+    report.main([str(sweep), "--out", str(tmp_path)])
+    text = (tmp_path / "report.md").read_text()
+    for name in ("staleness_distribution", "staleness_vs_workers", "return_vs_staleness"):
+        assert f"### {name.replace('_', ' ')}\n\n*Skipped: no multi-worker runs.*" in text
+        assert not (tmp_path / "figures" / f"{name}.png").exists()
+    assert "*Skipped: no synchronous multi-worker runs.*" in text
+    assert "### speedup vs workers\n\n*Skipped: no multi-worker condition" in text
+    for name in ("return_vs_steps", "return_vs_time", "throughput_vs_workers"):
+        assert (tmp_path / "figures" / f"{name}.png").exists()
+    # Default thresholds: env.solved_return from the runs' configs.
+    assert "Thresholds: acrobot -100, cartpole 475" in text
+
+
+def test_report_options_select_envs_x_axis_and_figures(sweep: Path, tmp_path: Path):
+    report.main([str(sweep), "--out", str(tmp_path), "--env", "CartPole-v1", "--x", "wall_time",
+                 "--figures", "return_vs_steps", "return_vs_time", "--threshold", "cartpole=60",
+                 "--estimator", "mean"])
+    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == ["return_vs_time.pdf",
+                                                                              "return_vs_time.png"]
+    text = (tmp_path / "report.md").read_text()
+    assert "Thresholds: cartpole 60" in text and "acrobot" not in text
+    assert "final return, mean [95% CI]" in (tmp_path / "tables" / "final_return.md").read_text()
+
+
+def test_a_schedule_keeps_its_colour_whatever_else_is_plotted():
+    alone = figures.schedule_palette(["a3c/hogwild"])
+    crowded = figures.schedule_palette(["single/serial", "a3c/hogwild", "a2c/vector", "new/mode"])
+    assert alone["a3c/hogwild"] == crowded["a3c/hogwild"]
+    assert len({crowded[name] for name in ("single/serial", "a3c/hogwild", "a2c/vector", "new/mode")}) == 4
