@@ -45,8 +45,9 @@ RECORD_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
 RECORD_COLUMNS = {"metrics": METRIC_COLUMNS, "episodes": EPISODE_COLUMNS, "updates": UPDATE_COLUMNS}
 # Override keys already described by a meta.json column, and keys that are not experimental factors.
 META_OVERRIDE_KEYS = {"seed", "algo", "env", "algo.name", "algo.mode", "algo.num_workers", "algo.num_envs",
-                      "env.id", "env.name"}
-NON_FACTOR_PREFIXES = ("hydra.", "logger.", "quiet", "resume", "torch_threads")
+                      "env.id", "env.name", "schedule", "experiment", "suite"}
+NON_FACTOR_PREFIXES = ("hydra.", "logger.", "quiet", "resume", "torch_threads", "log_interval",
+                       "checkpoint_interval", "cpu_budget", "return_window")
 
 
 class SkippedRunWarning(UserWarning):
@@ -243,7 +244,10 @@ def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
         })
     runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "solved_return"] if not rows else None)
     override_keys = sorted({key for run in loaded for key in run.overrides})
-    swept = [key for key in override_keys if runs[key].astype(str).nunique(dropna=False) > 1]
+    # A factor is swept when it varies within one env: a budget set per env (total_env_steps=5e5 for one
+    # env, 1e6 for another) describes the env, not a condition to compare.
+    swept = [key for key in override_keys
+             if (runs[key].astype(str).groupby(runs["env_name"]).nunique(dropna=False) > 1).any()]
     label_columns = [*RUN_COLUMNS, *swept]
     frames = {}
     for name, (columns, _) in RECORD_FILES.items():
