@@ -236,9 +236,15 @@ def _validate_algo(algo: DictConfig) -> None:
     if algo.name == "a3c" and algo.mode == "parameter_server":
         _require(not algo.lock, "algo.lock", algo.lock,
                  "is a mode=hogwild setting; the parameter server applies one gradient at a time")
+    if algo.name == "a3c" and algo.num_workers > 1:
+        _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
+                 "a3c worker processes step their envs themselves (they cannot start env subprocesses)")
     if algo.name == "a2c" and algo.mode == "vector":
         _require(algo.num_workers == 1, "algo.num_workers", algo.num_workers,
                  "mode=vector is one learner process; set algo.num_envs for more envs, or algo.mode=workers")
+    if algo.name == "a2c" and algo.mode == "workers":
+        _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
+                 "mode=workers steps each worker's envs in the worker (its process cannot start env subprocesses)")
     if algo.name != "a3c":
         for key, default in (("delay", 0), ("max", None), ("lr_scaling", "none")):
             _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],
@@ -291,8 +297,11 @@ class ValidateBeforeLaunch(Callback):
 
         from experiments.sweep import limit_parallel_jobs
 
-        parser = OverridesParser.create()
-        overrides = parser.parse_overrides(list(config.hydra.overrides.task))
+        # The same arguments the basic sweeper expands: a study's hydra.sweeper.params, then the command
+        # line (whose value wins for a key given in both).
+        params = config.hydra.sweeper.get("params") or {}
+        arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+        overrides = OverridesParser.create().parse_overrides(arguments)
         job_cfgs = []
         for batch in BasicSweeper.split_arguments(overrides, max_batch_size=None):
             for job_overrides in batch:

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from algorithms.losses import LOSS_STATS
+
 METRIC_COLUMNS = (
     "env_steps", "wall_time", "updates", "policy_version", "episodes",
     "return_mean", "return_max", "length_mean",
@@ -44,7 +46,6 @@ UPDATE_COLUMNS = (
     "update", "wall_time", "env_steps", "worker",
     "version_at_sync", "version_at_apply", "staleness", "applied", "wait_time", "lr",
 )
-LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
 RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
