@@ -1,0 +1,226 @@
+"""Throughput benchmark: env steps per second of each schedule, next to the env's raw stepping rate.
+
+Every run is a real training run, launched through :func:`experiments.train.train` into a temporary
+directory (W&B disabled, no progress bar); its steady-state rate is read from its own ``metrics.csv``
+over the rows after the first ``--warmup`` fraction of the budget, so process start-up, env creation
+and the first updates do not count. Right before each run, the same env (same config) is stepped
+alone in this process with random actions (``env.action_space.sample()``), no model and no learning:
+that raw rate is the ceiling a single-env, single-process learner could approach, and each run is
+reported as a fraction of it. On a noisy machine, repeat (``--repeats``): the table shows medians.
+
+Run specs are ``ALGO[:MODE][:N[w]][:Me]``: ``N`` or ``Nw`` worker processes, ``Me`` envs per worker
+(per learner in vector mode). Examples::
+
+    python -m experiments.throughput --env cartpole --runs single a2c:vector:8e a2c:workers:2w:1e \\
+        a3c:hogwild:2w a3c:parameter_server:2w --steps 200000 --json throughput.json
+    python -m experiments.throughput --runs a2c:vector:8e --set model.hidden_sizes=[64,64] torch_threads=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from algorithms.envs import make_env
+from experiments.config import ALGORITHM_MODES, ConfigError, validate
+from experiments.train import CONFIG_DIR, train
+
+SPEC_PART = re.compile(r"(?P<count>\d+)(?P<unit>w|workers?|e|envs?)?")
+
+
+@dataclass
+class RunSpec:
+    algo: str
+    mode: str
+    num_workers: int | None = None
+    num_envs: int | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.algo, self.mode]
+        if self.num_workers is not None:
+            parts.append(f"{self.num_workers}w")
+        if self.num_envs is not None:
+            parts.append(f"{self.num_envs}e")
+        return ":".join(parts)
+
+    def overrides(self) -> list[str]:
+        overrides = [f"algo={self.algo}", f"algo.mode={self.mode}"]
+        if self.num_workers is not None:
+            overrides.append(f"algo.num_workers={self.num_workers}")
+        if self.num_envs is not None:
+            overrides.append(f"algo.num_envs={self.num_envs}")
+        return overrides
+
+
+def parse_spec(text: str) -> RunSpec:
+    """``ALGO[:MODE][:N[w]][:Me]``; the mode defaults to the algorithm's first one."""
+    algo, *rest = text.split(":")
+    if algo not in ALGORITHM_MODES:
+        raise ValueError(f"run spec {text!r}: unknown algorithm {algo!r} (one of {', '.join(ALGORITHM_MODES)})")
+    mode = ALGORITHM_MODES[algo][0]
+    if rest and not rest[0][:1].isdigit():
+        mode = rest.pop(0)
+        if mode not in ALGORITHM_MODES[algo]:
+            raise ValueError(f"run spec {text!r}: algo {algo} has modes {', '.join(ALGORITHM_MODES[algo])}, "
+                             f"not {mode!r}")
+    spec = RunSpec(algo, mode)
+    for part in rest:
+        match = SPEC_PART.fullmatch(part)
+        if match is None:
+            raise ValueError(f"run spec {text!r}: cannot read {part!r}; expected N or Nw (workers) or Ne (envs)")
+        if (match["unit"] or "w").startswith("w"):
+            spec.num_workers = int(match["count"])
+        else:
+            spec.num_envs = int(match["count"])
+    return spec
+
+
+def raw_env_rate(env_cfg: Any, seconds: float, seed: int = 0) -> float:
+    """Steps per second of one env with random actions and nothing else, resetting at episode ends."""
+    env = make_env(env_cfg)
+    try:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        steps, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            for _ in range(200):  # check the clock every 200 steps, not every step
+                _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                if terminated or truncated:
+                    env.reset()
+            steps += 200
+        return steps / elapsed
+    finally:
+        env.close()
+
+
+def steady_rate(run_dir: Path, warmup: float) -> float:
+    """Env steps per second between the first metrics row past ``warmup`` of the run's steps and the last."""
+    import csv
+
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        rows = [(int(row["env_steps"]), float(row["wall_time"])) for row in csv.DictReader(handle)]
+    if len(rows) < 2:
+        raise RuntimeError(f"{run_dir}: too few metrics rows for a steady-state rate; lower log_interval")
+    last_steps, last_wall = rows[-1]
+    first_steps, first_wall = next((steps, wall) for steps, wall in rows if steps >= warmup * last_steps)
+    if first_steps == last_steps:
+        first_steps, first_wall = rows[-2]
+    return (last_steps - first_steps) / (last_wall - first_wall)
+
+
+@dataclass
+class Measurement:
+    spec: str
+    algo: str
+    mode: str
+    num_workers: int
+    num_envs: int
+    status: list[str] = field(default_factory=list)
+    steady_sps: list[float] = field(default_factory=list)  # one per repeat
+    overall_sps: list[float] = field(default_factory=list)  # including start-up
+    raw_sps: list[float] = field(default_factory=list)  # measured right before each repeat
+
+    def summary(self) -> dict[str, Any]:
+        steady, raw = statistics.median(self.steady_sps), statistics.median(self.raw_sps)
+        return {**asdict(self), "steady_sps_median": steady, "raw_sps_median": raw,
+                "fraction_of_raw": statistics.median(s / r for s, r in zip(self.steady_sps, self.raw_sps,
+                                                                            strict=True))}
+
+
+def compose_run(spec: RunSpec, env: str, steps: int, log_rows: int, extra: list[str]) -> DictConfig:
+    overrides = [*spec.overrides(), f"env={env}", f"total_env_steps={steps}",
+                 f"log_interval={max(1, steps // log_rows)}", f"checkpoint_interval={steps}",
+                 "logger.wandb.mode=disabled", "quiet=true", *extra]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_seconds: float, warmup: float,
+            extra: list[str], keep: Path | None) -> list[Measurement]:
+    configs = [compose_run(spec, env, steps, log_rows=50, extra=extra) for spec in specs]
+    for spec, cfg in zip(specs, configs, strict=True):  # every config checked before the first run
+        try:
+            validate(cfg)
+        except ConfigError as error:
+            raise SystemExit(f"error: run {spec.label}: {error}") from error
+    results = [Measurement(spec.label, cfg.algo.name, cfg.algo.mode, cfg.algo.num_workers, cfg.algo.num_envs)
+               for spec, cfg in zip(specs, configs, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="svrl-throughput-") as scratch:
+        root = keep or Path(scratch)
+        for repeat in range(repeats):
+            for index, (cfg, result) in enumerate(zip(configs, results, strict=True)):
+                result.raw_sps.append(raw_env_rate(cfg.env, raw_seconds))
+                run_dir = root / f"{index:02d}_{result.spec.replace(':', '-')}_r{repeat}"
+                record = train(cfg, str(run_dir))
+                result.status.append(record.status)
+                result.steady_sps.append(steady_rate(run_dir, warmup))
+                result.overall_sps.append(record.summary()["sps"])
+                print(f"  {result.spec} repeat {repeat + 1}/{repeats}: {result.steady_sps[-1]:,.0f} steps/s "
+                      f"(raw env {result.raw_sps[-1]:,.0f})", file=sys.stderr, flush=True)
+    return results
+
+
+def table(results: list[Measurement]) -> str:
+    lines = [f"{'run':<32} {'workers':>7} {'envs':>5} {'steps/s':>10} {'raw env':>10} {'of raw':>7}",
+             "-" * 76]
+    for result in results:
+        summary = result.summary()
+        lines.append(f"{result.spec:<32} {result.num_workers:>7} {result.num_envs:>5} "
+                     f"{summary['steady_sps_median']:>10,.0f} {summary['raw_sps_median']:>10,.0f} "
+                     f"{summary['fraction_of_raw']:>6.1%}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"host": platform.node(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
+                        help="ALGO[:MODE][:N[w]][:Me], e.g. single a2c:vector:8e a2c:workers:2w:1e a3c:hogwild:2w")
+    parser.add_argument("--env", default="cartpole", help="env config group (conf/env), default cartpole")
+    parser.add_argument("--steps", type=int, default=200_000, help="env steps per run (default 200000)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each spec; the table shows medians")
+    parser.add_argument("--raw-seconds", type=float, default=3.0, help="seconds of raw env stepping before each run")
+    parser.add_argument("--warmup", type=float, default=0.2,
+                        help="fraction of each run's steps left out of its steady-state rate (default 0.2)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, e.g. model.hidden_sizes=[64,64] algo.n_steps=5")
+    parser.add_argument("--json", type=Path, default=Path("throughput.json"), help="where to write the results")
+    parser.add_argument("--keep", type=Path, help="keep the runs' directories here instead of a temporary one")
+    args = parser.parse_args(argv)
+    try:
+        specs = [parse_spec(text) for text in args.runs]
+    except ValueError as error:
+        parser.error(str(error))
+    started = machine()
+    results = measure(specs, args.env, args.steps, args.repeats, args.raw_seconds, args.warmup, args.set, args.keep)
+    print(table(results))
+    payload = {"env": args.env, "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
+               "overrides": args.set, "machine": started, "load_average_after": os.getloadavg(),
+               "runs": [result.summary() for result in results]}
+    args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The throughput benchmark: run specs, and a real (tiny) benchmark that writes its table and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.throughput import RunSpec, main, parse_spec
+
+
+@pytest.mark.parametrize(("text", "spec"), [
+    ("single", RunSpec("single", "serial")),
+    ("a2c", RunSpec("a2c", "vector")),
+    ("a2c:vector:8e", RunSpec("a2c", "vector", num_envs=8)),
+    ("a2c:workers:2", RunSpec("a2c", "workers", num_workers=2)),
+    ("a2c:workers:4w:2envs", RunSpec("a2c", "workers", num_workers=4, num_envs=2)),
+    ("a3c:parameter_server:2w", RunSpec("a3c", "parameter_server", num_workers=2)),
+])
+def test_run_specs_are_read(text, spec):
+    assert parse_spec(text) == spec
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("ppo", "unknown algorithm 'ppo'"),
+    ("a2c:hogwild:2", "algo a2c has modes vector, workers, not 'hogwild'"),
+    ("a2c:workers:two", "cannot read 'two'"),
+])
+def test_bad_run_specs_say_why(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_spec(text)
+
+
+def test_benchmark_runs_every_spec_and_writes_its_json(tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    main(["--runs", "single", "a2c:vector:2e", "a2c:workers:2w:1e", "--steps", "1200", "--raw-seconds", "0.2",
+          "--json", str(path)])
+    table = capsys.readouterr().out
+    result = json.loads(path.read_text())
+    assert [run["spec"] for run in result["runs"]] == ["single:serial", "a2c:vector:2e", "a2c:workers:2w:1e"]
+    assert [(run["num_workers"], run["num_envs"]) for run in result["runs"]] == [(1, 1), (1, 2), (2, 1)]
+    for run in result["runs"]:
+        assert run["status"] == ["completed"]
+        assert run["steady_sps_median"] > 0 and run["raw_sps_median"] > 0
+        assert run["fraction_of_raw"] == pytest.approx(run["steady_sps_median"] / run["raw_sps_median"])
+        assert run["spec"] in table
+    assert result["machine"]["cpu_count"] >= 1 and result["steps"] == 1200
