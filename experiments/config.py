@@ -291,23 +291,11 @@ class ValidateBeforeLaunch(Callback):
         exit_on_invalid(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra import compose
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
+        from experiments.plan import compose_valid_jobs
         from experiments.sweep import limit_parallel_jobs
 
-        # The same arguments the basic sweeper expands: a study's hydra.sweeper.params, then the command
-        # line (whose value wins for a key given in both).
-        params = config.hydra.sweeper.get("params") or {}
-        arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
-        overrides = OverridesParser.create().parse_overrides(arguments)
-        job_cfgs = []
-        for batch in BasicSweeper.split_arguments(overrides, max_batch_size=None):
-            for job_overrides in batch:
-                job_cfg = compose(config_name=config.hydra.job.config_name, overrides=list(job_overrides))
-                exit_on_invalid(job_cfg, job=" ".join(job_overrides) or "base")
-                job_cfgs.append(job_cfg)
+        job_cfgs = compose_valid_jobs(config.hydra.sweeper.get("params") or {}, config.hydra.overrides.task,
+                                      config.hydra.job.config_name)
         limit_parallel_jobs(config, job_cfgs)
 
 

@@ -36,7 +36,8 @@ def busy_processes(cfg: DictConfig) -> int:
     """CPU-bound processes one run keeps busy (a multi-process trainer itself mostly waits on its workers)."""
     algo = cfg.algo
     per_actor = 1 + (algo.num_envs if algo.vector_backend == "async" else 0)
-    if algo.name == "single" or algo.mode == "vector":
+    in_process = algo.name == "single" or algo.mode == "vector" or (algo.name == "a3c" and algo.num_workers == 1)
+    if in_process:
         return per_actor
     return algo.num_workers * per_actor + (1 if algo.mode == "parameter_server" else 0)
 

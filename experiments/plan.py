@@ -1,0 +1,95 @@
+"""Plan a sweep before running it: ``python -m experiments.plan +experiment=demo [OVERRIDES]`` (or ``svrl-plan``).
+
+Expands a study, or any multirun's overrides, into its jobs exactly as Hydra's basic sweeper will
+(the study's ``hydra.sweeper.params`` first, then the command line, whose value wins for a key given
+in both), composes and validates every job's config, and prints one line per job: its run directory
+(named by its overrides), what a run of the sweep would do with it now (``run``, ``skip`` a completed
+one, ``resume`` an interrupted one, ``rerun`` a failed one), its schedule, env, workers and env steps;
+then the totals. ``--cfg`` also prints every job's composed config: Hydra's ``--cfg job``, per job of
+the multirun. Nothing is created. Exit status 2 if any job's config is invalid, naming the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import exit_on_invalid
+from experiments.sweep import busy_processes, previous_status
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+NEXT_ACTION = {None: "run", "completed": "skip", "failed": "rerun"}
+
+
+def sweep_jobs(sweeper_params: Mapping[str, object], arguments: Sequence[str]) -> list[list[str]]:
+    """Each job's overrides, in launch order, as Hydra's basic sweeper expands them."""
+    lines = [f"{key}={value}" for key, value in sweeper_params.items()] + list(arguments)
+    overrides = OverridesParser.create().parse_overrides(lines)
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, max_batch_size=None) for job in batch]
+
+
+def compose_valid_jobs(sweeper_params: Mapping[str, object], arguments: Sequence[str],
+                       config_name: str = "config") -> list[DictConfig]:
+    """Every job's composed config (with its ``hydra`` node); exit with status 2 at the first invalid one."""
+    jobs = []
+    for overrides in sweep_jobs(sweeper_params, arguments):
+        job = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        exit_on_invalid(job, job=" ".join(overrides) or "base")
+        jobs.append(job)
+    return jobs
+
+
+def compose_jobs(arguments: Sequence[str]) -> tuple[DictConfig, list[DictConfig]]:
+    """The sweep's base config (with its ``hydra`` node) and every job's validated config."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        base = compose(config_name="config", overrides=list(arguments), return_hydra_config=True)
+        return base, compose_valid_jobs(base.hydra.sweeper.get("params") or {}, arguments)
+
+
+def next_action(run_dir: Path) -> str:
+    status = previous_status(run_dir)
+    if status in ("interrupted", "running"):
+        return "resume" if (run_dir / "checkpoints" / "last.pt").exists() else "rerun"
+    return NEXT_ACTION[status]
+
+
+def describe(base: DictConfig, jobs: list[DictConfig]) -> str:
+    sweep_dir = Path(base.hydra.sweep.dir)
+    lines = [f"sweep directory: {sweep_dir}", ""]
+    for index, job in enumerate(jobs):
+        run_dir = sweep_dir / job.hydra.job.override_dirname
+        algo = job.algo
+        schedule = algo.name if algo.name == "single" else f"{algo.name}/{algo.mode}"
+        lines.append(f"{index:>4}  {next_action(run_dir):<6}  {schedule:<20} {job.env.id:<16} "
+                     f"workers={algo.num_workers:<3} envs={algo.num_envs:<3} steps={job.total_env_steps:<9,} "
+                     f"{job.hydra.job.override_dirname}")
+    actions = [next_action(sweep_dir / job.hydra.job.override_dirname) for job in jobs]
+    to_run = [job for job, action in zip(jobs, actions, strict=True) if action != "skip"]
+    widest = max((busy_processes(job) for job in jobs), default=0)
+    lines += ["", f"{len(jobs)} jobs ({len(to_run)} to run, {len(jobs) - len(to_run)} already completed), "
+                  f"{sum(job.total_env_steps for job in to_run):,} env steps to run; the widest job keeps "
+                  f"{widest} processes busy"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="the multirun's overrides, e.g. +experiment=demo seed=0,1")
+    parser.add_argument("--cfg", action="store_true", help="also print every job's composed config")
+    args = parser.parse_intermixed_args(argv)
+    base, jobs = compose_jobs(args.overrides)
+    if args.cfg:
+        for job in jobs:
+            print(f"# job: {job.hydra.job.override_dirname or '(no overrides)'}")
+            print(OmegaConf.to_yaml({key: job[key] for key in job if key != "hydra"}, resolve=True))
+    print(describe(base, jobs))
+
+
+if __name__ == "__main__":
+    main()
