@@ -43,6 +43,9 @@ PANEL_SIZE = (4.4, 3.4)
 MIN_WIDTH = 6.4  # inches: wide enough for the legend under a single panel
 
 
+DEFAULT_DPI = 200
+
+
 class NoData(Exception):
     """A figure that the loaded runs cannot support; the message says what is missing."""
 
@@ -53,12 +56,12 @@ def schedule_palette(schedules: Iterable[str]) -> dict[str, tuple[float, float, 
     return {**SCHEDULE_COLOURS, **spare}
 
 
-def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    """Write ``name.png`` and ``name.pdf`` into ``out_dir``; return both paths."""
+def save_figure(fig: Figure, out_dir: Path, name: str, dpi: int = DEFAULT_DPI) -> list[Path]:
+    """Write ``name.png`` (at ``dpi``) and ``name.pdf`` (vector) into ``out_dir``; return both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=200)
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return paths
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, stats
+from analysis.figures import DEFAULT_DPI
 from analysis.load import RunSet, SkippedRunWarning, load_runs, load_wandb
 
 FIGURES = ("return_vs_steps", "return_vs_time", "staleness_distribution", "staleness_vs_workers",
@@ -51,6 +52,7 @@ class ReportOptions:
     estimator: str = "iqm"
     confidence: float = stats.DEFAULT_CONFIDENCE
     budget_seconds: float | None = None
+    dpi: int = DEFAULT_DPI
 
 
 @dataclass
@@ -323,7 +325,7 @@ def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Seq
         except figures.NoData as reason:
             lines += [f"*Skipped: {reason}.*", ""]
             continue
-        png, pdf = figures.save_figure(fig, out / "figures", name)
+        png, pdf = figures.save_figure(fig, out / "figures", name, dpi=options.dpi)
         lines += [f"![{name}]({png.relative_to(out).as_posix()})", "",
                   f"{CAPTIONS[name]} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
 
@@ -372,7 +374,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-seconds", type=float,
                         help="wall-clock budget of the probability of improvement (default: the longest "
                              "time all runs of both conditions reached)")
+    parser.add_argument("--dpi", type=int, default=DEFAULT_DPI,
+                        help=f"resolution of the PNG figures (default {DEFAULT_DPI}; 100 keeps them small "
+                             "enough to commit)")
     args = parser.parse_args(argv)
+    if args.dpi < 1:
+        parser.error(f"--dpi must be positive, got {args.dpi}")
     if not args.runs and not args.wandb_project:
         parser.error("give run directories, or --wandb-project")
     return args
@@ -397,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = ReportOptions(envs=args.envs, thresholds=dict(args.threshold),
                             x_axes=("env_steps", "wall_time") if args.x == "both" else (args.x,),
                             figures=tuple(args.figures), estimator=args.estimator, confidence=args.confidence,
-                            budget_seconds=args.budget_seconds)
+                            budget_seconds=args.budget_seconds, dpi=args.dpi)
     report = write_report(runset, args.out, options, sources)
     print(f"report: {report.resolve()}")
     if runset.select(options.envs).runs.empty:

@@ -386,6 +386,17 @@ def test_report_options_select_envs_x_axis_and_figures(sweep: Path, tmp_path: Pa
     assert "final return, mean [95% CI]" in (tmp_path / "tables" / "final_return.md").read_text()
 
 
+def test_report_dpi_sets_the_png_resolution(sweep: Path, tmp_path: Path):
+    from PIL import Image
+
+    sizes = {}
+    for dpi in (50, 100):
+        report.main([str(sweep), "--out", str(tmp_path / str(dpi)), "--figures", "return_vs_steps", "--dpi", str(dpi)])
+        with Image.open(tmp_path / str(dpi) / "figures" / "return_vs_steps.png") as image:
+            sizes[dpi] = image.size
+    assert sizes[100] == (2 * sizes[50][0], 2 * sizes[50][1])
+
+
 def test_a_schedule_keeps_its_colour_whatever_else_is_plotted():
     alone = figures.schedule_palette(["a3c/hogwild"])
     crowded = figures.schedule_palette(["single/serial", "a3c/hogwild", "a2c/vector", "new/mode"])
