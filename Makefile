@@ -21,8 +21,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+# The demo study (every schedule, 3 seeds, CartPole-v1, about 4 minutes on 2 cores), then its report.
+# Re-running skips the completed runs and only redraws the report.
+DEMO := runs/studies/demo
 demo: $(STAMP)
-	$(PY) -m experiments.train algo=single env=cartpole total_env_steps=100000 seed=0
+	$(PY) -m experiments.train -m +experiment=demo
+	$(PY) -m analysis.report $(DEMO) --out $(DEMO)/report
+	@echo "Demo report: $(DEMO)/report/report.md (figures in $(DEMO)/report/figures)"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
