@@ -103,7 +103,9 @@ def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
         handler = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit
         try:
             if settings.address is None:
-                ray.init(num_cpus=local_cluster_cpus(cfg), include_dashboard=False, logging_level=logging.WARNING)
+                # address="local": a new cluster even when one runs on this machine (ray.init would join it)
+                ray.init(address="local", num_cpus=local_cluster_cpus(cfg), include_dashboard=False,
+                         logging_level=logging.WARNING)
             else:
                 # the config the actors receive is made of experiments.config's dataclasses: ship both packages
                 packages = [algorithms, importlib.import_module("experiments")]
