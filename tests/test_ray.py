@@ -72,7 +72,7 @@ def test_command_line_rejects_hogwild_on_ray_before_creating_anything(tmp_path):
 # --------------------------------------------------------------------------- one local cluster for the rest
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")  # a new cluster
     try:
         yield
     finally:
