@@ -85,7 +85,11 @@ BARRIER_TIMEOUT_S = 2 * STALL_TIMEOUT_S  # a worker's own limit, should the trai
 
 
 def run(cfg: Any, record: Record) -> None:
-    if cfg.algo.mode == "vector":
+    if cfg.backend == "ray":  # the workers as Ray actors, their mean gradient applied by a server actor
+        from algorithms import ray_backend
+
+        ray_backend.train_workers(cfg, record)
+    elif cfg.algo.mode == "vector":
         train_in_process(cfg, record, num_envs=cfg.algo.num_envs)
     else:
         train_workers(cfg, record)
@@ -134,11 +138,17 @@ class GradientExchange:
 
     def mean_gradient(self, slot: int, out: torch.Tensor) -> None:
         """The workers' mean gradient, bit-identical in every worker (same slots, same order of summation)."""
-        torch.sum(self.gradients[slot], dim=0, out=out)
-        out.div_(self.num_workers)
+        average_gradients(self.gradients[slot], out)
 
     def stop_voted(self, slot: int) -> bool:
         return bool(self._votes[slot].any())
+
+
+def average_gradients(gradients: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = gradients.sum(0) / len(gradients)`` for ``[num_workers, num_params]`` gradients, summed in worker
+    order: the same bits wherever it is computed (every local replica, or the Ray backend's server)."""
+    torch.sum(gradients, dim=0, out=out)
+    out.div_(len(gradients))
 
 
 @dataclass
@@ -247,6 +257,13 @@ class SyncLog:
     def add_snapshot(self, worker: int, version: int, env_steps: int, part: bytes) -> None:
         self.snapshots[version][worker] = pickle.loads(part)
         self.snapshot_steps[version] = env_steps
+
+    def add(self, worker: int, updates: Any, episodes: Any) -> None:
+        """Rows of one worker (``UPDATE_FIELDS`` and ``EPISODE_FIELDS`` wide) that arrived by other means."""
+        for row in updates:
+            self.updates[int(row[0])].append((worker, row))
+        for row in episodes:
+            self.episodes[int(row[0])].append((worker, row))
 
     def drain(self, tables: dict[int, tuple[SharedRows, SharedRows]]) -> None:
         # Updates first: a worker writes an update's episodes before the update, so every update drained

@@ -110,6 +110,11 @@ TRAINER = -2  # the trainer's holder id on the lock
 
 
 def run(cfg: Any, record: Record) -> None:
+    if cfg.backend == "ray":  # the parameter server and its workers as Ray actors
+        from algorithms import ray_backend
+
+        ray_backend.serve_parameters(cfg, record)
+        return
     torch.set_num_threads(cfg.torch_threads)  # the trainer's, and the in-process worker's
     algo = cfg.algo
     context = mp.get_context(algo.start_method)
@@ -519,33 +524,40 @@ def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
             record.save_checkpoint(global_model.checkpoint())
 
 
+def parameters_for_worker(global_model: GlobalModel) -> tuple[int, np.ndarray]:
+    """What the server answers a worker with: the current version (``delay`` behind it, if set) and its
+    parameters."""
+    version, source = global_model.counters.version, global_model.model.flat_params
+    if global_model.snapshots is not None:
+        version, source = global_model.snapshots.delayed(version)
+    return version, source.numpy()
+
+
+def apply_worker_gradient(cfg: Any, record: Record, global_model: GlobalModel, worker: int, version_at_sync: int,
+                          gradient: np.ndarray, stats: dict[str, float], finished: list[tuple[int, float, int]],
+                          steps: int) -> None:
+    """The server's part of one update: record the episodes that came with a worker's gradient, apply it at
+    the current version (or drop it as too stale), advance the counters and record the update."""
+    algo, counters = cfg.algo, global_model.counters
+    env_steps, version = counters.env_steps, counters.version
+    for steps_into_rollout, ret, length in finished:
+        record.episode(worker, env_steps + steps_into_rollout, ret, length)
+    lr = learning_rate(algo, env_steps, cfg.total_env_steps)
+    applied, lr = apply_gradient(global_model.optimizer, global_model.model.flat_params, torch.from_numpy(gradient),
+                                 version, version_at_sync, lr, algo.staleness, global_model.snapshots)
+    counters.version, counters.env_steps = version + applied, env_steps + steps
+    record.update(worker, env_steps + steps, version_at_sync, version, applied=applied, lr=lr, **stats)
+
+
 def serve_parameters(cfg: Any, record: Record, global_model: GlobalModel) -> None:
     """The trainer as parameter server: apply gradients in arrival order, answer with fresh parameters."""
     algo, counters = cfg.algo, global_model.counters
-    params, snapshots = global_model.model.flat_params, global_model.snapshots
 
     def finishing() -> bool:
         return record.stop_requested or counters.env_steps >= cfg.total_env_steps
 
     def reply(worker: int) -> None:
-        if finishing():
-            supervisor.send(worker, None)
-            return
-        version, source = counters.version, params
-        if snapshots is not None:
-            version, source = snapshots.delayed(version)
-        supervisor.send(worker, (version, source.numpy()))
-
-    def apply(worker: int, version_at_sync: int, gradient: np.ndarray, stats: dict[str, float],
-              finished: list[tuple[int, float, int]], steps: int, sent_at: float) -> None:
-        env_steps, version = counters.env_steps, counters.version
-        for steps_into_rollout, ret, length in finished:
-            record.episode(worker, env_steps + steps_into_rollout, ret, length)
-        lr = learning_rate(algo, env_steps, cfg.total_env_steps)
-        applied, lr = apply_gradient(global_model.optimizer, params, torch.from_numpy(gradient), version,
-                                     version_at_sync, lr, algo.staleness, snapshots)
-        counters.version, counters.env_steps = version + applied, env_steps + steps
-        record.update(worker, env_steps + steps, version_at_sync, version, applied=applied, lr=lr, **stats)
+        supervisor.send(worker, None if finishing() else parameters_for_worker(global_model))
 
     with WorkerProcesses(algo.start_method) as processes:
         supervisor = Supervisor(cfg, record, processes, parameter_server_worker_main, lambda worker: (),
@@ -557,7 +569,7 @@ def serve_parameters(cfg: Any, record: Record, global_model: GlobalModel) -> Non
                 # in arrival order: messages received in one wait are sorted by their send time
                 for worker, message in sorted(supervisor.messages(POLL_S), key=lambda item: item[1][-1]):
                     if message[0] == "gradient":
-                        apply(worker, *message[1:])
+                        apply_worker_gradient(cfg, record, global_model, worker, *message[1:-1])
                         supervisor.progressed()
                     reply(worker)
                 supervisor.handle_exits(finishing=finishing())

@@ -107,6 +107,18 @@ class LoggerConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where and how ``backend=ray`` runs its actors (see docs/ray.md)."""
+
+    address: str | None = None  # null: start a local cluster for this run; "auto" or "HOST:PORT": connect to one
+    num_cpus: int | None = None  # CPUs of the local cluster (null: this machine's, at least what the run asks)
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker actor (fractions allowed)
+    server_cpus: float = 0.0  # CPUs reserved for the parameter-server actor (it mostly waits on workers)
+    ship_code: bool = True  # connecting to a cluster: upload this checkout's code (algorithms, experiments)
+    start_timeout_s: float = 300.0  # fail if the actors are not all placed and started within this
+
+
+@dataclass
 class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -118,7 +130,8 @@ class Config:
     checkpoint_interval: int = 50_000  # env steps between checkpoints
     return_window: int = 20  # episodes behind return_mean in metrics.csv
     resume: bool = False
-    backend: str = "local"
+    backend: str = "local"  # local: processes on this machine; ray: Ray actors (a2c workers, a3c parameter_server)
+    ray: RayConfig = field(default_factory=RayConfig)
     quiet: bool = False  # no progress bar: for sweeps
     torch_threads: int = 1  # per process; more only fights the other workers for cores
     cpu_budget: int | None = None  # CPUs a parallel sweep may keep busy (null: all of this machine's)
@@ -251,6 +264,42 @@ def _validate_algo(algo: DictConfig) -> None:
                      f"controlled staleness is an a3c setting; algo={algo.name} applies every gradient fresh")
 
 
+# The schedules backend=ray runs on actors, by algorithm; the others are one-process or one-machine schedules.
+RAY_MODES = {"a2c": "workers", "a3c": "parameter_server"}
+
+
+def _validate_ray(cfg: DictConfig) -> None:
+    algo, ray = cfg.algo, cfg.ray
+    _require(algo.name in RAY_MODES, "backend", cfg.backend,
+             f"algo={algo.name} is a one-process schedule; backend=ray runs algo=a2c algo.mode=workers and "
+             "algo=a3c algo.mode=parameter_server")
+    if algo.name == "a3c":
+        _require(algo.mode == "parameter_server", "algo.mode", algo.mode,
+                 "hogwild is a shared-memory schedule for one machine; with backend=ray use "
+                 "algo.mode=parameter_server (the parameter server is a Ray actor)")
+    else:
+        _require(algo.mode == "workers", "algo.mode", algo.mode,
+                 "mode=vector is a one-process schedule; with backend=ray use algo.mode=workers (worker actors "
+                 "whose gradients are averaged at a barrier)")
+    _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
+             "Ray worker actors step their envs themselves (they do not start env subprocesses)")
+    if ray.address is not None:
+        _require(bool(ray.address.strip()), "ray.address", ray.address,
+                 "must be auto, HOST:PORT or ray://HOST:PORT (null starts a local cluster)")
+        _require(ray.num_cpus is None, "ray.num_cpus", ray.num_cpus,
+                 f"sizes a local cluster; with ray.address={ray.address} the cluster's own resources apply")
+    for key in ("cpus_per_worker", "server_cpus"):
+        _require(math.isfinite(ray[key]) and ray[key] >= 0, f"ray.{key}", ray[key], "must be a finite number >= 0")
+    _require(math.isfinite(ray.start_timeout_s) and ray.start_timeout_s > 0, "ray.start_timeout_s",
+             ray.start_timeout_s, "must be a finite number of seconds > 0")
+    if ray.num_cpus is not None:
+        _positive_int("ray.num_cpus", ray.num_cpus)
+        needed = algo.num_workers * ray.cpus_per_worker + ray.server_cpus
+        _require(ray.num_cpus >= needed, "ray.num_cpus", ray.num_cpus,
+                 f"the local cluster cannot place the run's actors: algo.num_workers={algo.num_workers} x "
+                 f"ray.cpus_per_worker={ray.cpus_per_worker} + ray.server_cpus={ray.server_cpus} = {needed:g} CPUs")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every rule that types alone cannot express; raise ConfigError naming the key and value."""
     _validate_algo(cfg.algo)
@@ -261,8 +310,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.cpu_budget is not None:
         _positive_int("cpu_budget", cfg.cpu_budget)
     _one_of("backend", cfg.backend, BACKENDS)
-    _require(cfg.backend == "local", "backend", cfg.backend,
-             "this installation trains on the local backend only")
+    if cfg.backend == "ray":
+        _validate_ray(cfg)
     _require(len(cfg.model.hidden_sizes) >= 1 and all(h >= 1 for h in cfg.model.hidden_sizes),
              "model.hidden_sizes", list(cfg.model.hidden_sizes), "must be a non-empty list of positive sizes")
     _one_of("model.activation", cfg.model.activation, ACTIVATIONS)

@@ -35,6 +35,8 @@ OUTCOMES = ("completed", "resumed", "skipped", "failed", "interrupted")
 def busy_processes(cfg: DictConfig) -> int:
     """CPU-bound processes one run keeps busy (a multi-process trainer itself mostly waits on its workers)."""
     algo = cfg.algo
+    if cfg.get("backend") == "ray" and cfg.ray.address is not None:
+        return 1  # the driver; the cluster places the workers where its CPUs are free
     per_actor = 1 + (algo.num_envs if algo.vector_backend == "async" else 0)
     in_process = algo.name == "single" or algo.mode == "vector" or (algo.name == "a3c" and algo.num_workers == 1)
     if in_process:

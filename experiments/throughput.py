@@ -8,12 +8,17 @@ alone in this process with random actions (``env.action_space.sample()``), no mo
 that raw rate is the ceiling a single-env, single-process learner could approach, and each run is
 reported as a fraction of it. On a noisy machine, repeat (``--repeats``): the table shows medians.
 
-Run specs are ``ALGO[:MODE][:N[w]][:Me]``: ``N`` or ``Nw`` worker processes, ``Me`` envs per worker
-(per learner in vector mode). Examples::
+Run specs are ``ALGO[:MODE][:N[w]][:Me][:BACKEND]``: ``N`` or ``Nw`` worker processes, ``Me`` envs per
+worker (per learner in vector mode), ``local`` (the default) or ``ray`` for the training backend, so that
+one benchmark compares the backends on the same machine state. A Ray run starts its own local cluster
+(``ray.*`` keys via ``--set``); its steady-state rate leaves the cluster's start-up out. Examples::
 
     python -m experiments.throughput --env cartpole --runs single a2c:vector:8e a2c:workers:2w:1e \\
         a3c:hogwild:2w a3c:parameter_server:2w --steps 200000 --json throughput.json
     python -m experiments.throughput --runs a2c:vector:8e --set model.hidden_sizes=[64,64] torch_threads=1
+    python -m experiments.throughput --runs a3c:parameter_server:1w a3c:parameter_server:1w:ray \
+        a3c:parameter_server:2w a3c:parameter_server:2w:ray a2c:workers:1w:1e a2c:workers:1w:1e:ray \
+        a2c:workers:2w:1e a2c:workers:2w:1e:ray --steps 100000
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from algorithms.envs import make_env
-from experiments.config import ALGORITHM_MODES, ConfigError, validate
+from experiments.config import ALGORITHM_MODES, BACKENDS, ConfigError, validate
 from experiments.train import CONFIG_DIR, train
 
 SPEC_PART = re.compile(r"(?P<count>\d+)(?P<unit>w|workers?|e|envs?)?")
@@ -47,6 +52,7 @@ class RunSpec:
     mode: str
     num_workers: int | None = None
     num_envs: int | None = None
+    backend: str = "local"
 
     @property
     def label(self) -> str:
@@ -55,6 +61,8 @@ class RunSpec:
             parts.append(f"{self.num_workers}w")
         if self.num_envs is not None:
             parts.append(f"{self.num_envs}e")
+        if self.backend != "local":
+            parts.append(self.backend)
         return ":".join(parts)
 
     def overrides(self) -> list[str]:
@@ -63,12 +71,17 @@ class RunSpec:
             overrides.append(f"algo.num_workers={self.num_workers}")
         if self.num_envs is not None:
             overrides.append(f"algo.num_envs={self.num_envs}")
+        if self.backend != "local":
+            overrides.append(f"backend={self.backend}")
         return overrides
 
 
 def parse_spec(text: str) -> RunSpec:
-    """``ALGO[:MODE][:N[w]][:Me]``; the mode defaults to the algorithm's first one."""
+    """``ALGO[:MODE][:N[w]][:Me][:BACKEND]``; the mode defaults to the algorithm's first one, the backend to local."""
     algo, *rest = text.split(":")
+    backend = "local"
+    if rest and rest[-1] in BACKENDS:
+        backend = rest.pop()
     if algo not in ALGORITHM_MODES:
         raise ValueError(f"run spec {text!r}: unknown algorithm {algo!r} (one of {', '.join(ALGORITHM_MODES)})")
     mode = ALGORITHM_MODES[algo][0]
@@ -77,11 +90,12 @@ def parse_spec(text: str) -> RunSpec:
         if mode not in ALGORITHM_MODES[algo]:
             raise ValueError(f"run spec {text!r}: algo {algo} has modes {', '.join(ALGORITHM_MODES[algo])}, "
                              f"not {mode!r}")
-    spec = RunSpec(algo, mode)
+    spec = RunSpec(algo, mode, backend=backend)
     for part in rest:
         match = SPEC_PART.fullmatch(part)
         if match is None:
-            raise ValueError(f"run spec {text!r}: cannot read {part!r}; expected N or Nw (workers) or Ne (envs)")
+            raise ValueError(f"run spec {text!r}: cannot read {part!r}; expected N or Nw (workers), Ne (envs), "
+                             f"or a backend ({', '.join(BACKENDS)}) last")
         if (match["unit"] or "w").startswith("w"):
             spec.num_workers = int(match["count"])
         else:
@@ -129,6 +143,7 @@ class Measurement:
     mode: str
     num_workers: int
     num_envs: int
+    backend: str
     status: list[str] = field(default_factory=list)
     steady_sps: list[float] = field(default_factory=list)  # one per repeat
     overall_sps: list[float] = field(default_factory=list)  # including start-up
@@ -157,7 +172,8 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
             validate(cfg)
         except ConfigError as error:
             raise SystemExit(f"error: run {spec.label}: {error}") from error
-    results = [Measurement(spec.label, cfg.algo.name, cfg.algo.mode, cfg.algo.num_workers, cfg.algo.num_envs)
+    results = [Measurement(spec.label, cfg.algo.name, cfg.algo.mode, cfg.algo.num_workers, cfg.algo.num_envs,
+                           cfg.backend)
                for spec, cfg in zip(specs, configs, strict=True)]
     with tempfile.TemporaryDirectory(prefix="svrl-throughput-") as scratch:
         root = keep or Path(scratch)
@@ -174,14 +190,27 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
     return results
 
 
+def local_ratio(result: Measurement, results: list[Measurement]) -> float | None:
+    """A non-local run's steady rate over that of the same schedule on the local backend in this benchmark."""
+    if result.backend == "local":
+        return None
+    twin = next((other for other in results if other.backend == "local" and (other.algo, other.mode,
+                 other.num_workers, other.num_envs) == (result.algo, result.mode, result.num_workers,
+                                                        result.num_envs)), None)
+    if twin is None:
+        return None
+    return statistics.median(result.steady_sps) / statistics.median(twin.steady_sps)
+
+
 def table(results: list[Measurement]) -> str:
-    lines = [f"{'run':<32} {'workers':>7} {'envs':>5} {'steps/s':>10} {'raw env':>10} {'of raw':>7}",
-             "-" * 76]
+    lines = [f"{'run':<36} {'workers':>7} {'envs':>5} {'steps/s':>10} {'raw env':>10} {'of raw':>7} {'vs local':>8}",
+             "-" * 89]
     for result in results:
         summary = result.summary()
-        lines.append(f"{result.spec:<32} {result.num_workers:>7} {result.num_envs:>5} "
+        ratio = local_ratio(result, results)
+        lines.append(f"{result.spec:<36} {result.num_workers:>7} {result.num_envs:>5} "
                      f"{summary['steady_sps_median']:>10,.0f} {summary['raw_sps_median']:>10,.0f} "
-                     f"{summary['fraction_of_raw']:>6.1%}")
+                     f"{summary['fraction_of_raw']:>6.1%} {'' if ratio is None else f'{ratio:.2f}':>8}")
     return "\n".join(lines)
 
 
@@ -196,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
-                        help="ALGO[:MODE][:N[w]][:Me], e.g. single a2c:vector:8e a2c:workers:2w:1e a3c:hogwild:2w")
+                        help="ALGO[:MODE][:N[w]][:Me][:BACKEND], e.g. single a2c:vector:8e a2c:workers:2w:1e "
+                             "a3c:hogwild:2w a3c:parameter_server:2w:ray")
     parser.add_argument("--env", default="cartpole", help="env config group (conf/env), default cartpole")
     parser.add_argument("--steps", type=int, default=200_000, help="env steps per run (default 200000)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each spec; the table shows medians")
@@ -217,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     payload = {"env": args.env, "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
                "overrides": args.set, "machine": started, "load_average_after": os.getloadavg(),
-               "runs": [result.summary() for result in results]}
+               "runs": [{**result.summary(), "vs_local": local_ratio(result, results)} for result in results]}
     args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")
 

@@ -16,15 +16,24 @@ from experiments.throughput import RunSpec, main, parse_spec
     ("a2c:workers:2", RunSpec("a2c", "workers", num_workers=2)),
     ("a2c:workers:4w:2envs", RunSpec("a2c", "workers", num_workers=4, num_envs=2)),
     ("a3c:parameter_server:2w", RunSpec("a3c", "parameter_server", num_workers=2)),
+    ("a3c:parameter_server:2w:ray", RunSpec("a3c", "parameter_server", num_workers=2, backend="ray")),
+    ("a2c:workers:2w:1e:local", RunSpec("a2c", "workers", num_workers=2, num_envs=1)),
 ])
 def test_run_specs_are_read(text, spec):
     assert parse_spec(text) == spec
+
+
+def test_run_spec_labels_and_overrides_name_the_backend():
+    spec = parse_spec("a2c:workers:2w:1e:ray")
+    assert spec.label == "a2c:workers:2w:1e:ray" and spec.overrides()[-1] == "backend=ray"
+    assert parse_spec("a2c:workers:2w:1e:local").label == "a2c:workers:2w:1e"
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("ppo", "unknown algorithm 'ppo'"),
     ("a2c:hogwild:2", "algo a2c has modes vector, workers, not 'hogwild'"),
     ("a2c:workers:two", "cannot read 'two'"),
+    ("a2c:workers:ray:2w", "cannot read 'ray'; expected N or Nw .* or a backend .* last"),
 ])
 def test_bad_run_specs_say_why(text, message):
     with pytest.raises(ValueError, match=message):

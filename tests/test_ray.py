@@ -1,0 +1,326 @@
+"""The Ray backend: config rules; on one local Ray cluster (2 CPUs, started once for the module), the
+parameter-server and workers schedules give the local backend's parameters and run record, worker actors
+killed mid-run are restarted and recorded, exhausted restarts fail the run clearly, and no actor outlives
+its run; a Ctrl-C'd command line leaves no Ray process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from algorithms.shared import WorkerFailure
+from experiments.config import ConfigError, validate
+from experiments.throughput import main as throughput_main
+from tests.conftest import compose_config, read_csv, read_meta, train_run
+
+ray = pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[1]
+PS = ["algo=a3c", "algo.mode=parameter_server", "backend=ray", "log_interval=500"]
+EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"
+WORKERS = ["algo=a2c", "algo.mode=workers", "algo.num_envs=1", "backend=ray", "log_interval=500"]
+
+
+# --------------------------------------------------------------------------- config (no cluster)
+@pytest.mark.parametrize(("overrides", "key", "message"), [
+    (["algo=a3c", "backend=ray"], "algo.mode", "with backend=ray use algo.mode=parameter_server"),
+    (["algo=single", "backend=ray"], "backend", "algo=single is a one-process schedule"),
+    (["algo=a2c", "backend=ray"], "algo.mode", "mode=vector is a one-process schedule"),
+    ([*WORKERS, "ray.cpus_per_worker=-1"], "ray.cpus_per_worker", "must be a finite number >= 0"),
+    ([*PS, "ray.server_cpus=nan"], "ray.server_cpus", "must be a finite number >= 0"),
+    ([*PS, "ray.num_cpus=0"], "ray.num_cpus", "must be a positive integer"),
+    ([*WORKERS, "algo.num_workers=3", "ray.num_cpus=2"], "ray.num_cpus", "cannot place the run's actors"),
+    ([*PS, "ray=cluster", "ray.num_cpus=4"], "ray.num_cpus", "sizes a local cluster"),
+    ([*PS, "ray.start_timeout_s=0"], "ray.start_timeout_s", "must be a finite number of seconds > 0"),
+    ([*PS, "algo.vector_backend=async", "algo.num_workers=1"], "algo.vector_backend", "step their envs themselves"),
+])
+def test_bad_ray_config_is_rejected_naming_key_and_value(overrides, key, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides))
+    assert error.value.key == key and str(error.value).startswith(f"{key}=")
+    assert message in str(error.value)
+
+
+def test_ray_configs_validate_and_the_cluster_group_connects():
+    validate(compose_config(*PS, "algo.staleness.delay=2", "algo.staleness.max=3", "algo.staleness.lr_scaling=inverse"))
+    validate(compose_config(*WORKERS, "algo.num_workers=4", "ray.cpus_per_worker=0.5", "ray.num_cpus=2"))
+    cfg = compose_config(*PS, "ray=cluster")
+    validate(cfg)
+    assert cfg.ray.address == "auto" and cfg.ray.cpus_per_worker == 1.0
+    assert compose_config(*PS).ray.address is None
+
+
+def test_command_line_rejects_hogwild_on_ray_before_creating_anything(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.train", "algo=a3c", "backend=ray",
+                             f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert "error: invalid config: algo.mode='hogwild': hogwild is a shared-memory schedule" in result.stderr
+    assert "algo.mode=parameter_server" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- one local cluster for the rest
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")  # a new cluster
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+
+
+def events(run_dir: Path, kind: str | None = None) -> list[dict]:
+    entries = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [entry for entry in entries if kind is None or entry["event"] == kind]
+
+
+def updates(run_dir: Path) -> list[dict]:
+    return [{key: float(value) if key in ("wall_time", "lr", "wait_time") else int(value)
+             for key, value in row.items()} for row in read_csv(run_dir / "updates.csv")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """The pids still alive after ``timeout`` (ray.kill is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def started_pids(run_dir: Path) -> list[int]:
+    return [entry["pid"] for entry in events(run_dir) if entry["event"] in ("worker_started", "worker_restarted")]
+
+
+def check_applied_versions(rows: list[dict]) -> None:
+    applied = sorted(row["version_at_apply"] for row in rows if row["applied"])
+    assert applied == list(range(applied[0], applied[0] + len(applied)))
+    for row in rows:
+        assert row["staleness"] == row["version_at_apply"] - row["version_at_sync"] >= 0
+
+
+def assert_same_training(reference: Path, other: Path) -> None:
+    a, b = checkpoint(reference), checkpoint(other)
+    assert a["policy_version"] == b["policy_version"]
+    assert a["model"].keys() == b["model"].keys()
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for name, tensor in a["optimizer"]["state"][0].items():
+        assert torch.equal(tensor, b["optimizer"]["state"][0][name]), name
+    episodes = [[{key: value for key, value in row.items() if key != "wall_time"}
+                 for row in read_csv(run / "episodes.csv")] for run in (reference, other)]
+    assert len(episodes[0]) > 10 and episodes[0] == episodes[1]
+
+
+def test_actors_import_this_checkout(cluster):
+    @ray.remote
+    def where() -> str:
+        import algorithms.ray_backend
+
+        return algorithms.ray_backend.__file__
+
+    assert Path(ray.get(where.remote())).resolve().parent.parent == ROOT
+
+
+@pytest.mark.parametrize(("algo", "optimizer"), [(PS, "adam"), (WORKERS, "rmsprop")])
+def test_one_worker_actor_gives_the_parameters_of_single(cluster, tmp_path, algo, optimizer):
+    common = ["seed=3", "total_env_steps=1000", f"algo.optimizer={optimizer}"]
+    train_run(tmp_path / "single", "algo=single", *common)
+    record = train_run(tmp_path / "ray", *algo, "algo.num_workers=1", *common)
+    assert record.status == "completed" and record.policy_version == 200
+    assert_same_training(tmp_path / "single", tmp_path / "ray")
+    assert all(row["staleness"] == 0 for row in updates(tmp_path / "ray"))
+    assert [entry["nodes"] for entry in events(tmp_path / "ray", "ray_cluster")] == [1]
+    assert wait_gone(started_pids(tmp_path / "ray")) == []  # the run's actors are gone with it
+
+
+def test_two_worker_actors_give_the_local_backends_synchronous_run(cluster, tmp_path):
+    common = ["algo=a2c", "algo.mode=workers", "algo.num_envs=1", "algo.num_workers=2", "seed=1",
+              "total_env_steps=1000", "checkpoint_interval=300", "log_interval=500"]
+    train_run(tmp_path / "local", *common)
+    record = train_run(tmp_path / "ray", *common, "backend=ray")
+    assert record.status == "completed" and record.policy_version == 100 and record.updates == 200
+    assert_same_training(tmp_path / "local", tmp_path / "ray")
+    assert len(checkpoint(tmp_path / "ray")["collectors"]) == 2
+    local, rows = updates(tmp_path / "local"), updates(tmp_path / "ray")
+    keys = ("update", "env_steps", "worker", "version_at_sync", "version_at_apply", "staleness", "applied", "lr")
+    assert [[row[key] for key in keys] for row in rows] == [[row[key] for key in keys] for row in local]
+    assert all(row["wait_time"] >= 0 for row in rows)
+    # in each round, the worker whose gradient arrived last waited for nobody
+    assert all(min(a["wait_time"], b["wait_time"]) == 0 for a, b in zip(rows[::2], rows[1::2], strict=True))
+    metrics = read_csv(tmp_path / "ray" / "metrics.csv")
+    assert metrics[0].keys() == read_csv(tmp_path / "local" / "metrics.csv")[0].keys()
+    assert all(float(row["staleness_max"]) == 0 and float(row["barrier_wait_mean"]) >= 0 for row in metrics)
+
+
+def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cluster, run_dir):
+    record = train_run(run_dir, *PS, "algo.num_workers=2", "algo.staleness.delay=1", "total_env_steps=2000")
+    assert record.status == "completed" and record.env_steps >= 2000
+    rows = updates(run_dir)
+    check_applied_versions(rows)
+    assert {row["worker"] for row in rows} == {0, 1}
+    for worker in (0, 1):
+        mine = [row for row in rows if row["worker"] == worker]
+        # the server answers a gradient applied at version v with the parameters one behind v + 1
+        assert all(b["version_at_sync"] == a["version_at_apply"] for a, b in zip(mine, mine[1:], strict=False))
+    assert all(row["staleness"] >= 1 for row in rows if row["version_at_apply"] >= 1)
+    metrics = read_csv(run_dir / "metrics.csv")
+    assert all(float(row["staleness_mean"]) >= 1 and float(row["staleness_max"]) >= 1 for row in metrics)
+    assert checkpoint(run_dir)["policy_version"] == record.policy_version == len(rows)
+    assert wait_gone(started_pids(run_dir)) == []
+
+
+def kill_a_worker_once_running(run_dir: Path, killed: list[int]) -> threading.Thread:
+    """SIGKILL the process of worker actor 0 once the run has written a metrics row."""
+    def kill() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            metrics = run_dir / "metrics.csv"
+            if metrics.exists() and len(metrics.read_text().splitlines()) > 1:
+                pid = next(entry["pid"] for entry in events(run_dir, "worker_started") if entry["worker"] == 0)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("algo", [PS, WORKERS], ids=["parameter_server", "workers"])
+def test_a_killed_worker_actor_is_restarted_resynced_and_recorded(cluster, run_dir, algo):
+    killed: list[int] = []
+    thread = kill_a_worker_once_running(run_dir, killed)
+    record = train_run(run_dir, *algo, "algo.num_workers=2", "total_env_steps=6000")
+    thread.join()
+    assert killed, "the run ended before a worker could be killed"
+    assert record.status == "completed" and record.env_steps >= 6000
+    failures = read_meta(run_dir)["worker_failures"]
+    assert len(failures) == 1 and failures[0]["worker"] == 0 and failures[0]["pid"] == killed[0]
+    assert failures[0]["reason"].startswith("actor died")
+    (restart,) = events(run_dir, "worker_restarted")
+    assert restart["worker"] == 0 and restart["restart"] == 1 and restart["pid"] != killed[0]
+    assert not alive(killed[0])
+    rows = updates(run_dir)
+    if "algo=a3c" in algo:
+        check_applied_versions(rows)
+    # the restarted worker trains on (well past any gradient it had in flight when it died)
+    assert len([row for row in rows if row["worker"] == 0 and row["env_steps"] > restart["env_steps"] + 1000]) >= 20
+    if "algo=a2c" in algo:  # the round the worker died in was redone: every round has both workers' gradients
+        assert record.policy_version == 600 and record.updates == 1200
+        assert [row["version_at_sync"] for row in rows] == [version for version in range(600) for _ in (0, 1)]
+    assert wait_gone(started_pids(run_dir)) == []
+
+
+def test_a_death_beyond_max_restarts_fails_the_run_clearly(cluster, run_dir):
+    killed: list[int] = []
+    thread = kill_a_worker_once_running(run_dir, killed)
+    with pytest.raises(WorkerFailure, match=r"worker 0 \(pid \d+\) died at env step \d+: restarts exhausted "
+                                            r"\(algo.max_restarts=0\)"):
+        train_run(run_dir, *PS, "algo.num_workers=2", "algo.max_restarts=0", "total_env_steps=20000")
+    thread.join()
+    assert killed
+    meta = read_meta(run_dir)
+    assert meta["status"] == "failed" and "restarts exhausted" in meta["error"] and "worker 0" in meta["error"]
+    assert events(run_dir, "worker_restarted") == []
+    assert checkpoint(run_dir)["policy_version"] == meta["final"]["policy_version"] > 0  # the final checkpoint
+    assert wait_gone(started_pids(run_dir)) == []
+
+
+def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(cluster, run_dir):
+    # Each worker's env raises on its 300th step, in the same synchronous round: the first failure is
+    # restarted (and that worker redoes the round), the second one ends the run.
+    with pytest.raises(WorkerFailure, match=r"raised an exception at env step 590: restarts exhausted "
+                                            r"\(algo.max_restarts=1\)\nRuntimeError: simulator diverged"):
+        train_run(run_dir, *WORKERS, "algo.num_workers=2", "algo.max_restarts=1", f"env.id={EXPLODING_ENV}",
+                  "total_env_steps=5000")
+    meta = read_meta(run_dir)
+    assert meta["status"] == "failed"
+    assert sorted(failure["worker"] for failure in meta["worker_failures"]) == [0, 1]
+    assert all("RuntimeError: simulator diverged" in failure["error"] for failure in meta["worker_failures"])
+    assert len(events(run_dir, "worker_restarted")) == 1
+    assert len(read_csv(run_dir / "updates.csv")) == 118  # the 59 rounds before both workers' 300th step
+    assert wait_gone(started_pids(run_dir)) == []
+
+
+def test_throughput_measures_both_backends_in_one_run(cluster, tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    throughput_main(["--runs", "a3c:parameter_server:2w", "a3c:parameter_server:2w:ray", "--steps", "1500",
+                     "--raw-seconds", "0.2", "--json", str(path)])
+    result = json.loads(path.read_text())
+    local, remote = result["runs"]
+    assert (local["backend"], remote["backend"]) == ("local", "ray")
+    assert remote["spec"] == "a3c:parameter_server:2w:ray" and remote["status"] == ["completed"]
+    assert local["vs_local"] is None
+    assert remote["vs_local"] == pytest.approx(remote["steady_sps_median"] / local["steady_sps_median"])
+    assert "a3c:parameter_server:2w:ray" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the command line, its own cluster
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root`` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return {pid for pid in found if alive(pid)}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *PS, "algo.num_workers=2", "total_env_steps=10000000",
+         "quiet=true", "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > 2):
+            assert time.monotonic() < deadline and trainer.poll() is None, trainer.communicate()[0]
+            time.sleep(0.1)
+        started = descendants(trainer.pid)
+        assert len(started) >= 4  # this run's cluster: GCS, raylet, the server and worker actors at least
+        os.killpg(trainer.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+        assert trainer.wait(timeout=90) == 130, trainer.communicate()[0]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert wait_gone(sorted(started)) == [], "orphan Ray processes"
+    meta = read_meta(run_dir)
+    assert meta["status"] == "interrupted"
+    recorded = len(read_csv(run_dir / "updates.csv"))
+    assert checkpoint(run_dir)["policy_version"] == meta["final"]["policy_version"] == recorded > 0
+
