@@ -331,15 +331,22 @@ class Actors:
                 pass
 
 
-# --------------------------------------------------------------------------- a3c: parameter server
-def serve_parameters(cfg: Any, record: Record) -> None:
-    """The a3c parameter-server schedule on actors; the driver records and supervises."""
+@contextmanager
+def run_actors(cfg: Any, record: Record) -> Iterator[Actors]:
+    """A run's actors on the cluster ``cfg.ray`` names; every one of them is killed when the run ends."""
     with ray_cluster(cfg, record):
         actors = Actors(cfg, record)
         try:
-            _serve_parameters(cfg, record, actors)
+            yield actors
         finally:
             actors.kill()
+
+
+# --------------------------------------------------------------------------- a3c: parameter server
+def serve_parameters(cfg: Any, record: Record) -> None:
+    """The a3c parameter-server schedule on actors; the driver records and supervises."""
+    with run_actors(cfg, record) as actors:
+        _serve_parameters(cfg, record, actors)
 
 
 def _serve_parameters(cfg: Any, record: Record, actors: Actors) -> None:
@@ -389,12 +396,8 @@ def _serve_parameters(cfg: Any, record: Record, actors: Actors) -> None:
 # --------------------------------------------------------------------------- a2c: workers
 def train_workers(cfg: Any, record: Record) -> None:
     """The synchronous a2c schedule on actors: the driver is the barrier, the server applies the mean."""
-    with ray_cluster(cfg, record):
-        actors = Actors(cfg, record)
-        try:
-            _train_workers(cfg, record, actors)
-        finally:
-            actors.kill()
+    with run_actors(cfg, record) as actors:
+        _train_workers(cfg, record, actors)
 
 
 def barrier(actors: Actors, params: Any, pending: dict[int, tuple[Any, Any]], env_steps: int

@@ -40,3 +40,22 @@ def read_meta(run_dir: Path) -> dict:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def check_applied_versions(rows: list[dict]) -> None:
+    """Applied updates took each version exactly once; staleness is version_at_apply - version_at_sync."""
+    applied = sorted(row["version_at_apply"] for row in rows if row["applied"])
+    assert applied == list(range(applied[0], applied[0] + len(applied)))
+    for row in rows:
+        assert row["staleness"] == row["version_at_apply"] - row["version_at_sync"] >= 0
+
+
+def check_two_workers_delayed_by_one(rows: list[dict]) -> None:
+    """A parameter server with staleness.delay=1 answered each gradient with the parameters one version behind."""
+    check_applied_versions(rows)
+    assert {row["worker"] for row in rows} == {0, 1}
+    for worker in (0, 1):
+        mine = [row for row in rows if row["worker"] == worker]
+        # the server answers a gradient applied at version v with the parameters one behind v + 1
+        assert all(b["version_at_sync"] == a["version_at_apply"] for a, b in zip(mine, mine[1:], strict=False))
+    assert all(row["staleness"] >= 1 for row in rows if row["version_at_apply"] >= 1)

@@ -25,7 +25,14 @@ from omegaconf import OmegaConf
 from algorithms.a3c import TRAINER, GlobalModel, HogwildWorker
 from algorithms.shared import HolderLock, WorkerFailure
 from experiments.config import ConfigError, validate
-from tests.conftest import compose_config, read_csv, read_meta, train_run
+from tests.conftest import (
+    check_applied_versions,
+    check_two_workers_delayed_by_one,
+    compose_config,
+    read_csv,
+    read_meta,
+    train_run,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["algo=a3c", "env=cartpole", "log_interval=500"]
@@ -78,14 +85,6 @@ def shared_memory_of(*pids: int) -> set[str]:
 
 def existing(names: set[str]) -> set[str]:
     return {name for name in names if Path("/dev/shm", name).exists()}
-
-
-def check_applied_versions(rows: list[dict]) -> None:
-    """Applied updates took each version exactly once; staleness is version_at_apply - version_at_sync."""
-    applied = sorted(row["version_at_apply"] for row in rows if row["applied"])
-    assert applied == list(range(applied[0], applied[0] + len(applied)))
-    for row in rows:
-        assert row["staleness"] == row["version_at_apply"] - row["version_at_sync"] >= 0
 
 
 # --------------------------------------------------------------------------- config
@@ -246,13 +245,7 @@ def test_parameter_server_answers_each_gradient_with_fresh_delayed_parameters(ru
                        "algo.staleness.delay=1", "total_env_steps=3000")
     assert record.status == "completed"
     rows = updates(run_dir)
-    check_applied_versions(rows)
-    assert {row["worker"] for row in rows} == {0, 1}
-    for worker in (0, 1):
-        mine = [row for row in rows if row["worker"] == worker]
-        # the server answers a gradient applied at version v with the parameters one behind v + 1
-        assert all(b["version_at_sync"] == a["version_at_apply"] for a, b in zip(mine, mine[1:], strict=False))
-    assert all(row["staleness"] >= 1 for row in rows if row["version_at_apply"] >= 1)
+    check_two_workers_delayed_by_one(rows)
     assert worker_pids(os.getpid()) == []
 
 

@@ -20,7 +20,14 @@ import torch
 from algorithms.shared import WorkerFailure
 from experiments.config import ConfigError, validate
 from experiments.throughput import main as throughput_main
-from tests.conftest import compose_config, read_csv, read_meta, train_run
+from tests.conftest import (
+    check_applied_versions,
+    check_two_workers_delayed_by_one,
+    compose_config,
+    read_csv,
+    read_meta,
+    train_run,
+)
 
 ray = pytest.importorskip("ray")
 
@@ -113,13 +120,6 @@ def started_pids(run_dir: Path) -> list[int]:
     return [entry["pid"] for entry in events(run_dir) if entry["event"] in ("worker_started", "worker_restarted")]
 
 
-def check_applied_versions(rows: list[dict]) -> None:
-    applied = sorted(row["version_at_apply"] for row in rows if row["applied"])
-    assert applied == list(range(applied[0], applied[0] + len(applied)))
-    for row in rows:
-        assert row["staleness"] == row["version_at_apply"] - row["version_at_sync"] >= 0
-
-
 def assert_same_training(reference: Path, other: Path) -> None:
     a, b = checkpoint(reference), checkpoint(other)
     assert a["policy_version"] == b["policy_version"]
@@ -178,13 +178,7 @@ def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cl
     record = train_run(run_dir, *PS, "algo.num_workers=2", "algo.staleness.delay=1", "total_env_steps=2000")
     assert record.status == "completed" and record.env_steps >= 2000
     rows = updates(run_dir)
-    check_applied_versions(rows)
-    assert {row["worker"] for row in rows} == {0, 1}
-    for worker in (0, 1):
-        mine = [row for row in rows if row["worker"] == worker]
-        # the server answers a gradient applied at version v with the parameters one behind v + 1
-        assert all(b["version_at_sync"] == a["version_at_apply"] for a, b in zip(mine, mine[1:], strict=False))
-    assert all(row["staleness"] >= 1 for row in rows if row["version_at_apply"] >= 1)
+    check_two_workers_delayed_by_one(rows)
     metrics = read_csv(run_dir / "metrics.csv")
     assert all(float(row["staleness_mean"]) >= 1 and float(row["staleness_max"]) >= 1 for row in metrics)
     assert checkpoint(run_dir)["policy_version"] == record.policy_version == len(rows)
