@@ -110,7 +110,16 @@ def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
                 # the config the actors receive is made of experiments.config's dataclasses: ship both packages
                 packages = [algorithms, importlib.import_module("experiments")]
                 runtime_env = {"py_modules": packages} if settings.ship_code else None
-                ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+                try:
+                    ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+                except ConnectionError as error:
+                    if settings.address == "auto" or os.environ.get("RAY_AUTH_MODE"):
+                        raise
+                    # Ray picks up a cluster's authentication token by itself only for address=auto.
+                    raise ConnectionError(
+                        f"{error}. If the cluster uses token authentication (the default of `ray start`), "
+                        "set RAY_AUTH_MODE=token with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, "
+                        "or run on a node of the cluster with ray.address=auto") from error
         finally:
             if handler is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, handler)  # the run record's: SIGTERM stops the run cleanly
