@@ -20,7 +20,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,11 +126,15 @@ def load_runs(roots: Path | str | Iterable[Path | str]) -> RunSet:
     # Runs are named by their path below the roots' common parent: short, and unique across roots.
     base = Path(os.path.commonpath([root.resolve().parent for root in roots]))
     run_dirs = dict.fromkeys(run_dir.resolve() for root in roots for run_dir in find_run_dirs(root))
+    return _read_each(((run_dir, run_dir.relative_to(base).as_posix()) for run_dir in run_dirs), read_run_dir)
+
+
+def _read_each(sources: Iterable[tuple[Any, str]], read: Callable[[Any, str], RunData]) -> RunSet:
+    """Read every ``(source, run_id)``; a :class:`BrokenRun` skips that run with its reason."""
     loaded, skipped = [], []
-    for run_dir in run_dirs:
-        run_id = run_dir.relative_to(base).as_posix()
+    for source, run_id in sources:
         try:
-            loaded.append(read_run_dir(run_dir, run_id))
+            loaded.append(read(source, run_id))
         except BrokenRun as reason:
             skipped.append(_skip(run_id, str(reason)))
     return combine(loaded, skipped)
@@ -267,14 +271,8 @@ def load_wandb(project: str, entity: str | None = None, filters: dict[str, Any] 
     import wandb
 
     api = wandb.Api()
-    loaded, skipped = [], []
-    for run in api.runs(f"{entity}/{project}" if entity else project, filters=filters):
-        run_id = f"wandb:{run.path[-1]}:{run.name}"
-        try:
-            loaded.append(_read_wandb_run(run, run_id))
-        except BrokenRun as reason:
-            skipped.append(_skip(run_id, str(reason)))
-    return combine(loaded, skipped)
+    runs = api.runs(f"{entity}/{project}" if entity else project, filters=filters)
+    return _read_each(((run, f"wandb:{run.path[-1]}:{run.name}") for run in runs), _read_wandb_run)
 
 
 def _read_wandb_run(run: Any, run_id: str) -> RunData:

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from algorithms.losses import LOSS_STATS
+# The loss columns: the statistics every schedule reports (algorithms.losses.LOSS_STATS), named here too
+# because analysis reads this module's columns and must not import the training code.
+LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
 
 METRIC_COLUMNS = (
     "env_steps", "wall_time", "updates", "policy_version", "episodes",
