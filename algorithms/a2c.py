@@ -88,7 +88,7 @@ def run(cfg: Any, record: Record) -> None:
     if cfg.backend == "ray":  # the workers as Ray actors, their mean gradient applied by a server actor
         from algorithms import ray_backend
 
-        ray_backend.train_workers(cfg, record)
+        ray_backend.run(cfg, record)
     elif cfg.algo.mode == "vector":
         train_in_process(cfg, record, num_envs=cfg.algo.num_envs)
     else:
@@ -311,14 +311,21 @@ class SyncLog:
         self.version = version + 1
 
 
-def worker_starts(cfg: Any, resume_state: dict[str, Any] | None) -> list[WorkerStart]:
-    num_workers = cfg.algo.num_workers
+def resumed_collectors(cfg: Any, resume_state: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """Each worker's collector state in the checkpoint being resumed (``None`` for a new run)."""
     if resume_state is None:
-        return [WorkerStart(version=0, env_steps=0) for _ in range(num_workers)]
+        return None
     collectors = resume_state["collectors"]
-    if len(collectors) != num_workers:
+    if len(collectors) != cfg.algo.num_workers:
         raise ValueError(f"the checkpoint holds the state of {len(collectors)} workers' collectors; it cannot "
-                         f"resume with algo.num_workers={num_workers}")
+                         f"resume with algo.num_workers={cfg.algo.num_workers}")
+    return collectors
+
+
+def worker_starts(cfg: Any, resume_state: dict[str, Any] | None) -> list[WorkerStart]:
+    collectors = resumed_collectors(cfg, resume_state)
+    if collectors is None:
+        return [WorkerStart(version=0, env_steps=0) for _ in range(cfg.algo.num_workers)]
     return [WorkerStart(resume_state["policy_version"], resume_state["env_steps"],
                         pickle.dumps({"model": resume_state["model"], "optimizer": resume_state["optimizer"],
                                       "collector": collector})) for collector in collectors]

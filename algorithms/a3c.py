@@ -113,7 +113,7 @@ def run(cfg: Any, record: Record) -> None:
     if cfg.backend == "ray":  # the parameter server and its workers as Ray actors
         from algorithms import ray_backend
 
-        ray_backend.serve_parameters(cfg, record)
+        ray_backend.run(cfg, record)
         return
     torch.set_num_threads(cfg.torch_threads)  # the trainer's, and the in-process worker's
     algo = cfg.algo

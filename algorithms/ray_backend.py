@@ -5,29 +5,31 @@ The schedules are those of ``a3c`` and ``a2c``, built from the same parts: a wor
 compute the clipped gradient), and the server actor holds the a3c :class:`~algorithms.a3c.GlobalModel`
 (the parameters, the optimizer, the policy-version and env-step counters, the snapshot ring). Workers
 are placed by Ray on any node with ``ray.cpus_per_worker`` CPUs free; parameters and gradients travel as
-flat float32 numpy arrays. The driver (the process that runs ``experiments.train``) owns the run record.
+bytes of flat float32 vectors, directly between worker and server. Both schedules run one worker loop: join
+the server, then learn, push the gradient tagged with the version it was computed at, and sync to the
+parameters the push is answered with (``None`` once the budget is spent or a stop was requested). The
+driver (the process that runs ``experiments.train``) is off that path: it owns the run record, which the
+server fills through a :class:`RecordBuffer` that the driver drains every ``POLL_S`` seconds and replays
+(checkpoints included, in their place among the rows), and it supervises the workers.
 
 Parameter server (``algo=a3c algo.mode=parameter_server``)
-    Each worker actor loops: pull (version, parameters) from the server, learn, push the gradient tagged
-    with that version; the push is answered with fresh parameters (``None`` once the budget is spent or
-    a stop was requested). The server is a sequential actor: it applies pushes one at a time in the order
-    they reach it, with the local parameter server's own code (:func:`~algorithms.a3c.apply_worker_gradient`),
-    so ``version_at_sync``, ``version_at_apply``, staleness and ``algo.staleness.{delay,max,lr_scaling}``
-    mean exactly what they mean locally. It records into a :class:`RecordBuffer`, which the driver drains
-    every ``POLL_S`` seconds and replays into the run record (``wall_time`` in ``updates.csv`` is when the
-    driver recorded the row, as for local hogwild); a checkpoint is taken in the same server call as the
-    drain, so it matches the rows recorded.
+    The server is a sequential actor: it applies pushes one at a time in the order they reach it, with the
+    local parameter server's own code (:func:`~algorithms.a3c.apply_worker_gradient`), so
+    ``version_at_sync``, ``version_at_apply``, staleness and ``algo.staleness.{delay,max,lr_scaling}`` mean
+    exactly what they mean locally. ``wall_time`` in ``updates.csv`` is when the driver recorded the row, as
+    for local hogwild; a checkpoint is taken in the drain call that asks for it, so it matches the rows
+    recorded before it.
 
 Workers (``algo=a2c algo.mode=workers``)
-    The driver is the barrier: it hands every worker actor the same parameters, waits for all of their
-    gradients, then has the server apply their mean (:func:`~algorithms.a2c.average_gradients`, summed in
-    worker order, then the optimizer step: the bits every local replica computes, so a run gives the
-    local backend's parameters exactly) and passes the server's answer on to the next round as an object
-    reference, without waiting for it. The driver handles gradients and parameters only as references
-    (Ray inlines small arrays into the calls; large ones go through its object store) and reads only each
-    worker's loss statistics and episodes. A worker's ``wait_time`` is the time from
-    its gradient's arrival to the last one's, as the driver sees them (``barrier_wait_mean``). Updates are
-    recorded as the local backend records them (:class:`~algorithms.a2c.SyncLog`), never stale.
+    The server is the barrier (a threaded actor): it holds each push of a round until every worker's
+    gradient has arrived, steps once with their mean (:func:`~algorithms.a2c.average_gradients`, summed
+    in worker order, then the optimizer step: the bits every local replica computes, so a run gives the
+    local backend's parameters exactly) and answers every worker with the new parameters. A round costs
+    one call per worker, as a parameter-server update does. A worker's ``wait_time`` is the time from its
+    gradient's arrival at the server to the last one's (``barrier_wait_mean``). Updates are recorded as
+    the local backend records them (:class:`~algorithms.a2c.SyncLog`), never stale. A checkpoint needs
+    the collectors' states after one round: the server asks every worker for its state with the next
+    round's gradient (and with the last round's), and checkpoints after it.
 
 Faults
     Worker actors are created with ``max_restarts=algo.max_restarts``: Ray restarts the process of a
@@ -35,7 +37,8 @@ Faults
     ``worker_failed`` (worker, pid, env steps, Ray's reason; a worker that raised gives its traceback),
     waits for the restarted actor, starts it again at the current env step and resyncs it from the
     current parameters (an a3c worker pulls them first; an a2c worker redoes the current round with the
-    parameters of that round), and logs ``worker_restarted``. As locally, ``algo.max_restarts`` is the
+    parameters of that round, or waits for the next if its gradient had reached the server), and logs
+    ``worker_restarted``. As locally, ``algo.max_restarts`` is the
     number of restarts in the whole run: one failure more ends the run with a ``WorkerFailure`` that
     names the worker and says its restarts are exhausted. The server holds the run's state and is not
     restarted: its death fails the run. If no update completes for ``STALL_TIMEOUT_S`` the run fails.
@@ -61,6 +64,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,7 +74,7 @@ import torch.multiprocessing as mp
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 import algorithms
-from algorithms.a2c import SyncLog, average_gradients
+from algorithms.a2c import SyncLog, average_gradients, resumed_collectors
 from algorithms.a3c import GlobalModel, LocalLearner, apply_worker_gradient, parameters_for_worker
 from algorithms.learn import Record, learning_rate, reset_seed, set_learning_rate
 from algorithms.losses import LOSS_STATS
@@ -135,6 +139,21 @@ def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- actors
+# What a server answers a worker with: the version and parameters to learn with next, and whether to send
+# its collector's state with that gradient (for a checkpoint); ``None`` once the run is ending.
+Reply = tuple[int, bytes, bool] | None
+
+
+def to_wire(vector: torch.Tensor) -> bytes:
+    """A flat float32 parameter or gradient vector as Ray should move it: as bytes, which it serializes
+    faster than a numpy array of any size (measured in docs/ray.md)."""
+    return vector.numpy().tobytes()
+
+
+def from_wire(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.float32)
+
+
 class RayWorker:
     """A worker actor: a :class:`~algorithms.a3c.LocalLearner` that computes gradients and never applies them."""
 
@@ -157,35 +176,24 @@ class RayWorker:
         return os.getpid(), ray.util.get_node_ip_address()
 
     def run(self, server: Any) -> None:
-        """a3c: pull, learn, push the gradient tagged with the version it was computed at; until told to stop."""
+        """Join the server, then learn and push each gradient tagged with the version it was computed at,
+        syncing to the parameters of the server's answer; until the server answers ``None``."""
         learner = self.learner
         steps = learner.collector.steps_per_collect
-        reply = ray.get(server.pull.remote())
+        reply = ray.get(server.join.remote(self.worker))
         while reply is not None:
-            version, params = reply
-            learner.model.flat_params.copy_(torch.from_numpy(params))
+            version, params, with_state = reply
+            learner.model.flat_params.copy_(torch.from_numpy(from_wire(params)))
             episodes, stats = learner.learn()
             finished = [(episode.steps_into_rollout, episode.ret, episode.length) for episode in episodes]
-            reply = ray.get(server.push.remote(self.worker, version, learner.model.flat_grads.numpy(), stats,
-                                               finished, steps))
-
-    @ray.method(num_returns=2)
-    def learn(self, params: np.ndarray) -> tuple[np.ndarray, tuple[tuple[float, ...], list[tuple[int, float, int]]]]:
-        """a2c: one rollout with ``params``; its gradient (for the server) and its statistics and finished
-        episodes (for the driver), as two objects."""
-        learner = self.learner
-        learner.model.flat_params.copy_(torch.from_numpy(params))
-        episodes, stats = learner.learn()
-        finished = [(episode.steps_into_rollout, episode.ret, episode.length) for episode in episodes]
-        return learner.model.flat_grads.numpy(), (tuple(stats[name] for name in LOSS_STATS), finished)
-
-    def collector_state(self) -> dict[str, Any]:
-        return self.learner.collector.state_dict()
+            state = learner.collector.state_dict() if with_state else None
+            reply = ray.get(server.push.remote(self.worker, version, to_wire(learner.model.flat_grads), stats,
+                                               finished, steps, state))
 
 
 class RecordBuffer:
-    """The run record as the server actor sees it: its ``episode`` and ``update`` calls, kept in order for the
-    driver to replay into the real record."""
+    """The run record as a server actor sees it: its ``episode``, ``update`` and ``save_checkpoint`` calls,
+    kept in order for the driver to replay into the real record."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
@@ -195,6 +203,9 @@ class RecordBuffer:
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         self.calls.append(("update", args, kwargs))
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self.calls.append(("save_checkpoint", (state,), {}))
 
     def take(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
         calls, self.calls = self.calls, []
@@ -207,7 +218,8 @@ def replay(record: Record, calls: list[tuple[str, tuple[Any, ...], dict[str, Any
 
 
 class ParameterServer:
-    """The server actor: the run's :class:`~algorithms.a3c.GlobalModel`, applying the workers' gradients."""
+    """The a3c server actor: the run's :class:`~algorithms.a3c.GlobalModel`, applying each gradient as it
+    arrives (the local parameter server's code) and answering with the parameters to sync to."""
 
     def __init__(self, cfg: Any, resume_state: dict[str, Any] | None):
         torch.set_num_threads(cfg.torch_threads)
@@ -224,37 +236,133 @@ class ParameterServer:
     def request_stop(self) -> None:
         self.stop = True
 
-    def pull(self) -> tuple[int, np.ndarray] | None:
-        """a3c: the version and parameters a worker syncs to, or ``None`` when the run is finishing."""
+    def join(self, worker: int) -> Reply:
+        """What a worker syncs to: the current version (``delay`` behind it, if set) and its parameters."""
         if self.stop or self.global_model.counters.env_steps >= self.cfg.total_env_steps:
             return None
-        return parameters_for_worker(self.global_model)
+        version, params = parameters_for_worker(self.global_model)
+        return version, params.tobytes(), False
 
-    def push(self, worker: int, version_at_sync: int, gradient: np.ndarray, stats: dict[str, float],
-             finished: list[tuple[int, float, int]], steps: int) -> tuple[int, np.ndarray] | None:
-        """a3c: apply one worker's gradient (the local server's code) and answer with what it syncs to next."""
-        apply_worker_gradient(self.cfg, self.rows, self.global_model, worker, version_at_sync, gradient, stats,
-                              finished, steps)
-        return self.pull()
+    def push(self, worker: int, version_at_sync: int, gradient: bytes, stats: dict[str, float],
+             finished: list[tuple[int, float, int]], steps: int, collector_state: dict[str, Any] | None) -> Reply:
+        """Apply one worker's gradient at the current version and answer with what it syncs to next (an a3c
+        checkpoint holds no collector state: none is ever asked for)."""
+        apply_worker_gradient(self.cfg, self.rows, self.global_model, worker, version_at_sync, from_wire(gradient),
+                              stats, finished, steps)
+        return self.join(worker)
 
-    def parameters(self) -> np.ndarray:
-        return self.global_model.model.flat_params.numpy()
+    def drain(self, checkpoint: bool) -> tuple[list[Any], int]:
+        """The record calls since the last drain (ending with a checkpoint, if asked) and the env steps."""
+        if checkpoint:
+            self.rows.save_checkpoint(self.global_model.checkpoint())
+        return self.rows.take(), self.global_model.counters.env_steps
 
-    def average(self, *gradients: np.ndarray) -> np.ndarray:
-        """a2c: step with the workers' mean gradient (one per worker, in worker order); return the parameters."""
-        algo, model = self.cfg.algo, self.global_model
-        counters = model.counters
-        average_gradients(torch.from_numpy(np.stack(gradients)), out=model.model.flat_grads)
-        set_learning_rate(model.optimizer, learning_rate(algo, counters.env_steps, self.cfg.total_env_steps))
+
+@dataclass
+class Round:
+    """One synchronous update as the server gathers it: who pushed when, and the answer they all wait for."""
+
+    version: int
+    with_state: bool  # every worker sends its collector's state with its gradient: a checkpoint follows
+    arrived: dict[int, float] = field(default_factory=dict)  # worker -> when its gradient arrived
+    results: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # worker -> stats, episodes, state
+    done: bool = False
+    reply: Reply = None
+
+
+class SynchronousServer(ParameterServer):
+    """The a2c server actor, and the barrier: it holds each worker's push until every worker's gradient of
+    the round has arrived, steps once with their mean and answers all of them with the new parameters.
+
+    A threaded actor (see :func:`synchronous_server_concurrency`): each push waits in its own thread on one
+    condition, whose lock guards the server's state. (An asyncio actor would need no lock, but each of its
+    calls costs about 0.4 ms more on Ray 2.x.)
+    """
+
+    def __init__(self, cfg: Any, resume_state: dict[str, Any] | None):
+        super().__init__(cfg, resume_state)
+        algo, counters = cfg.algo, self.global_model.counters
+        self.steps_per_round = algo.num_workers * algo.n_steps * algo.num_envs
+        self.gradients = torch.zeros(algo.num_workers, self.global_model.model.flat_params.numel())
+        self.log = SyncLog(self.rows, algo.num_workers, counters.version, counters.env_steps)
+        self.condition = threading.Condition()
+        self.checkpoint_wanted = False
+        self.params = to_wire(self.global_model.model.flat_params)
+        self.round = self.next_round()
+
+    def next_round(self) -> Round:
+        counters = self.global_model.counters
+        last = counters.env_steps + self.steps_per_round >= self.cfg.total_env_steps or self.stop
+        return Round(counters.version, with_state=last or self.checkpoint_wanted)
+
+    def join(self, worker: int) -> Reply:
+        """The current round; a worker that already pushed to it (and was restarted) waits for the next."""
+        with self.condition:
+            current = self.round
+            if worker not in current.arrived:
+                return current.version, self.params, current.with_state
+            self.condition.wait_for(lambda: current.done)
+            return current.reply
+
+    def push(self, worker: int, version_at_sync: int, gradient: bytes, stats: dict[str, float],
+             finished: list[tuple[int, float, int]], steps: int,
+             collector_state: dict[str, Any] | None) -> Reply:
+        with self.condition:
+            current = self.round
+            if version_at_sync != current.version:
+                raise RuntimeError(f"worker {worker} pushed a gradient of round {version_at_sync} during round "
+                                   f"{current.version}")
+            self.gradients[worker].copy_(torch.from_numpy(from_wire(gradient)))
+            current.arrived[worker] = time.perf_counter()
+            current.results[worker] = (stats, finished, collector_state)
+            if len(current.arrived) == self.cfg.algo.num_workers:
+                self.complete(current)
+                self.condition.notify_all()
+            else:
+                self.condition.wait_for(lambda: current.done)
+            return current.reply
+
+    def complete(self, current: Round) -> None:
+        """Step with the mean gradient (summed in worker order: the local replicas' bits), record the round as
+        the local backend does, checkpoint if asked, and set the answer for the round's workers."""
+        algo, model, counters = self.cfg.algo, self.global_model, self.global_model.counters
+        lr = learning_rate(algo, counters.env_steps, self.cfg.total_env_steps)
+        average_gradients(self.gradients, out=model.model.flat_grads)
+        set_learning_rate(model.optimizer, lr)
         model.optimizer.step()
+        last = max(current.arrived.values())
+        for worker in range(algo.num_workers):
+            stats, finished, _ = current.results[worker]
+            episodes = [(current.version, counters.env_steps + steps * algo.num_workers, ret, length)
+                        for steps, ret, length in finished]
+            update = (current.version, counters.env_steps + self.steps_per_round, last - current.arrived[worker],
+                      lr, 0, *(stats[name] for name in LOSS_STATS))
+            self.log.add(worker, [update], episodes)
         counters.version += 1
-        counters.env_steps += len(gradients) * algo.n_steps * algo.num_envs
-        return model.model.flat_params.numpy()
+        counters.env_steps += self.steps_per_round
+        self.log.record_complete()
+        if current.with_state:
+            collectors = [current.results[worker][2] for worker in range(algo.num_workers)]
+            self.rows.save_checkpoint(model.checkpoint(collectors=collectors))
+            self.checkpoint_wanted = False
+        self.params = to_wire(model.model.flat_params)
+        if not (counters.env_steps >= self.cfg.total_env_steps or (self.stop and current.with_state)):
+            self.round = self.next_round()
+            current.reply = self.round.version, self.params, self.round.with_state
+        current.done = True
 
-    def drain(self, checkpoint: bool = False, **extra: Any) -> tuple[list[Any], int, dict[str, Any] | None]:
-        """The calls recorded since the last drain, the env steps, and (if asked) a checkpoint taken with them."""
-        state = self.global_model.checkpoint(**extra) if checkpoint else None
-        return self.rows.take(), self.global_model.counters.env_steps, state
+    def drain(self, checkpoint: bool) -> tuple[list[Any], int]:
+        """The record calls since the last drain and the env steps; a checkpoint asked for is taken after the
+        next round that starts, whose pushes bring the collectors' states."""
+        with self.condition:
+            self.checkpoint_wanted |= checkpoint
+            return self.rows.take(), self.global_model.counters.env_steps
+
+
+def synchronous_server_concurrency(num_workers: int) -> int:
+    """Calls the a2c server must run at once: a push or join of every worker, one more of each worker that
+    died waiting at the barrier and was restarted (the dead one's call waits on), and the driver's."""
+    return 2 * num_workers + 2
 
 
 def first_line(error: BaseException) -> str:
@@ -269,8 +377,13 @@ class Actors:
     def __init__(self, cfg: Any, record: Record):
         self.cfg, self.record = cfg, record
         settings, algo = cfg.ray, cfg.algo
-        self.server = ray.remote(ParameterServer).options(num_cpus=settings.server_cpus, max_restarts=0).remote(
-            cfg, record.resume_state)
+        if algo.name == "a2c":
+            server = ray.remote(SynchronousServer).options(
+                num_cpus=settings.server_cpus, max_restarts=0,
+                max_concurrency=synchronous_server_concurrency(algo.num_workers))
+        else:
+            server = ray.remote(ParameterServer).options(num_cpus=settings.server_cpus, max_restarts=0)
+        self.server = server.remote(cfg, record.resume_state)
         worker_actor = ray.remote(RayWorker).options(num_cpus=settings.cpus_per_worker,
                                                      max_restarts=algo.max_restarts, max_task_retries=0)
         self.workers = [worker_actor.remote(cfg, worker) for worker in range(algo.num_workers)]
@@ -351,25 +464,28 @@ def run_actors(cfg: Any, record: Record) -> Iterator[Actors]:
             actors.kill()
 
 
-# --------------------------------------------------------------------------- a3c: parameter server
-def serve_parameters(cfg: Any, record: Record) -> None:
-    """The a3c parameter-server schedule on actors; the driver records and supervises."""
+# --------------------------------------------------------------------------- the driver
+def run(cfg: Any, record: Record) -> None:
+    """The a3c parameter-server or a2c workers schedule on actors; the driver records and supervises."""
+    collectors = resumed_collectors(cfg, record.resume_state) if cfg.algo.name == "a2c" else None
     with run_actors(cfg, record) as actors:
-        _serve_parameters(cfg, record, actors)
+        supervise(cfg, record, actors, collectors)
 
 
-def _serve_parameters(cfg: Any, record: Record, actors: Actors) -> None:
+def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[str, Any]] | None) -> None:
+    """Start the workers, replay the server's record calls every ``POLL_S`` seconds, ask it for checkpoints
+    when due, restart failed workers, and stop the run when asked."""
     server = actors.server
+    # A synchronous round needs every worker: one that fails while the run stops is restarted to finish it.
+    synchronous = cfg.algo.name == "a2c"
 
     def drain(checkpoint: bool) -> tuple[bool, int]:
-        calls, env_steps, state = ray.get(server.drain.remote(checkpoint))
+        calls, env_steps = ray.get(server.drain.remote(checkpoint))
         replay(record, calls)
-        if state is not None:
-            record.save_checkpoint(state)
         return bool(calls), env_steps
 
     _, env_steps = ray.get(server.counters.remote())
-    actors.start_all(env_steps)
+    actors.start_all(env_steps, collectors)
     runs = {actor.run.remote(server): worker for worker, actor in enumerate(actors.workers)}
     stopping, last_progress = False, time.monotonic()
     try:
@@ -381,7 +497,7 @@ def _serve_parameters(cfg: Any, record: Record, actors: Actors) -> None:
             progressed, env_steps = drain(checkpoint=record.checkpoint_due(record.env_steps))
             if progressed:
                 last_progress = time.monotonic()
-            finishing = stopping or env_steps >= cfg.total_env_steps
+            finishing = env_steps >= cfg.total_env_steps or (stopping and not synchronous)
             for ref in ready:
                 worker = runs.pop(ref)
                 try:
@@ -397,87 +513,8 @@ def _serve_parameters(cfg: Any, record: Record, actors: Actors) -> None:
     finally:
         try:
             server.request_stop.remote()
-            drain(checkpoint=True)  # the final checkpoint, with every row recorded before it
+            # every row recorded so far; the parameter server adds its final checkpoint (a synchronous run's
+            # is already there, taken after its last round)
+            drain(checkpoint=not synchronous)
         except RayActorError as error:  # the server itself died: nothing left to save
             record.event("server_failed", reason=first_line(error))
-
-
-# --------------------------------------------------------------------------- a2c: workers
-def train_workers(cfg: Any, record: Record) -> None:
-    """The synchronous a2c schedule on actors: the driver is the barrier, the server applies the mean."""
-    with run_actors(cfg, record) as actors:
-        _train_workers(cfg, record, actors)
-
-
-def barrier(actors: Actors, params: Any, pending: dict[int, tuple[Any, Any]], env_steps: int
-            ) -> tuple[list[Any], list[Any], list[float]]:
-    """Wait for every worker's round; redo the round of a worker that failed (restarted, same parameters).
-
-    Returns the gradients' object refs in worker order, each worker's (statistics, episodes), and each
-    worker's wait: the time from its result's arrival at the driver to the last one's.
-    """
-    waiting = {info: worker for worker, (_, info) in pending.items()}
-    arrived: dict[int, tuple[Any, float]] = {}
-    while waiting:
-        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=STALL_TIMEOUT_S)
-        if not ready:
-            raise WorkerFailure(f"no synchronous update in {STALL_TIMEOUT_S:.0f}s after env step {env_steps} "
-                                f"(waiting for workers {sorted(waiting.values())}); stopping instead of hanging")
-        now = time.perf_counter()
-        for ref in ready:
-            worker = waiting.pop(ref)
-            try:
-                arrived[worker] = (ray.get(ref), now)
-            except WORKER_ERRORS as error:
-                actors.restart_or_fail(worker, error, env_steps, finishing=False)
-                pending[worker] = actors.workers[worker].learn.remote(params)
-                waiting[pending[worker][1]] = worker
-    last = max(at for _, at in arrived.values())
-    workers = sorted(pending)
-    return ([pending[worker][0] for worker in workers], [arrived[worker][0] for worker in workers],
-            [last - arrived[worker][1] for worker in workers])
-
-
-def collector_states(actors: Actors, env_steps: int) -> list[dict[str, Any]]:
-    """Every worker's collector state, for a checkpoint; a worker that fails meanwhile is restarted first."""
-    states = []
-    for worker, actor in enumerate(actors.workers):
-        while True:
-            try:
-                states.append(ray.get(actor.collector_state.remote()))
-                break
-            except WORKER_ERRORS as error:
-                actors.restart_or_fail(worker, error, env_steps, finishing=False)
-    return states
-
-
-def _train_workers(cfg: Any, record: Record, actors: Actors) -> None:
-    algo, server = cfg.algo, actors.server
-    version, env_steps = ray.get(server.counters.remote())
-    collectors = record.resume_state["collectors"] if record.resume_state is not None else None
-    if collectors is not None and len(collectors) != algo.num_workers:
-        raise ValueError(f"the checkpoint holds the state of {len(collectors)} workers' collectors; it cannot "
-                         f"resume with algo.num_workers={algo.num_workers}")
-    actors.start_all(env_steps, collectors)
-    steps_per_update = algo.num_workers * algo.n_steps * algo.num_envs
-    log = SyncLog(record, algo.num_workers, version, env_steps)
-    params = server.parameters.remote()
-    pending = {worker: actor.learn.remote(params) for worker, actor in enumerate(actors.workers)}
-    finishing = False
-    while not finishing:
-        gradients, results, waits = barrier(actors, params, pending, env_steps)
-        lr = learning_rate(algo, env_steps, cfg.total_env_steps)
-        params = server.average.remote(*gradients)  # the next round's parameters, left in the object store
-        for worker, ((stats, finished), wait) in enumerate(zip(results, waits, strict=True)):
-            episodes = [(version, env_steps + steps * algo.num_workers, ret, length) for steps, ret, length in finished]
-            log.add(worker, [(version, env_steps + steps_per_update, wait, lr, 0, *stats)], episodes)
-        version, env_steps = version + 1, env_steps + steps_per_update
-        finishing = env_steps >= cfg.total_env_steps or record.stop_requested
-        # Before the next round is submitted, which would change them.
-        collectors = collector_states(actors, env_steps) if finishing or record.checkpoint_due(env_steps) else None
-        if not finishing:
-            pending = {worker: actor.learn.remote(params) for worker, actor in enumerate(actors.workers)}
-        log.record_complete()
-        if collectors is not None:
-            _, _, state = ray.get(server.drain.remote(checkpoint=True, collectors=collectors))
-            record.save_checkpoint(state)

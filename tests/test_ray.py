@@ -1,7 +1,8 @@
 """The Ray backend: config rules; on one local Ray cluster (2 CPUs, started once for the module), the
 parameter-server and workers schedules give the local backend's parameters and run record, worker actors
-killed mid-run are restarted and recorded, exhausted restarts fail the run clearly, and no actor outlives
-its run; a Ctrl-C'd command line leaves no Ray process behind."""
+killed mid-run are restarted and recorded, exhausted restarts fail the run clearly, a synchronous run
+resumes as a local one does, and no actor outlives its run; a Ctrl-C'd command line leaves no Ray
+process behind and a checkpoint that matches its record."""
 
 from __future__ import annotations
 
@@ -174,6 +175,20 @@ def test_two_worker_actors_give_the_local_backends_synchronous_run(cluster, tmp_
     assert all(float(row["staleness_max"]) == 0 and float(row["barrier_wait_mean"]) >= 0 for row in metrics)
 
 
+def test_a_resumed_synchronous_run_gives_the_local_backends_resumed_run(cluster, tmp_path):
+    """The checkpoint a Ray a2c run ends with holds every worker's collector state, taken after the last
+    round: resuming it continues exactly as the local backend resumes its own."""
+    common = ["algo=a2c", "algo.mode=workers", "algo.num_envs=2", "algo.num_workers=2", "seed=2",
+              "log_interval=200"]
+    for backend in ("local", "ray"):
+        train_run(tmp_path / backend, *common, f"backend={backend}", "total_env_steps=800")
+        record = train_run(tmp_path / backend, *common, f"backend={backend}", "total_env_steps=1600", "resume=true")
+        assert record.status == "completed" and read_meta(tmp_path / backend)["resumed_at_env_steps"] == [800]
+    assert_same_training(tmp_path / "local", tmp_path / "ray")
+    assert checkpoint(tmp_path / "ray")["policy_version"] == 80
+    assert [row["update"] for row in updates(tmp_path / "ray")] == list(range(1, 161))
+
+
 def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cluster, run_dir):
     record = train_run(run_dir, *PS, "algo.num_workers=2", "algo.staleness.delay=1", "total_env_steps=2000")
     assert record.status == "completed" and record.env_steps >= 2000
@@ -293,10 +308,11 @@ def descendants(root: int) -> set[int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path):
+@pytest.mark.parametrize("algo", [PS, WORKERS], ids=["parameter_server", "workers"])
+def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path, algo):
     run_dir = tmp_path / "run"
     trainer = subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", *PS, "algo.num_workers=2", "total_env_steps=10000000",
+        [sys.executable, "-m", "experiments.train", *algo, "algo.num_workers=2", "total_env_steps=10000000",
          "quiet=true", "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -315,6 +331,10 @@ def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path):
     assert wait_gone(sorted(started)) == [], "orphan Ray processes"
     meta = read_meta(run_dir)
     assert meta["status"] == "interrupted"
-    recorded = len(read_csv(run_dir / "updates.csv"))
-    assert checkpoint(run_dir)["policy_version"] == meta["final"]["policy_version"] == recorded > 0
+    versions = max(row["version_at_apply"] for row in updates(run_dir)) + 1  # every update is applied
+    saved = checkpoint(run_dir)
+    assert saved["policy_version"] == meta["final"]["policy_version"] == versions > 0
+    assert saved["env_steps"] == saved["record"]["env_steps"] == meta["final"]["env_steps"]
+    if "algo=a2c" in algo:  # the last round brought the collectors' states: the run can resume
+        assert len(saved["collectors"]) == 2
 
