@@ -65,6 +65,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,8 +112,10 @@ def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
                 ray.init(address="local", num_cpus=local_cluster_cpus(cfg), include_dashboard=False,
                          logging_level=logging.WARNING)
             else:
-                # the config the actors receive is made of experiments.config's dataclasses: ship both packages
-                packages = [algorithms, importlib.import_module("experiments")]
+                # the config the actors receive is made of experiments.config's dataclasses: ship both packages,
+                # as directories (a Ray Client driver, ray://, must pickle the runtime env: modules would not do)
+                packages = [str(Path(module.__file__).parent)
+                            for module in (algorithms, importlib.import_module("experiments"))]
                 runtime_env = {"py_modules": packages} if settings.ship_code else None
                 try:
                     ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)

@@ -110,7 +110,8 @@ class LoggerConfig:
 class RayConfig:
     """Where and how ``backend=ray`` runs its actors (see docs/ray.md)."""
 
-    address: str | None = None  # null: start a local cluster for this run; "auto" or "HOST:PORT": connect to one
+    address: str | None = None  # null: start a local cluster for this run; auto, HOST:PORT or ray://HOST:PORT
+    # (Ray Client, for a driver outside the cluster): connect to a running one
     num_cpus: int | None = None  # CPUs of the local cluster (null: this machine's, at least what the run asks)
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker actor (fractions allowed)
     server_cpus: float = 0.0  # CPUs reserved for the parameter-server actor (it mostly waits on workers)
