@@ -11,7 +11,9 @@ reported as a fraction of it. On a noisy machine, repeat (``--repeats``): the ta
 Run specs are ``ALGO[:MODE][:N[w]][:Me][:BACKEND]``: ``N`` or ``Nw`` worker processes, ``Me`` envs per
 worker (per learner in vector mode), ``local`` (the default) or ``ray`` for the training backend, so that
 one benchmark compares the backends on the same machine state. A Ray run starts its own local cluster
-(``ray.*`` keys via ``--set``); its steady-state rate leaves the cluster's start-up out. Examples::
+(``ray.*`` keys via ``--set``); its steady-state rate leaves the cluster's start-up out. With any Ray run,
+the benchmark also times a bare Ray actor-to-actor call (the floor under each Ray update's overhead).
+Examples::
 
     python -m experiments.throughput --env cartpole --runs single a2c:vector:8e a2c:workers:2w:1e \\
         a3c:hogwild:2w a3c:parameter_server:2w --steps 200000 --json throughput.json
@@ -190,6 +192,42 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
     return results
 
 
+def ray_call_floor(cfg: Any, calls: int = 2000) -> dict[str, float]:
+    """The floor under a Ray update's overhead on this machine: the round trip, in ms, of one actor's call to
+    another that answers at once, with nothing and with the model's parameters as bytes each way (what a
+    push and its answer carry), median of three batches of ``calls`` after a warm-up, on a local cluster."""
+    import ray
+
+    from algorithms.a2c import count_parameters
+
+    class Echo:
+        def echo(self, payload: Any) -> Any:
+            return payload
+
+    class Caller:
+        def round_trip_ms(self, target: Any, payload: Any, calls: int) -> float:
+            for _ in range(calls // 10):
+                ray.get(target.echo.remote(payload))
+            started = time.perf_counter()
+            for _ in range(calls):
+                ray.get(target.echo.remote(payload))
+            return (time.perf_counter() - started) / calls * 1e3
+
+    parameters = bytes(4 * count_parameters(cfg))  # float32
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
+    try:
+        target, caller = ray.remote(Echo).options(num_cpus=0).remote(), ray.remote(Caller).options(num_cpus=0).remote()
+        floor = {label: statistics.median(ray.get(caller.round_trip_ms.remote(target, payload, calls))
+                                          for _ in range(3))
+                 for label, payload in (("empty", None), ("parameters", parameters))}
+        return {**floor, "parameter_bytes": len(parameters)}
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def local_ratio(result: Measurement, results: list[Measurement]) -> float | None:
     """A non-local run's steady rate over that of the same schedule on the local backend in this benchmark."""
     if result.backend == "local":
@@ -244,9 +282,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     started = machine()
     results = measure(specs, args.env, args.steps, args.repeats, args.raw_seconds, args.warmup, args.set, args.keep)
+    floor = None
+    if any(spec.backend == "ray" for spec in specs):
+        floor = ray_call_floor(compose_run(specs[0], args.env, args.steps, log_rows=50, extra=args.set))
     print(table(results))
+    if floor is not None:
+        print(f"Ray actor-to-actor call round trip here: {floor['empty']:.2f} ms empty, {floor['parameters']:.2f} ms "
+              f"with the model's {floor['parameter_bytes']:,} bytes of parameters each way")
     payload = {"env": args.env, "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
                "overrides": args.set, "machine": started, "load_average_after": os.getloadavg(),
+               "ray_call_round_trip_ms": floor,
                "runs": [{**result.summary(), "vs_local": local_ratio(result, results)} for result in results]}
     args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")

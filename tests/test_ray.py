@@ -284,7 +284,12 @@ def test_throughput_measures_both_backends_in_one_run(cluster, tmp_path, capsys)
     assert remote["spec"] == "a3c:parameter_server:2w:ray" and remote["status"] == ["completed"]
     assert local["vs_local"] is None
     assert remote["vs_local"] == pytest.approx(remote["steady_sps_median"] / local["steady_sps_median"])
-    assert "a3c:parameter_server:2w:ray" in capsys.readouterr().out
+    floor = result["ray_call_round_trip_ms"]
+    assert 0 < floor["empty"] < 1000 and 0 < floor["parameters"] < 1000
+    # float32 parameters of CartPole's actor and critic (4-64-64 each) and their heads (64-2, 64-1)
+    assert floor["parameter_bytes"] == 4 * (2 * (4 * 64 + 64 + 64 * 64 + 64) + 64 * 2 + 2 + 64 + 1)
+    out = capsys.readouterr().out
+    assert "a3c:parameter_server:2w:ray" in out and "Ray actor-to-actor call round trip here" in out
 
 
 # --------------------------------------------------------------------------- the command line, its own cluster
