@@ -300,7 +300,9 @@ class SyncLog:
         return not (self.updates or self.episodes or self.snapshots)
 
     def _record(self, version: int) -> None:
-        for worker, (_, env_steps, ret, length) in sorted(self.episodes.pop(version, []), key=lambda item: item[1][1]):
+        # by env step, then worker: the same order however the workers' rows arrived
+        for worker, (_, env_steps, ret, length) in sorted(self.episodes.pop(version, []),
+                                                          key=lambda item: (item[1][1], item[0])):
             self.record.episode(worker, int(env_steps), float(ret), int(length))
         for worker, (_, env_steps, wait_time, lr, _, *stats) in sorted(self.updates.pop(version, []),
                                                                      key=lambda item: item[0]):

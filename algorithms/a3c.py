@@ -159,7 +159,8 @@ class GlobalModel:
             self.optimizer.load_state_dict(resume_state["optimizer"])
             self.counters.version = resume_state["policy_version"]
             self.counters.env_steps = resume_state["env_steps"]
-            restore_rng_state(resume_state["rng"])
+            if "rng" in resume_state:  # a local a2c checkpoint, resumed on Ray, keeps its randomness in its collectors
+                restore_rng_state(resume_state["rng"])
         self.snapshots = None
         if algo.staleness.delay:
             self.snapshots = SnapshotRing(self.model.flat_params, algo.staleness.delay, self.counters.version)

@@ -17,8 +17,8 @@ Parameter server (``algo=a3c algo.mode=parameter_server``)
     local parameter server's own code (:func:`~algorithms.a3c.apply_worker_gradient`), so
     ``version_at_sync``, ``version_at_apply``, staleness and ``algo.staleness.{delay,max,lr_scaling}`` mean
     exactly what they mean locally. ``wall_time`` in ``updates.csv`` is when the driver recorded the row, as
-    for local hogwild; a checkpoint is taken in the drain call that asks for it, so it matches the rows
-    recorded before it.
+    for local hogwild. A drain after the run crosses ``checkpoint_interval`` ends with a checkpoint, so it
+    matches the rows recorded before it.
 
 Workers (``algo=a2c algo.mode=workers``)
     The server is the barrier (a threaded actor): it holds each push of a round until every worker's
@@ -28,27 +28,29 @@ Workers (``algo=a2c algo.mode=workers``)
     one call per worker, as a parameter-server update does. A worker's ``wait_time`` is the time from its
     gradient's arrival at the server to the last one's (``barrier_wait_mean``). Updates are recorded as
     the local backend records them (:class:`~algorithms.a2c.SyncLog`), never stale. A checkpoint needs
-    the collectors' states after one round: the server asks every worker for its state with the next
-    round's gradient (and with the last round's), and checkpoints after it.
+    the collectors' states after a round: a round that crosses ``checkpoint_interval`` or is the last
+    (budget spent, or the round after a stop request) asks every worker to send its state with its
+    gradient, and the server checkpoints after it, where the local workers do.
 
 Faults
     Worker actors are created with ``max_restarts=algo.max_restarts``: Ray restarts the process of a
     worker that dies. The driver sees the failure as an error of the worker's pending task, logs
     ``worker_failed`` (worker, pid, env steps, Ray's reason; a worker that raised gives its traceback),
-    waits for the restarted actor, starts it again at the current env step and resyncs it from the
-    current parameters (an a3c worker pulls them first; an a2c worker redoes the current round with the
-    parameters of that round, or waits for the next if its gradient had reached the server), and logs
-    ``worker_restarted``. As locally, ``algo.max_restarts`` is the
-    number of restarts in the whole run: one failure more ends the run with a ``WorkerFailure`` that
-    names the worker and says its restarts are exhausted. The server holds the run's state and is not
-    restarted: its death fails the run. If no update completes for ``STALL_TIMEOUT_S`` the run fails.
+    waits for the restarted actor, starts it again at the server's current env step and resyncs it from
+    the current parameters (an a3c worker joins the server first; an a2c worker redoes the current round
+    with the parameters of that round, or waits for the next if its gradient had reached the server), and
+    logs ``worker_restarted``. As locally, ``algo.max_restarts`` is the number of restarts in the whole
+    run: one failure more ends the run with a ``WorkerFailure`` that names the worker and says its
+    restarts are exhausted; the episodes of an a2c round that will not complete are recorded, as
+    locally. The server holds the run's state and is not restarted: its death fails the run. If no update
+    completes for ``STALL_TIMEOUT_S`` the run fails.
 
 Cluster
     ``ray.address=null`` starts a local cluster of ``ray.num_cpus`` CPUs (default: this machine's, or what
     the run's actors ask if more) for this run and shuts it down at the end; ``ray.address=auto`` or
-    ``HOST:PORT`` connects to a running cluster (and uploads this checkout's ``algorithms`` and ``experiments``
-    packages to it unless ``ray.ship_code=false``); a process that has already called ``ray.init`` is used as
-    it is.
+    ``HOST:PORT`` connects to a running cluster from one of its nodes, ``ray://HOST:PORT`` through Ray Client
+    from anywhere (either uploads this checkout's ``algorithms`` and ``experiments`` packages unless
+    ``ray.ship_code=false``); a process that has already called ``ray.init`` is used as it is.
     Every actor of the run is killed when the run ends, however it ends.
 """
 
@@ -75,13 +77,13 @@ import torch.multiprocessing as mp
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 import algorithms
-from algorithms.a2c import SyncLog, average_gradients, resumed_collectors
+from algorithms.a2c import SyncLog, average_gradients, checkpoint_crossed, resumed_collectors
 from algorithms.a3c import GlobalModel, LocalLearner, apply_worker_gradient, parameters_for_worker
 from algorithms.learn import Record, learning_rate, reset_seed, set_learning_rate
 from algorithms.losses import LOSS_STATS
 from algorithms.shared import STALL_TIMEOUT_S, WorkerFailure
 
-POLL_S = 0.05  # how often the parameter-server driver drains the server's rows and checks its workers
+POLL_S = 0.05  # how often the driver replays the server's record calls and checks its workers
 WORKER_ERRORS = (RayActorError, RayTaskError)  # a worker actor that died, or whose code raised
 
 
@@ -148,8 +150,8 @@ Reply = tuple[int, bytes, bool] | None
 
 
 def to_wire(vector: torch.Tensor) -> bytes:
-    """A flat float32 parameter or gradient vector as Ray should move it: as bytes, which it serializes
-    faster than a numpy array of any size (measured in docs/ray.md)."""
+    """A flat float32 parameter or gradient vector as Ray should move it: as bytes, which Ray 2.60 moved
+    0.3-0.4 ms faster per call than the same numpy array at every size tried (18 kB to 7 MB)."""
     return vector.numpy().tobytes()
 
 
@@ -231,6 +233,7 @@ class ParameterServer:
         self.global_model = GlobalModel(cfg, resume_state, mp.get_context(cfg.algo.start_method), shared=False)
         self.rows = RecordBuffer()
         self.stop = False
+        self.next_checkpoint_at = next_checkpoint_at(self.global_model.counters.env_steps, cfg.checkpoint_interval)
 
     def counters(self) -> tuple[int, int]:
         counters = self.global_model.counters
@@ -254,21 +257,28 @@ class ParameterServer:
                               stats, finished, steps)
         return self.join(worker)
 
-    def drain(self, checkpoint: bool) -> tuple[list[Any], int]:
-        """The record calls since the last drain (ending with a checkpoint, if asked) and the env steps."""
-        if checkpoint:
+    def drain(self, ending: bool) -> tuple[list[Any], int]:
+        """The record calls since the last drain and the env steps; they end with a checkpoint when the run
+        has crossed ``checkpoint_interval`` since the last one (the local server's rule) or is ending."""
+        env_steps = self.global_model.counters.env_steps
+        if ending or env_steps >= self.next_checkpoint_at:
             self.rows.save_checkpoint(self.global_model.checkpoint())
-        return self.rows.take(), self.global_model.counters.env_steps
+            self.next_checkpoint_at = next_checkpoint_at(env_steps, self.cfg.checkpoint_interval)
+        return self.rows.take(), env_steps
+
+
+def next_checkpoint_at(env_steps: int, interval: int) -> int:
+    return (env_steps // interval + 1) * interval
 
 
 @dataclass
 class Round:
-    """One synchronous update as the server gathers it: who pushed when, and the answer they all wait for."""
+    """One synchronous update as the server gathers it: each push's arrival time, loss statistics and
+    collector state by worker, and the answer they all wait for."""
 
     version: int
     with_state: bool  # every worker sends its collector's state with its gradient: a checkpoint follows
-    arrived: dict[int, float] = field(default_factory=dict)  # worker -> when its gradient arrived
-    results: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # worker -> stats, episodes, state
+    pushes: dict[int, tuple[float, dict[str, float], dict[str, Any] | None]] = field(default_factory=dict)
     done: bool = False
     reply: Reply = None
 
@@ -278,8 +288,9 @@ class SynchronousServer(ParameterServer):
     the round has arrived, steps once with their mean and answers all of them with the new parameters.
 
     A threaded actor (see :func:`synchronous_server_concurrency`): each push waits in its own thread on one
-    condition, whose lock guards the server's state. (An asyncio actor would need no lock, but each of its
-    calls costs about 0.4 ms more on Ray 2.x.)
+    condition, whose lock guards the server's state. (An asyncio actor would need no lock, but answered
+    each call about 0.4 ms later on Ray 2.60.) Checkpoints follow the rounds that cross
+    ``checkpoint_interval`` and the last round, as the local workers' do.
     """
 
     def __init__(self, cfg: Any, resume_state: dict[str, Any] | None):
@@ -289,20 +300,22 @@ class SynchronousServer(ParameterServer):
         self.gradients = torch.zeros(algo.num_workers, self.global_model.model.flat_params.numel())
         self.log = SyncLog(self.rows, algo.num_workers, counters.version, counters.env_steps)
         self.condition = threading.Condition()
-        self.checkpoint_wanted = False
         self.params = to_wire(self.global_model.model.flat_params)
         self.round = self.next_round()
 
     def next_round(self) -> Round:
-        counters = self.global_model.counters
-        last = counters.env_steps + self.steps_per_round >= self.cfg.total_env_steps or self.stop
-        return Round(counters.version, with_state=last or self.checkpoint_wanted)
+        """The round after the current counters; it asks for the collectors' states if a checkpoint follows it:
+        when it crosses ``checkpoint_interval``, spends the budget, or is the last after a stop request."""
+        after = self.global_model.counters.env_steps + self.steps_per_round
+        with_state = (after >= self.cfg.total_env_steps or self.stop
+                      or checkpoint_crossed(after, self.steps_per_round, self.cfg.checkpoint_interval))
+        return Round(self.global_model.counters.version, with_state)
 
     def join(self, worker: int) -> Reply:
         """The current round; a worker that already pushed to it (and was restarted) waits for the next."""
         with self.condition:
             current = self.round
-            if worker not in current.arrived:
+            if worker not in current.pushes:
                 return current.version, self.params, current.with_state
             self.condition.wait_for(lambda: current.done)
             return current.reply
@@ -310,15 +323,20 @@ class SynchronousServer(ParameterServer):
     def push(self, worker: int, version_at_sync: int, gradient: bytes, stats: dict[str, float],
              finished: list[tuple[int, float, int]], steps: int,
              collector_state: dict[str, Any] | None) -> Reply:
+        """Add one worker's gradient and finished episodes to the round and wait for the round's answer
+        (``steps``, the env steps of the rollout, is the same for every push: the round counts them itself)."""
         with self.condition:
-            current = self.round
+            current, num_workers = self.round, self.cfg.algo.num_workers
             if version_at_sync != current.version:
                 raise RuntimeError(f"worker {worker} pushed a gradient of round {version_at_sync} during round "
                                    f"{current.version}")
             self.gradients[worker].copy_(torch.from_numpy(from_wire(gradient)))
-            current.arrived[worker] = time.perf_counter()
-            current.results[worker] = (stats, finished, collector_state)
-            if len(current.arrived) == self.cfg.algo.num_workers:
+            current.pushes[worker] = (time.perf_counter(), stats, collector_state)
+            # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
+            env_steps = self.global_model.counters.env_steps
+            self.log.add(worker, [], [(current.version, env_steps + steps_into_rollout * num_workers, ret, length)
+                                      for steps_into_rollout, ret, length in finished])
+            if len(current.pushes) == num_workers:
                 self.complete(current)
                 self.condition.notify_all()
             else:
@@ -327,45 +345,42 @@ class SynchronousServer(ParameterServer):
 
     def complete(self, current: Round) -> None:
         """Step with the mean gradient (summed in worker order: the local replicas' bits), record the round as
-        the local backend does, checkpoint if asked, and set the answer for the round's workers."""
+        the local backend does, checkpoint if the round brought the collectors' states, and set the answer."""
         algo, model, counters = self.cfg.algo, self.global_model, self.global_model.counters
         lr = learning_rate(algo, counters.env_steps, self.cfg.total_env_steps)
         average_gradients(self.gradients, out=model.model.flat_grads)
         set_learning_rate(model.optimizer, lr)
         model.optimizer.step()
-        last = max(current.arrived.values())
-        for worker in range(algo.num_workers):
-            stats, finished, _ = current.results[worker]
-            episodes = [(current.version, counters.env_steps + steps * algo.num_workers, ret, length)
-                        for steps, ret, length in finished]
-            update = (current.version, counters.env_steps + self.steps_per_round, last - current.arrived[worker],
-                      lr, 0, *(stats[name] for name in LOSS_STATS))
-            self.log.add(worker, [update], episodes)
         counters.version += 1
         counters.env_steps += self.steps_per_round
+        last = max(arrived for arrived, _, _ in current.pushes.values())
+        for worker, (arrived, stats, _) in sorted(current.pushes.items()):
+            update = (current.version, counters.env_steps, last - arrived, lr, 0, *(stats[name] for name in LOSS_STATS))
+            self.log.add(worker, [update], [])
         self.log.record_complete()
         if current.with_state:
-            collectors = [current.results[worker][2] for worker in range(algo.num_workers)]
+            collectors = [state for _, (_, _, state) in sorted(current.pushes.items())]
             self.rows.save_checkpoint(model.checkpoint(collectors=collectors))
-            self.checkpoint_wanted = False
         self.params = to_wire(model.model.flat_params)
         if not (counters.env_steps >= self.cfg.total_env_steps or (self.stop and current.with_state)):
             self.round = self.next_round()
             current.reply = self.round.version, self.params, self.round.with_state
         current.done = True
 
-    def drain(self, checkpoint: bool) -> tuple[list[Any], int]:
-        """The record calls since the last drain and the env steps; a checkpoint asked for is taken after the
-        next round that starts, whose pushes bring the collectors' states."""
+    def drain(self, ending: bool) -> tuple[list[Any], int]:
+        """The record calls since the last drain and the env steps; when the run is ending, also the episodes
+        of a round that will not complete (as the local backend records them after a failure)."""
         with self.condition:
-            self.checkpoint_wanted |= checkpoint
+            if ending:
+                self.log.record_rest()
             return self.rows.take(), self.global_model.counters.env_steps
 
 
-def synchronous_server_concurrency(num_workers: int) -> int:
-    """Calls the a2c server must run at once: a push or join of every worker, one more of each worker that
-    died waiting at the barrier and was restarted (the dead one's call waits on), and the driver's."""
-    return 2 * num_workers + 2
+def synchronous_server_concurrency(algo: Any) -> int:
+    """Calls the a2c server must run at once: a push or join of every worker; the call of each worker that
+    died waiting at the barrier, which waits on until its round completes (one per restart, and one for
+    the failure that ends the run); and the driver's drain and stop request."""
+    return algo.num_workers + algo.max_restarts + 1 + 2
 
 
 def first_line(error: BaseException) -> str:
@@ -383,7 +398,7 @@ class Actors:
         if algo.name == "a2c":
             server = ray.remote(SynchronousServer).options(
                 num_cpus=settings.server_cpus, max_restarts=0,
-                max_concurrency=synchronous_server_concurrency(algo.num_workers))
+                max_concurrency=synchronous_server_concurrency(algo))
         else:
             server = ray.remote(ParameterServer).options(num_cpus=settings.server_cpus, max_restarts=0)
         self.server = server.remote(cfg, record.resume_state)
@@ -476,14 +491,14 @@ def run(cfg: Any, record: Record) -> None:
 
 
 def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[str, Any]] | None) -> None:
-    """Start the workers, replay the server's record calls every ``POLL_S`` seconds, ask it for checkpoints
-    when due, restart failed workers, and stop the run when asked."""
+    """Start the workers, replay the server's record calls every ``POLL_S`` seconds, restart failed workers,
+    and stop the run when asked."""
     server = actors.server
     # A synchronous round needs every worker: one that fails while the run stops is restarted to finish it.
     synchronous = cfg.algo.name == "a2c"
 
-    def drain(checkpoint: bool) -> tuple[bool, int]:
-        calls, env_steps = ray.get(server.drain.remote(checkpoint))
+    def drain(ending: bool) -> tuple[bool, int]:
+        calls, env_steps = ray.get(server.drain.remote(ending))
         replay(record, calls)
         return bool(calls), env_steps
 
@@ -497,15 +512,15 @@ def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[st
             if record.stop_requested and not stopping:
                 server.request_stop.remote()
                 stopping = True
-            progressed, env_steps = drain(checkpoint=record.checkpoint_due(record.env_steps))
-            if progressed:
+            if drain(ending=False)[0]:
                 last_progress = time.monotonic()
-            finishing = env_steps >= cfg.total_env_steps or (stopping and not synchronous)
             for ref in ready:
                 worker = runs.pop(ref)
                 try:
                     ray.get(ref)
                 except WORKER_ERRORS as error:
+                    _, env_steps = ray.get(server.counters.remote())  # where the failed worker restarts
+                    finishing = env_steps >= cfg.total_env_steps or (stopping and not synchronous)
                     if actors.restart_or_fail(worker, error, env_steps, finishing):
                         runs[actors.workers[worker].run.remote(server)] = worker
                         last_progress = time.monotonic()
@@ -516,8 +531,6 @@ def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[st
     finally:
         try:
             server.request_stop.remote()
-            # every row recorded so far; the parameter server adds its final checkpoint (a synchronous run's
-            # is already there, taken after its last round)
-            drain(checkpoint=not synchronous)
+            drain(ending=True)  # every row, and the final checkpoint (a synchronous run's follows its last round)
         except RayActorError as error:  # the server itself died: nothing left to save
             record.event("server_failed", reason=first_line(error))

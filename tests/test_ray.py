@@ -13,11 +13,13 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
+from algorithms.losses import LOSS_STATS
 from algorithms.shared import WorkerFailure
 from experiments.config import ConfigError, validate
 from experiments.throughput import main as throughput_main
@@ -31,6 +33,7 @@ from tests.conftest import (
 )
 
 ray = pytest.importorskip("ray")
+from algorithms.ray_backend import SynchronousServer, to_wire  # noqa: E402  (needs ray)
 
 ROOT = Path(__file__).resolve().parents[1]
 PS = ["algo=a3c", "algo.mode=parameter_server", "backend=ray", "log_interval=500"]
@@ -75,6 +78,83 @@ def test_command_line_rejects_hogwild_on_ray_before_creating_anything(tmp_path):
     assert "error: invalid config: algo.mode='hogwild': hogwild is a shared-memory schedule" in result.stderr
     assert "algo.mode=parameter_server" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the a2c server, called directly
+def synchronous_server(*overrides: str) -> SynchronousServer:
+    cfg = compose_config(*WORKERS, "algo.num_workers=2", "total_env_steps=60", *overrides)
+    validate(cfg)
+    return SynchronousServer(cfg, None)
+
+
+def push(server: SynchronousServer, worker: int, version: int, state: dict | None = None,
+         finished: tuple = ()) -> tuple | None:
+    """One worker's push of a constant gradient (no learning is checked here, only the barrier)."""
+    gradient = to_wire(torch.full((server.gradients.shape[1],), 1e-3 * (worker + 1)))
+    return server.push(worker, version, gradient, dict.fromkeys(LOSS_STATS, 0.0), list(finished), 5, state)
+
+
+def waits(future: Future) -> bool:
+    """Whether ``future`` is still blocked a moment from now."""
+    time.sleep(0.2)
+    return not future.done()
+
+
+def test_the_synchronous_server_holds_each_push_until_the_round_is_complete():
+    server = synchronous_server()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(push, server, 0, 0)
+        assert waits(first)
+        rejoined = pool.submit(server.join, 0)  # worker 0 restarted after its push: it waits for the round too
+        assert waits(rejoined)
+        last = push(server, 1, 0)
+        assert first.result(5) == last == rejoined.result(5) and last[0] == 1
+    assert server.join(1) == last  # the next round's parameters, to a worker that joins it
+    updates = [(args, kwargs) for name, args, kwargs in server.rows.take() if name == "update"]
+    assert [args for args, _ in updates] == [(0, 10, 0, 0), (1, 10, 0, 0)]  # worker, env steps, versions
+    assert updates[0][1]["wait_time"] >= 0.4 and updates[1][1]["wait_time"] == 0  # 0 waited for 1
+
+
+@pytest.mark.parametrize(("overrides", "checkpointed"), [
+    (["checkpoint_interval=25"], [30, 50, 60]),  # after the rounds crossing 25 and 50, and after the last
+    (["checkpoint_interval=1000"], [60]),
+])
+def test_the_synchronous_server_checkpoints_after_the_rounds_the_local_workers_do(overrides, checkpointed):
+    server = synchronous_server(*overrides)
+    reply, states = server.join(0), {}
+    with ThreadPoolExecutor(1) as pool:
+        while reply is not None:
+            version, _, with_state = reply
+            states[version] = [{"worker": worker, "version": version} if with_state else None for worker in (0, 1)]
+            other = pool.submit(push, server, 1, version, states[version][1])
+            reply = push(server, 0, version, states[version][0])
+            assert other.result(5) == reply
+    saved = [args[0] for name, args, _ in server.rows.take() if name == "save_checkpoint"]
+    assert [state["env_steps"] for state in saved] == checkpointed
+    assert [state["collectors"] for state in saved] == [states[state["policy_version"] - 1] for state in saved]
+
+
+def test_a_stop_ends_the_synchronous_run_after_a_round_that_brings_the_collectors_states():
+    server = synchronous_server("total_env_steps=1000")
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(push, server, 1, 0)
+        server.request_stop()  # mid-round: round 0 did not ask for states, so round 1 is the last
+        assert push(server, 0, 0)[2] is True and other.result(5)[2] is True
+        other = pool.submit(push, server, 1, 1, {"worker": 1})
+        assert push(server, 0, 1, {"worker": 0}) is None and other.result(5) is None
+    (saved,) = [args[0] for name, args, _ in server.rows.take() if name == "save_checkpoint"]
+    assert saved["env_steps"] == 20 and saved["collectors"] == [{"worker": 0}, {"worker": 1}]
+
+
+def test_an_unfinished_round_s_episodes_are_recorded_when_the_run_ends():
+    server = synchronous_server()
+    with ThreadPoolExecutor(1) as pool:
+        pushed = pool.submit(push, server, 0, 0, None, [(3, 21.0, 21)])
+        assert waits(pushed)
+        calls, _ = server.drain(ending=True)  # worker 1 failed for good: its round will not complete
+        assert calls == [("episode", (0, 6, 21.0, 21), {})]  # 3 steps into worker 0's rollout, 2 workers
+        push(server, 1, 0)  # only to release the waiting thread
+        pushed.result(5)
 
 
 # --------------------------------------------------------------------------- one local cluster for the rest
@@ -175,18 +255,21 @@ def test_two_worker_actors_give_the_local_backends_synchronous_run(cluster, tmp_
     assert all(float(row["staleness_max"]) == 0 and float(row["barrier_wait_mean"]) >= 0 for row in metrics)
 
 
-def test_a_resumed_synchronous_run_gives_the_local_backends_resumed_run(cluster, tmp_path):
-    """The checkpoint a Ray a2c run ends with holds every worker's collector state, taken after the last
-    round: resuming it continues exactly as the local backend resumes its own."""
+@pytest.mark.parametrize("first", ["ray", "local"])
+def test_a_resumed_synchronous_run_gives_the_local_backends_resumed_run(cluster, tmp_path, first):
+    """A Ray a2c run's final checkpoint holds every worker's collector state: resuming it on Ray continues
+    exactly as the local backend resumes its own, whichever backend ran the first part."""
     common = ["algo=a2c", "algo.mode=workers", "algo.num_envs=2", "algo.num_workers=2", "seed=2",
-              "log_interval=200"]
-    for backend in ("local", "ray"):
-        train_run(tmp_path / backend, *common, f"backend={backend}", "total_env_steps=800")
-        record = train_run(tmp_path / backend, *common, f"backend={backend}", "total_env_steps=1600", "resume=true")
-        assert record.status == "completed" and read_meta(tmp_path / backend)["resumed_at_env_steps"] == [800]
-    assert_same_training(tmp_path / "local", tmp_path / "ray")
-    assert checkpoint(tmp_path / "ray")["policy_version"] == 80
-    assert [row["update"] for row in updates(tmp_path / "ray")] == list(range(1, 161))
+              "log_interval=200", "checkpoint_interval=300"]
+    for run, backends in (("local", ("local", "local")), ("mixed", (first, "ray"))):
+        train_run(tmp_path / run, *common, f"backend={backends[0]}", "total_env_steps=800")
+        saved = checkpoint(tmp_path / run)
+        assert saved["env_steps"] == 800 and len(saved["collectors"]) == 2
+        record = train_run(tmp_path / run, *common, f"backend={backends[1]}", "total_env_steps=1600", "resume=true")
+        assert record.status == "completed" and read_meta(tmp_path / run)["resumed_at_env_steps"] == [800]
+    assert_same_training(tmp_path / "local", tmp_path / "mixed")
+    assert checkpoint(tmp_path / "mixed")["policy_version"] == 80
+    assert [row["update"] for row in updates(tmp_path / "mixed")] == list(range(1, 161))
 
 
 def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cluster, run_dir):

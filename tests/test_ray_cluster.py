@@ -86,7 +86,6 @@ def test_a_run_joins_a_running_cluster_and_leaves_it_up(head_node, tmp_path, sch
     (cluster,) = [event for event in events if event["event"] == "ray_cluster"]
     assert cluster["started_here"] is False and cluster["cpus"] == 2.0
     assert len([event for event in events if event["event"] == "worker_started"]) == 2
-    assert cluster["address"] == address
     host, port = head_node["gcs"].rsplit(":", 1)
     with socket.socket() as probe:  # the run disconnected; the cluster it joined is still there
         assert probe.connect_ex((host, int(port))) == 0
