@@ -1,1 +1,114 @@
-"""One actor-critic method under three schedules: single worker, synchronous A2C, asynchronous A3C."""
+"""The schedules: which code trains each (algorithm, mode, backend), decided in this one table.
+
+``experiments.train`` runs ``schedule_for(...).load()``, config validation accepts exactly the keys of
+:data:`SCHEDULES`, and the throughput benchmark and the sweep's CPU budget read the same entries. A new
+schedule or transport is one entry here (and its module). Entries name their function as
+``"module:function"`` and import it only when a run starts, so reading the table loads neither torch
+nor Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One way to train: who collects, who applies gradients, over which transport."""
+
+    algo: str
+    mode: str
+    backend: str
+    entry: str  # "module:function", called as function(cfg, record)
+    summary: str
+    worker_processes: bool  # each worker is a process (or actor) of its own
+    one_worker_in_process: bool = False  # with num_workers=1 the worker runs in the trainer process
+    server_process: bool = False  # the trainer itself is busy serving parameters
+
+    def load(self) -> Callable[[Any, Any], None]:
+        module, _, function = self.entry.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    def busy_processes(self, num_workers: int, per_worker: int = 1) -> int:
+        """CPU-bound processes a run keeps busy; ``per_worker`` counts a worker's env subprocesses too."""
+        if not self.worker_processes or (self.one_worker_in_process and num_workers == 1):
+            return per_worker
+        return num_workers * per_worker + int(self.server_process)
+
+
+_ENTRIES = (
+    Schedule("single", "serial", "local", "algorithms.single:run",
+             "one env, one process, one update per n_steps", worker_processes=False),
+    Schedule("a2c", "vector", "local", "algorithms.single:run",
+             "one learner steps num_envs envs in lockstep", worker_processes=False),
+    Schedule("a2c", "workers", "local", "algorithms.a2c:run",
+             "worker processes average their gradients at a shared-memory barrier", worker_processes=True),
+    Schedule("a3c", "hogwild", "local", "algorithms.a3c:run_hogwild",
+             "worker processes step shared parameters and optimizer state", worker_processes=True,
+             one_worker_in_process=True),
+    Schedule("a3c", "parameter_server", "local", "algorithms.a3c:run_parameter_server",
+             "the trainer applies workers' gradients in arrival order", worker_processes=True,
+             one_worker_in_process=True, server_process=True),
+    Schedule("a2c", "workers", "ray", "algorithms.ray_backend:run_workers",
+             "worker actors; a server actor is the barrier and applies the mean", worker_processes=True),
+    Schedule("a3c", "parameter_server", "ray", "algorithms.ray_backend:run_parameter_server",
+             "worker actors; a server actor applies gradients in arrival order", worker_processes=True,
+             server_process=True),
+)
+SCHEDULES: dict[tuple[str, str, str], Schedule] = {(s.algo, s.mode, s.backend): s for s in _ENTRIES}
+
+# Why a combination has no entry, as (config key at fault, reason), where a user is likely to try it.
+MISSING_REASONS: dict[tuple[str, str, str], tuple[str, str]] = {
+    ("single", "serial", "ray"): (
+        "backend", "algo=single is a one-process schedule; backend=ray runs algo=a2c algo.mode=workers and "
+        "algo=a3c algo.mode=parameter_server"),
+    ("a3c", "hogwild", "ray"): (
+        "algo.mode", "hogwild is a shared-memory schedule for one machine; with backend=ray use "
+        "algo.mode=parameter_server (the parameter server is a Ray actor)"),
+    ("a2c", "vector", "ray"): (
+        "algo.mode", "mode=vector is a one-process schedule; with backend=ray use algo.mode=workers (worker "
+        "actors whose gradients are averaged at a barrier)"),
+}
+
+
+def algorithm_modes() -> dict[str, tuple[str, ...]]:
+    """Each algorithm's modes, in table order; the first is its default."""
+    modes: dict[str, tuple[str, ...]] = {}
+    for algo, mode, _ in SCHEDULES:
+        if mode not in modes.get(algo, ()):
+            modes[algo] = (*modes.get(algo, ()), mode)
+    return modes
+
+
+def backends() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(backend for _, _, backend in SCHEDULES))
+
+
+class NoSuchSchedule(LookupError):
+    """No entry for a combination; ``key`` and ``reason`` say which setting to change and why."""
+
+    def __init__(self, key: str, value: str, reason: str):
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"{key}={value!r}: {reason}")
+
+
+def schedule_for(algo: str, mode: str, backend: str) -> Schedule:
+    """The entry for ``(algo, mode, backend)``, or :class:`NoSuchSchedule` naming the key to change."""
+    if (algo, mode, backend) in SCHEDULES:
+        return SCHEDULES[(algo, mode, backend)]
+    modes = algorithm_modes()
+    if algo not in modes:
+        raise NoSuchSchedule("algo.name", algo, f"must be one of {', '.join(modes)}")
+    if mode not in modes[algo]:
+        raise NoSuchSchedule("algo.mode", mode, f"must be one of {', '.join(modes[algo])}")
+    if backend not in backends():
+        raise NoSuchSchedule("backend", backend, f"must be one of {', '.join(backends())}")
+    if (algo, mode, backend) in MISSING_REASONS:
+        key, reason = MISSING_REASONS[(algo, mode, backend)]
+        raise NoSuchSchedule(key, {"backend": backend, "algo.mode": mode}[key], reason)
+    offered = ", ".join(f"algo={a} algo.mode={m}" for a, m, b in SCHEDULES if b == backend)
+    raise NoSuchSchedule("backend", backend, f"algo={algo} algo.mode={mode} has no {backend} schedule; "
+                                             f"backend={backend} runs {offered}")

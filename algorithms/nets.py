@@ -4,20 +4,9 @@ Separate actor and critic MLPs over the flattened observation, as in Stable-Base
 ``MlpPolicy`` (whose hyperparameters the env configs use), with orthogonal initialisation (gain
 sqrt(2) in the torso, 0.01 on the policy head, 1 on the value head). Discrete actions use a
 categorical head over logits; continuous actions a diagonal Gaussian whose log standard deviation is
-a state-independent parameter.
-
-Acting (:meth:`ActorCritic.act`) runs in numpy over zero-copy views of the same parameters: at the
-batch sizes of acting (1 to 16 observations) torch's per-op dispatch costs more than the arithmetic,
-and the numpy pass is about 3x faster on this harness's reference machine. The views see every
-in-place update (optimizer steps, ``load_state_dict``); a moved storage (``share_memory_``) is
-detected and the views rebuilt. Learning (:meth:`ActorCritic.evaluate`) runs in torch with autograd.
-
-All parameters live in one flat buffer (``flat_params``) and their gradients in another
-(``flat_grads``); each layer's weight is a view into them. Clipping and the optimizer step then work
-on one tensor instead of one per layer, and what crosses processes (A3C's shared parameters, the
-gradient a worker copies into them, A2C's gradient all-reduce) is a single tensor.
-Sampling takes an explicit ``numpy.random.Generator``, so acting never touches a global RNG: with one
-worker and one seed, every schedule draws the same actions.
+a state-independent parameter. All parameters live in one flat buffer and their gradients in another;
+acting runs in numpy over views of the same memory, learning in torch with autograd (see
+docs/design.md for why).
 """
 
 from __future__ import annotations
@@ -96,6 +85,11 @@ class ActorCritic(nn.Module):
         # (it would appear twice in state_dict); optimizers accept any leaf tensor with a .grad.
         flat.grad = grads
         return flat, grads
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the flat gradient in place. torch's default sets each ``.grad`` to None, which would detach
+        the layers from ``flat_grads``: the next backward would fill new tensors that no step ever sees."""
+        self.flat_grads.zero_()
 
     def share_memory(self) -> ActorCritic:
         """Place the parameters in shared memory (gradients stay private to each process)."""

@@ -1,95 +1,43 @@
 """The a3c parameter-server and a2c workers schedules on Ray actors (``backend=ray``), for more than one machine.
 
-The schedules are those of ``a3c`` and ``a2c``, built from the same parts: a worker actor holds the a3c
-:class:`~algorithms.a3c.LocalLearner` (its own envs, collector and model copy: collect ``n_steps``,
-compute the clipped gradient), and the server actor holds the a3c :class:`~algorithms.a3c.GlobalModel`
-(the parameters, the optimizer, the policy-version and env-step counters, the snapshot ring). Workers
-are placed by Ray on any node with ``ray.cpus_per_worker`` CPUs free; parameters and gradients travel as
-bytes of flat float32 vectors, directly between worker and server. Both schedules run one worker loop: join
-the server, then learn, push the gradient tagged with the version it was computed at, and sync to the
-parameters the push is answered with (``None`` once the budget is spent or a stop was requested). The
-driver (the process that runs ``experiments.train``) is off that path: it owns the run record, which the
-server fills through a :class:`RecordBuffer` that the driver drains every ``POLL_S`` seconds and replays
-(checkpoints included, in their place among the rows), and it supervises the workers.
-
-Parameter server (``algo=a3c algo.mode=parameter_server``)
-    The server is a sequential actor: it applies pushes one at a time in the order they reach it, with the
-    local parameter server's own code (:func:`~algorithms.a3c.apply_worker_gradient`), so
-    ``version_at_sync``, ``version_at_apply``, staleness and ``algo.staleness.{delay,max,lr_scaling}`` mean
-    exactly what they mean locally. ``wall_time`` in ``updates.csv`` is when the driver recorded the row, as
-    for local hogwild. A drain after the run crosses ``checkpoint_interval`` ends with a checkpoint, so it
-    matches the rows recorded before it.
-
-Workers (``algo=a2c algo.mode=workers``)
-    The server is the barrier (a threaded actor): it holds each push of a round until every worker's
-    gradient has arrived, steps once with their mean (:func:`~algorithms.a2c.average_gradients`, summed
-    in worker order, then the optimizer step: the bits every local replica computes, so a run gives the
-    local backend's parameters exactly) and answers every worker with the new parameters. A round costs
-    one call per worker, as a parameter-server update does. A worker's ``wait_time`` is the time from its
-    gradient's arrival at the server to the last one's (``barrier_wait_mean``). Updates are recorded as
-    the local backend records them (:class:`~algorithms.a2c.SyncLog`), never stale. A checkpoint needs
-    the collectors' states after a round: a round that crosses ``checkpoint_interval`` or is the last
-    (budget spent, or the round after a stop request) asks every worker to send its state with its
-    gradient, and the server checkpoints after it, where the local workers do.
-
-Faults
-    Worker actors are created with ``max_restarts=algo.max_restarts``: Ray restarts the process of a
-    worker that dies. The driver sees the failure as an error of the worker's pending task, logs
-    ``worker_failed`` (worker, pid, env steps, Ray's reason; a worker that raised gives its traceback),
-    waits for the restarted actor, starts it again at the server's current env step and resyncs it from
-    the current parameters (an a3c worker joins the server first; an a2c worker redoes the current round
-    with the parameters of that round, or waits for the next if its gradient had reached the server), and
-    logs ``worker_restarted``. As locally, ``algo.max_restarts`` is the number of restarts in the whole
-    run: one failure more ends the run with a ``WorkerFailure`` that names the worker and says its
-    restarts are exhausted; the episodes of an a2c round that will not complete are recorded, as
-    locally. The server holds the run's state and is not restarted: its death fails the run. If no update
-    completes for ``STALL_TIMEOUT_S`` the run fails.
-
-Cluster
-    ``ray.address=null`` starts a local cluster of ``ray.num_cpus`` CPUs (default: this machine's, or what
-    the run's actors ask if more) for this run and shuts it down at the end; ``ray.address=auto`` or
-    ``HOST:PORT`` connects to a running cluster from one of its nodes, ``ray://HOST:PORT`` through Ray Client
-    from anywhere (either uploads this checkout's ``algorithms`` and ``experiments`` packages unless
-    ``ray.ship_code=false``); a process that has already called ``ray.init`` is used as it is.
-    Every actor of the run is killed when the run ends, however it ends.
+The same parts as the local schedules, over Ray calls instead of pipes: worker actors run the
+parameter-server worker loop (``algorithms.parameter_server``) on a :class:`~algorithms.learner.LocalLearner`;
+the server actor holds the :class:`~algorithms.server.GlobalModel` and applies pushes with the local
+server's rules (a3c), or is the a2c barrier and applies the workers' mean (:class:`SynchronousServer`).
+The driver records what the server did (:class:`RecordBuffer`, replayed every ``POLL_S``) and supervises
+the workers with the local backend's :class:`~algorithms.supervision.RestartPolicy`. See docs/ray.md and
+docs/design.md.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import ray
 import torch
-import torch.multiprocessing as mp
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 import algorithms
-from algorithms.a2c import SyncLog, average_gradients, checkpoint_crossed, resumed_collectors
-from algorithms.a3c import GlobalModel, LocalLearner, apply_worker_gradient, parameters_for_worker
-from algorithms.learn import Record, learning_rate, reset_seed, set_learning_rate
-from algorithms.losses import LOSS_STATS
-from algorithms.shared import STALL_TIMEOUT_S, WorkerFailure
+from algorithms.a2c import SyncLog, checkpoint_crossed
+from algorithms.checkpoint import check_collectors
+from algorithms.learner import LocalLearner, average_gradients, learning_rate, set_learning_rate
+from algorithms.parameter_server import ParameterServer, parameter_server_worker
+from algorithms.protocol import EpisodeRow, Push, Record, Reply, UpdateRow, from_wire, to_wire
+from algorithms.server import GlobalModel
+from algorithms.supervision import RestartPolicy, StallWatchdog, WorkerFailure
 
 POLL_S = 0.05  # how often the driver replays the server's record calls and checks its workers
 WORKER_ERRORS = (RayActorError, RayTaskError)  # a worker actor that died, or whose code raised
-
-
-def quiet_numpy_views() -> None:
-    """Arrays that Ray deserializes are read-only; torch warns when viewing them, though they are only read."""
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -114,10 +62,9 @@ def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
                 ray.init(address="local", num_cpus=local_cluster_cpus(cfg), include_dashboard=False,
                          logging_level=logging.WARNING)
             else:
-                # the config the actors receive is made of experiments.config's dataclasses: ship both packages,
-                # as directories (a Ray Client driver, ray://, must pickle the runtime env: modules would not do)
-                packages = [str(Path(module.__file__).parent)
-                            for module in (algorithms, importlib.import_module("experiments"))]
+                # the actors need only the algorithms package (their config is its dataclasses), shipped as a
+                # directory (a Ray Client driver, ray://, must pickle the runtime env: a module would not do)
+                packages = [str(Path(algorithms.__file__).parent)]
                 runtime_env = {"py_modules": packages} if settings.ship_code else None
                 try:
                     ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)
@@ -144,27 +91,24 @@ def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- actors
-# What a server answers a worker with: the version and parameters to learn with next, and whether to send
-# its collector's state with that gradient (for a checkpoint); ``None`` once the run is ending.
-Reply = tuple[int, bytes, bool] | None
+class RayLink:
+    """The parameter-server transport over Ray calls to the server actor."""
 
+    def __init__(self, server: Any, worker: int):
+        self.server, self.worker = server, worker
 
-def to_wire(vector: torch.Tensor) -> bytes:
-    """A flat float32 parameter or gradient vector as Ray should move it: as bytes, which Ray 2.60 moved
-    0.3-0.4 ms faster per call than the same numpy array at every size tried (18 kB to 7 MB)."""
-    return vector.numpy().tobytes()
+    def join(self) -> Reply | None:
+        return ray.get(self.server.join.remote(self.worker))
 
-
-def from_wire(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.float32)
+    def push(self, push: Push) -> Reply | None:
+        return ray.get(self.server.push.remote(push))
 
 
 class RayWorker:
-    """A worker actor: a :class:`~algorithms.a3c.LocalLearner` that computes gradients and never applies them."""
+    """A worker actor: a :class:`~algorithms.learner.LocalLearner` that computes gradients and never applies them."""
 
     def __init__(self, cfg: Any, worker: int):
         torch.set_num_threads(cfg.torch_threads)
-        quiet_numpy_views()
         self.cfg, self.worker = cfg, worker
         self.learner: LocalLearner | None = None
 
@@ -173,27 +117,19 @@ class RayWorker:
         return this process's pid and node address."""
         if self.learner is not None:
             self.learner.close()
-        self.learner = LocalLearner(self.cfg, self.worker, env_steps)
-        if collector_state is not None:
-            collector = self.learner.collector
-            collector.load_state_dict(collector_state)
-            collector.reset(reset_seed(self.cfg, self.worker, self.cfg.algo.num_envs, env_steps))
+        self.learner = LocalLearner(self.cfg, self.worker, env_steps, collector_state)
         return os.getpid(), ray.util.get_node_ip_address()
 
     def run(self, server: Any) -> None:
-        """Join the server, then learn and push each gradient tagged with the version it was computed at,
-        syncing to the parameters of the server's answer; until the server answers ``None``."""
-        learner = self.learner
-        steps = learner.collector.steps_per_collect
-        reply = ray.get(server.join.remote(self.worker))
-        while reply is not None:
-            version, params, with_state = reply
-            learner.model.flat_params.copy_(torch.from_numpy(from_wire(params)))
-            episodes, stats = learner.learn()
-            finished = [(episode.steps_into_rollout, episode.ret, episode.length) for episode in episodes]
-            state = learner.collector.state_dict() if with_state else None
-            reply = ray.get(server.push.remote(self.worker, version, to_wire(learner.model.flat_grads), stats,
-                                               finished, steps, state))
+        parameter_server_worker(self.learner, RayLink(server, self.worker))
+
+
+class RecordCall(NamedTuple):
+    """One call a server actor made on the run record, to be replayed by the driver."""
+
+    method: str  # episode, update or save_checkpoint
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
 
 class RecordBuffer:
@@ -201,38 +137,41 @@ class RecordBuffer:
     kept in order for the driver to replay into the real record."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.calls: list[RecordCall] = []
 
     def episode(self, *args: Any, **kwargs: Any) -> None:
-        self.calls.append(("episode", args, kwargs))
+        self.calls.append(RecordCall("episode", args, kwargs))
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        self.calls.append(("update", args, kwargs))
+        self.calls.append(RecordCall("update", args, kwargs))
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self.calls.append(("save_checkpoint", (state,), {}))
+        self.calls.append(RecordCall("save_checkpoint", (state,), {}))
 
-    def take(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    def take(self) -> list[RecordCall]:
         calls, self.calls = self.calls, []
         return calls
 
 
-def replay(record: Record, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
-    for name, args, kwargs in calls:
-        getattr(record, name)(*args, **kwargs)
+def replay(record: Record, calls: list[RecordCall]) -> None:
+    for call in calls:
+        getattr(record, call.method)(*call.args, **call.kwargs)
 
 
-class ParameterServer:
-    """The a3c server actor: the run's :class:`~algorithms.a3c.GlobalModel`, applying each gradient as it
-    arrives (the local parameter server's code) and answering with the parameters to sync to."""
+class ParameterServerActor:
+    """The a3c server actor: the local parameter server's rules (:class:`~algorithms.parameter_server.ParameterServer`)
+    over the run's :class:`~algorithms.server.GlobalModel`, recording into a :class:`RecordBuffer`."""
+
+    @staticmethod
+    def actor_options(algo: Any) -> dict[str, Any]:
+        return {}
 
     def __init__(self, cfg: Any, resume_state: dict[str, Any] | None):
         torch.set_num_threads(cfg.torch_threads)
-        quiet_numpy_views()
         self.cfg = cfg
-        self.global_model = GlobalModel(cfg, resume_state, mp.get_context(cfg.algo.start_method), shared=False)
+        self.global_model = GlobalModel(cfg, resume_state, None, shared=False)
         self.rows = RecordBuffer()
-        self.stop = False
+        self.server = ParameterServer(cfg, self.rows, self.global_model)
         self.next_checkpoint_at = next_checkpoint_at(self.global_model.counters.env_steps, cfg.checkpoint_interval)
 
     def counters(self) -> tuple[int, int]:
@@ -240,24 +179,15 @@ class ParameterServer:
         return counters.version, counters.env_steps
 
     def request_stop(self) -> None:
-        self.stop = True
+        self.server.stop = True
 
-    def join(self, worker: int) -> Reply:
-        """What a worker syncs to: the current version (``delay`` behind it, if set) and its parameters."""
-        if self.stop or self.global_model.counters.env_steps >= self.cfg.total_env_steps:
-            return None
-        version, params = parameters_for_worker(self.global_model)
-        return version, params.tobytes(), False
+    def join(self, worker: int) -> Reply | None:
+        return self.server.reply()
 
-    def push(self, worker: int, version_at_sync: int, gradient: bytes, stats: dict[str, float],
-             finished: list[tuple[int, float, int]], steps: int, collector_state: dict[str, Any] | None) -> Reply:
-        """Apply one worker's gradient at the current version and answer with what it syncs to next (an a3c
-        checkpoint holds no collector state: none is ever asked for)."""
-        apply_worker_gradient(self.cfg, self.rows, self.global_model, worker, version_at_sync, from_wire(gradient),
-                              stats, finished, steps)
-        return self.join(worker)
+    def push(self, push: Push) -> Reply | None:
+        return self.server.push(push)
 
-    def drain(self, ending: bool) -> tuple[list[Any], int]:
+    def drain(self, ending: bool) -> tuple[list[RecordCall], int]:
         """The record calls since the last drain and the env steps; they end with a checkpoint when the run
         has crossed ``checkpoint_interval`` since the last one (the local server's rule) or is ending."""
         env_steps = self.global_model.counters.env_steps
@@ -273,17 +203,17 @@ def next_checkpoint_at(env_steps: int, interval: int) -> int:
 
 @dataclass
 class Round:
-    """One synchronous update as the server gathers it: each push's arrival time, loss statistics and
-    collector state by worker, and the answer they all wait for."""
+    """One synchronous update as the server gathers it: the pushes by worker with their arrival times, and
+    the answer they all wait for."""
 
     version: int
     with_state: bool  # every worker sends its collector's state with its gradient: a checkpoint follows
-    pushes: dict[int, tuple[float, dict[str, float], dict[str, Any] | None]] = field(default_factory=dict)
+    pushes: dict[int, tuple[float, Push]] = field(default_factory=dict)
     done: bool = False
-    reply: Reply = None
+    reply: Reply | None = None
 
 
-class SynchronousServer(ParameterServer):
+class SynchronousServer(ParameterServerActor):
     """The a2c server actor, and the barrier: it holds each worker's push until every worker's gradient of
     the round has arrived, steps once with their mean and answers all of them with the new parameters.
 
@@ -292,6 +222,10 @@ class SynchronousServer(ParameterServer):
     each call about 0.4 ms later on Ray 2.60.) Checkpoints follow the rounds that cross
     ``checkpoint_interval`` and the last round, as the local workers' do.
     """
+
+    @staticmethod
+    def actor_options(algo: Any) -> dict[str, Any]:
+        return {"max_concurrency": synchronous_server_concurrency(algo)}
 
     def __init__(self, cfg: Any, resume_state: dict[str, Any] | None):
         super().__init__(cfg, resume_state)
@@ -307,35 +241,34 @@ class SynchronousServer(ParameterServer):
         """The round after the current counters; it asks for the collectors' states if a checkpoint follows it:
         when it crosses ``checkpoint_interval``, spends the budget, or is the last after a stop request."""
         after = self.global_model.counters.env_steps + self.steps_per_round
-        with_state = (after >= self.cfg.total_env_steps or self.stop
+        with_state = (after >= self.cfg.total_env_steps or self.server.stop
                       or checkpoint_crossed(after, self.steps_per_round, self.cfg.checkpoint_interval))
         return Round(self.global_model.counters.version, with_state)
 
-    def join(self, worker: int) -> Reply:
+    def join(self, worker: int) -> Reply | None:
         """The current round; a worker that already pushed to it (and was restarted) waits for the next."""
         with self.condition:
             current = self.round
             if worker not in current.pushes:
-                return current.version, self.params, current.with_state
+                return Reply(current.version, self.params, current.with_state)
             self.condition.wait_for(lambda: current.done)
             return current.reply
 
-    def push(self, worker: int, version_at_sync: int, gradient: bytes, stats: dict[str, float],
-             finished: list[tuple[int, float, int]], steps: int,
-             collector_state: dict[str, Any] | None) -> Reply:
+    def push(self, push: Push) -> Reply | None:
         """Add one worker's gradient and finished episodes to the round and wait for the round's answer
-        (``steps``, the env steps of the rollout, is the same for every push: the round counts them itself)."""
+        (the rollout's env steps are the same for every push: the round counts them itself)."""
         with self.condition:
             current, num_workers = self.round, self.cfg.algo.num_workers
-            if version_at_sync != current.version:
-                raise RuntimeError(f"worker {worker} pushed a gradient of round {version_at_sync} during round "
-                                   f"{current.version}")
-            self.gradients[worker].copy_(torch.from_numpy(from_wire(gradient)))
-            current.pushes[worker] = (time.perf_counter(), stats, collector_state)
+            if push.version_at_sync != current.version:
+                raise RuntimeError(f"worker {push.worker} pushed a gradient of round {push.version_at_sync} during "
+                                   f"round {current.version}")
+            self.gradients[push.worker].copy_(from_wire(push.gradient))
+            current.pushes[push.worker] = (time.perf_counter(), push)
             # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
             env_steps = self.global_model.counters.env_steps
-            self.log.add(worker, [], [(current.version, env_steps + steps_into_rollout * num_workers, ret, length)
-                                      for steps_into_rollout, ret, length in finished])
+            self.log.add(push.worker, [], [EpisodeRow(current.version, env_steps + episode.steps_into_rollout
+                                                      * num_workers, episode.ret, episode.length)
+                                           for episode in push.episodes])
             if len(current.pushes) == num_workers:
                 self.complete(current)
                 self.condition.notify_all()
@@ -353,21 +286,21 @@ class SynchronousServer(ParameterServer):
         model.optimizer.step()
         counters.version += 1
         counters.env_steps += self.steps_per_round
-        last = max(arrived for arrived, _, _ in current.pushes.values())
-        for worker, (arrived, stats, _) in sorted(current.pushes.items()):
-            update = (current.version, counters.env_steps, last - arrived, lr, 0, *(stats[name] for name in LOSS_STATS))
-            self.log.add(worker, [update], [])
+        last = max(arrived for arrived, _ in current.pushes.values())
+        for worker, (arrived, push) in sorted(current.pushes.items()):
+            self.log.add(worker, [UpdateRow(counters.env_steps, current.version, current.version, True, lr,
+                                            **push.stats, wait_time=last - arrived)], [])
         self.log.record_complete()
         if current.with_state:
-            collectors = [state for _, (_, _, state) in sorted(current.pushes.items())]
+            collectors = [push.collector_state for _, (_, push) in sorted(current.pushes.items())]
             self.rows.save_checkpoint(model.checkpoint(collectors=collectors))
         self.params = to_wire(model.model.flat_params)
-        if not (counters.env_steps >= self.cfg.total_env_steps or (self.stop and current.with_state)):
+        if not (counters.env_steps >= self.cfg.total_env_steps or (self.server.stop and current.with_state)):
             self.round = self.next_round()
-            current.reply = self.round.version, self.params, self.round.with_state
+            current.reply = Reply(self.round.version, self.params, self.round.with_state)
         current.done = True
 
-    def drain(self, ending: bool) -> tuple[list[Any], int]:
+    def drain(self, ending: bool) -> tuple[list[RecordCall], int]:
         """The record calls since the last drain and the env steps; when the run is ending, also the episodes
         of a round that will not complete (as the local backend records them after a failure)."""
         with self.condition:
@@ -392,21 +325,17 @@ class Actors:
     """One run's server and worker actors: created with their resources, started, restarted after a failure
     (while ``algo.max_restarts`` allows), and killed at the end."""
 
-    def __init__(self, cfg: Any, record: Record):
+    def __init__(self, cfg: Any, record: Record, server_class: type[ParameterServerActor]):
         self.cfg, self.record = cfg, record
         settings, algo = cfg.ray, cfg.algo
-        if algo.name == "a2c":
-            server = ray.remote(SynchronousServer).options(
-                num_cpus=settings.server_cpus, max_restarts=0,
-                max_concurrency=synchronous_server_concurrency(algo))
-        else:
-            server = ray.remote(ParameterServer).options(num_cpus=settings.server_cpus, max_restarts=0)
+        server = ray.remote(server_class).options(num_cpus=settings.server_cpus, max_restarts=0,
+                                                  **server_class.actor_options(algo))
         self.server = server.remote(cfg, record.resume_state)
         worker_actor = ray.remote(RayWorker).options(num_cpus=settings.cpus_per_worker,
                                                      max_restarts=algo.max_restarts, max_task_retries=0)
         self.workers = [worker_actor.remote(cfg, worker) for worker in range(algo.num_workers)]
         self.pids: dict[int, int] = {}
-        self.restarts = 0
+        self.policy = RestartPolicy(record, algo.max_restarts)
 
     def start_all(self, env_steps: int, collector_states: list[dict[str, Any]] | None = None) -> None:
         settings = self.cfg.ray
@@ -429,21 +358,13 @@ class Actors:
         finishing anyway; raise :class:`WorkerFailure` when no restart is left."""
         died = isinstance(error, RayActorError)
         what = "died" if died else "raised an exception"
-        self.record.event("worker_failed", worker=worker, pid=self.pids.get(worker), exitcode=None,
-                          env_steps=env_steps, reason=f"actor {what}: {first_line(error)}",
-                          error=None if died else str(error))
-        if finishing:
+        if not self.policy.failed(worker, what, env_steps, finishing, error=None if died else str(error),
+                                  pid=self.pids.get(worker), exitcode=None,
+                                  reason=f"actor {what}: {first_line(error)}"):
             return False
-        limit = self.cfg.algo.max_restarts
-        detail = "" if died else f"\n{str(error).strip().splitlines()[-1]}"
-        if self.restarts >= limit:
-            raise WorkerFailure(f"worker {worker} (pid {self.pids.get(worker)}) {what} at env step {env_steps}: "
-                                f"restarts exhausted (algo.max_restarts={limit}){detail}")
-        self.restarts += 1
         pid, node = self._start_again(worker, env_steps, what)
         self.pids[worker] = pid
-        self.record.event("worker_restarted", worker=worker, env_steps=env_steps, restart=self.restarts, pid=pid,
-                          node=node)
+        self.policy.restarted(worker, env_steps, pid=pid, node=node)
         return True
 
     def _start_again(self, worker: int, env_steps: int, what: str) -> tuple[int, str]:
@@ -472,10 +393,10 @@ class Actors:
 
 
 @contextmanager
-def run_actors(cfg: Any, record: Record) -> Iterator[Actors]:
+def run_actors(cfg: Any, record: Record, server_class: type[ParameterServerActor]) -> Iterator[Actors]:
     """A run's actors on the cluster ``cfg.ray`` names; every one of them is killed when the run ends."""
     with ray_cluster(cfg, record):
-        actors = Actors(cfg, record)
+        actors = Actors(cfg, record, server_class)
         try:
             yield actors
         finally:
@@ -483,19 +404,26 @@ def run_actors(cfg: Any, record: Record) -> Iterator[Actors]:
 
 
 # --------------------------------------------------------------------------- the driver
-def run(cfg: Any, record: Record) -> None:
-    """The a3c parameter-server or a2c workers schedule on actors; the driver records and supervises."""
-    collectors = resumed_collectors(cfg, record.resume_state) if cfg.algo.name == "a2c" else None
-    with run_actors(cfg, record) as actors:
-        supervise(cfg, record, actors, collectors)
+def run_parameter_server(cfg: Any, record: Record) -> None:
+    """a3c parameter server: a resumed worker keeps no state but the server's parameters."""
+    with run_actors(cfg, record, ParameterServerActor) as actors:
+        supervise(cfg, record, actors, collectors=None, synchronous=False)
 
 
-def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[str, Any]] | None) -> None:
-    """Start the workers, replay the server's record calls every ``POLL_S`` seconds, restart failed workers,
+def run_workers(cfg: Any, record: Record) -> None:
+    """a2c workers: a resumed worker continues its collector's state."""
+    resume = record.resume_state
+    collectors = check_collectors(resume, cfg.algo.num_workers) if resume is not None else None
+    with run_actors(cfg, record, SynchronousServer) as actors:
+        supervise(cfg, record, actors, collectors, synchronous=True)
+
+
+def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[str, Any]] | None,
+              synchronous: bool) -> None:
+    """Start the workers, replay the server's record calls every ``POLL_S`` seconds, restart failed workers
+    (a synchronous round needs every worker: one that fails while the run stops is restarted to finish it),
     and stop the run when asked."""
     server = actors.server
-    # A synchronous round needs every worker: one that fails while the run stops is restarted to finish it.
-    synchronous = cfg.algo.name == "a2c"
 
     def drain(ending: bool) -> tuple[bool, int]:
         calls, env_steps = ray.get(server.drain.remote(ending))
@@ -505,15 +433,16 @@ def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[st
     _, env_steps = ray.get(server.counters.remote())
     actors.start_all(env_steps, collectors)
     runs = {actor.run.remote(server): worker for worker, actor in enumerate(actors.workers)}
-    stopping, last_progress = False, time.monotonic()
+    stopping, watchdog = False, StallWatchdog()
     try:
         while runs:
             ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=POLL_S)
             if record.stop_requested and not stopping:
                 server.request_stop.remote()
                 stopping = True
-            if drain(ending=False)[0]:
-                last_progress = time.monotonic()
+            progressed, env_steps = drain(ending=False)
+            if progressed:
+                watchdog.progressed()
             for ref in ready:
                 worker = runs.pop(ref)
                 try:
@@ -523,11 +452,8 @@ def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[st
                     finishing = env_steps >= cfg.total_env_steps or (stopping and not synchronous)
                     if actors.restart_or_fail(worker, error, env_steps, finishing):
                         runs[actors.workers[worker].run.remote(server)] = worker
-                        last_progress = time.monotonic()
-            idle = time.monotonic() - last_progress
-            if idle > STALL_TIMEOUT_S:
-                raise WorkerFailure(f"no update in {idle:.0f}s with workers {sorted(runs.values())} running; "
-                                    "stopping instead of hanging")
+                        watchdog.progressed()
+            watchdog.check(env_steps, sorted(runs.values()))
     finally:
         try:
             server.request_stop.remote()

@@ -9,7 +9,7 @@ log-probabilities and values for the whole batch with autograd once per update.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,9 +34,9 @@ class Rollout:
     next_value: torch.Tensor  # [N], V of the observation after the last step
 
 
-@dataclass
-class Episode:
-    env_index: int
+class Episode(NamedTuple):
+    """An episode that ended during a rollout."""
+
     ret: float  # undiscounted sum of raw rewards
     length: int
     steps_into_rollout: int  # env steps (all envs together) from the rollout's start to this end
@@ -118,7 +118,7 @@ class Collector:
             self._truncation_values[t] = 0.0
             if dones.any():
                 for i in np.flatnonzero(dones):
-                    episodes.append(Episode(int(i), float(self.episode_returns[i]),
+                    episodes.append(Episode(float(self.episode_returns[i]),
                                             int(self.episode_lengths[i]), (t + 1) * self.num_envs))
                 self.episode_returns[dones] = 0.0
                 self.episode_lengths[dones] = 0

@@ -1,15 +1,67 @@
-"""The single-worker baseline: one env, one process, one update every ``n_steps`` env steps.
+"""One learner process: the single-worker baseline (``algo=single``) and A2C's vector mode (``algo=a2c``).
 
-It is the shared in-process loop with one env, so A2C's vector mode with ``num_envs=1`` and the same
-seed produces exactly the same parameters.
+One process steps ``algo.num_envs`` envs in lockstep (one for ``single``), acts for all of them in one
+batched forward pass per step, and updates once per ``num_envs * n_steps`` transitions. With one env,
+A2C's vector mode is this same loop and gives ``single``'s parameters exactly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from algorithms.learn import Record, train_in_process
+import torch
+
+from algorithms.checkpoint import check_collectors, make_checkpoint, restore_model
+from algorithms.envs import make_vector_env
+from algorithms.learner import (
+    build_collector,
+    build_model,
+    compute_gradients,
+    learning_rate,
+    make_optimizer,
+    reset_seed,
+    restore_rng_state,
+    rng_state,
+    set_learning_rate,
+)
+from algorithms.protocol import Record, record_episodes
 
 
 def run(cfg: Any, record: Record) -> None:
-    train_in_process(cfg, record, num_envs=1)
+    """collect -> returns and loss -> step -> record, until the budget or a stop; checkpoint on the way."""
+    torch.set_num_threads(cfg.torch_threads)
+    algo, num_envs = cfg.algo, cfg.algo.num_envs
+    envs = make_vector_env(cfg.env, num_envs, algo.vector_backend)
+    try:
+        model = build_model(cfg, envs)
+        optimizer = make_optimizer(model, algo)
+        collector = build_collector(cfg, envs, worker=0)
+        env_steps, version = 0, 0
+        if (state := record.resume_state) is not None:
+            restore_model(state, model, optimizer)
+            collector.load_state_dict(check_collectors(state, 1)[0])
+            if state["rng"] is not None:
+                restore_rng_state(state["rng"])
+            env_steps, version = state["env_steps"], state["policy_version"]
+        collector.reset(reset_seed(cfg, 0, num_envs, env_steps))
+
+        def checkpoint() -> dict[str, Any]:
+            return make_checkpoint(model.state_dict(), optimizer.state_dict(), env_steps, version,
+                                   collectors=[collector.state_dict()], rng=rng_state())
+
+        while env_steps < cfg.total_env_steps and not record.stop_requested:
+            episodes = collector.collect(model)
+            record_episodes(record, 0, env_steps, episodes)
+            lr = learning_rate(algo, env_steps, cfg.total_env_steps)
+            set_learning_rate(optimizer, lr)
+            stats = compute_gradients(model, collector.rollout, algo)
+            optimizer.step()
+            env_steps += collector.steps_per_collect
+            record.update(0, env_steps, version_at_sync=version, version_at_apply=version, applied=True,
+                          lr=lr, **stats)
+            version += 1
+            if record.checkpoint_due(env_steps):
+                record.save_checkpoint(checkpoint())
+        record.save_checkpoint(checkpoint())
+    finally:
+        envs.close()

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.record import EPISODE_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
+from experiments.columns import EPISODE_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
 
 # Columns that identify a run and its experimental condition in every frame.
 RUN_COLUMNS = ("run_id", "env_name", "env_id", "algo", "mode", "schedule", "num_workers", "num_envs", "seed")
@@ -42,7 +42,6 @@ RECORD_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "episodes": (("env_steps", "wall_time", "worker", "return", "length"), None),
     "updates": (("update", "wall_time", "env_steps", "worker", "staleness", "applied", "wait_time"), ("update",)),
 }
-RECORD_COLUMNS = {"metrics": METRIC_COLUMNS, "episodes": EPISODE_COLUMNS, "updates": UPDATE_COLUMNS}
 # Override keys already described by a meta.json column, and keys that are not experimental factors.
 META_OVERRIDE_KEYS = {"seed", "algo", "env", "algo.name", "algo.mode", "algo.num_workers", "algo.num_envs",
                       "env.id", "env.name", "schedule", "experiment", "suite"}

@@ -1,10 +1,11 @@
-"""Typed configuration schema and the rules that hold across its fields.
+"""Hydra's config schema, :class:`Config`, and :func:`validate`, the rules that types cannot express.
 
-The dataclasses below are registered in Hydra's ConfigStore as ``base_config``; the YAML files in
-``conf/`` only set values. Types are enforced by OmegaConf when YAML and command-line overrides are
-merged (``algo.lr=fast`` fails there, naming the key). Everything else that makes a config unusable is
-checked by :func:`validate`, which a Hydra callback runs before Hydra creates any run directory, and
-which names the key and the value in its message.
+``Config`` is the algorithms' :class:`~algorithms.config.RunConfig` plus what only the harness reads
+(logging, resuming, the CPU budget), registered in Hydra's ConfigStore as ``base_config``; the YAML files
+in ``conf/`` only set values. OmegaConf enforces types when overrides are merged (``algo.lr=fast`` fails
+there, naming the key). :func:`validate` rejects anything else that makes a config unusable, naming the
+key and the value; which (algo, mode, backend) combinations exist is decided by ``algorithms.SCHEDULES``.
+``experiments.plan.ValidateBeforeLaunch`` runs it before Hydra creates any run directory.
 """
 
 from __future__ import annotations
@@ -18,78 +19,18 @@ from functools import cache
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
-from omegaconf import MISSING, DictConfig
+from omegaconf import DictConfig
 
-# Which modes each algorithm schedules; the first is the default.
-ALGORITHM_MODES: dict[str, tuple[str, ...]] = {
-    "single": ("serial",),
-    "a2c": ("vector", "workers"),
-    "a3c": ("hogwild", "parameter_server"),
-}
+from algorithms import NoSuchSchedule, schedule_for
+from algorithms.config import RunConfig
+
 OPTIMIZERS = ("rmsprop", "adam")
 LR_SCHEDULES = ("constant", "linear")
 STALENESS_LR_SCALINGS = ("none", "inverse")
 VECTOR_BACKENDS = ("sync", "async")
 START_METHODS = ("spawn", "forkserver", "fork")
 ACTIVATIONS = ("tanh", "relu")
-BACKENDS = ("local", "ray")
 WANDB_MODES = ("online", "offline", "disabled")
-
-
-@dataclass
-class StalenessConfig:
-    """Controlled staleness for asynchronous schedules (a3c)."""
-
-    delay: int = 0  # apply each gradient only after this many newer updates
-    max: int | None = None  # drop gradients staler than this (null: never drop)
-    lr_scaling: str = "none"  # none | inverse: step size divided by max(1, staleness)
-
-
-@dataclass
-class AlgoConfig:
-    name: str = MISSING
-    mode: str = MISSING
-    num_workers: int = 1
-    num_envs: int = 1  # envs stepped in lockstep by each worker (or by the learner in vector mode)
-    vector_backend: str = "sync"  # sync: envs in-process; async: one subprocess per env
-    n_steps: int = 5
-    gamma: float = 0.99
-    gae_lambda: float = 1.0  # 1.0 gives plain n-step returns, as in the A3C paper
-    lr: float = 7e-4
-    lr_schedule: str = "constant"
-    optimizer: str = "rmsprop"
-    rmsprop_alpha: float = 0.99
-    optimizer_eps: float = 1e-5
-    value_coef: float = 0.5
-    entropy_coef: float = 0.0
-    max_grad_norm: float | None = 0.5  # null disables clipping
-    normalize_advantage: bool = False
-    lock: bool = False
-    max_restarts: int = 3
-    start_method: str = "spawn"
-    staleness: StalenessConfig = field(default_factory=StalenessConfig)
-
-
-@dataclass
-class ModelConfig:
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
-    log_std_init: float = 0.0  # diagonal Gaussian heads only
-    ortho_init: bool = True
-
-
-@dataclass
-class EnvConfig:
-    name: str = MISSING  # short name used in run directory names
-    id: str = MISSING  # gymnasium id
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    max_episode_steps: int | None = None  # null keeps the registered limit
-    normalize_obs: bool = False
-    normalize_reward: bool = False
-    clip_obs: float = 10.0
-    clip_reward: float = 10.0
-    solved_return: float | None = None  # threshold for time-to-threshold in analysis
 
 
 @dataclass
@@ -107,34 +48,14 @@ class LoggerConfig:
 
 
 @dataclass
-class RayConfig:
-    """Where and how ``backend=ray`` runs its actors (see docs/ray.md)."""
+class Config(RunConfig):
+    """A run's whole config: what its algorithm reads, and what the harness around it reads."""
 
-    address: str | None = None  # null: start a local cluster for this run; auto, HOST:PORT or ray://HOST:PORT
-    # (Ray Client, for a driver outside the cluster): connect to a running one
-    num_cpus: int | None = None  # CPUs of the local cluster (null: this machine's, at least what the run asks)
-    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker actor (fractions allowed)
-    server_cpus: float = 0.0  # CPUs reserved for the parameter-server actor (it mostly waits on workers)
-    ship_code: bool = True  # connecting to a cluster: upload this checkout's code (algorithms, experiments)
-    start_timeout_s: float = 300.0  # fail if the actors are not all placed and started within this
-
-
-@dataclass
-class Config:
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
-    total_env_steps: int = 100_000
     log_interval: int = 2_000  # env steps between rows of metrics.csv
-    checkpoint_interval: int = 50_000  # env steps between checkpoints
     return_window: int = 20  # episodes behind return_mean in metrics.csv
     resume: bool = False
-    backend: str = "local"  # local: processes on this machine; ray: Ray actors (a2c workers, a3c parameter_server)
-    ray: RayConfig = field(default_factory=RayConfig)
     quiet: bool = False  # no progress bar: for sweeps
-    torch_threads: int = 1  # per process; more only fights the other workers for cores
     cpu_budget: int | None = None  # CPUs a parallel sweep may keep busy (null: all of this machine's)
 
 
@@ -214,8 +135,6 @@ def _validate_env(env: DictConfig) -> None:
 
 
 def _validate_algo(algo: DictConfig) -> None:
-    _one_of("algo.name", algo.name, tuple(ALGORITHM_MODES))
-    _one_of("algo.mode", algo.mode, ALGORITHM_MODES[algo.name])
     for key in ("num_workers", "num_envs", "n_steps"):
         _positive_int(f"algo.{key}", algo[key])
     if algo.name == "single":
@@ -265,23 +184,15 @@ def _validate_algo(algo: DictConfig) -> None:
                      f"controlled staleness is an a3c setting; algo={algo.name} applies every gradient fresh")
 
 
-# The schedules backend=ray runs on actors, by algorithm; the others are one-process or one-machine schedules.
-RAY_MODES = {"a2c": "workers", "a3c": "parameter_server"}
+def _validate_schedule(cfg: DictConfig) -> None:
+    try:
+        schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
+    except NoSuchSchedule as error:
+        raise ConfigError(error.key, error.value, error.reason) from error
 
 
 def _validate_ray(cfg: DictConfig) -> None:
     algo, ray = cfg.algo, cfg.ray
-    _require(algo.name in RAY_MODES, "backend", cfg.backend,
-             f"algo={algo.name} is a one-process schedule; backend=ray runs algo=a2c algo.mode=workers and "
-             "algo=a3c algo.mode=parameter_server")
-    if algo.name == "a3c":
-        _require(algo.mode == "parameter_server", "algo.mode", algo.mode,
-                 "hogwild is a shared-memory schedule for one machine; with backend=ray use "
-                 "algo.mode=parameter_server (the parameter server is a Ray actor)")
-    else:
-        _require(algo.mode == "workers", "algo.mode", algo.mode,
-                 "mode=vector is a one-process schedule; with backend=ray use algo.mode=workers (worker actors "
-                 "whose gradients are averaged at a barrier)")
     _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
              "Ray worker actors step their envs themselves (they do not start env subprocesses)")
     if ray.address is not None:
@@ -303,6 +214,7 @@ def _validate_ray(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check every rule that types alone cannot express; raise ConfigError naming the key and value."""
+    _validate_schedule(cfg)
     _validate_algo(cfg.algo)
     _validate_env(cfg.env)
     for key in ("total_env_steps", "log_interval", "checkpoint_interval", "return_window", "torch_threads"):
@@ -310,7 +222,6 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     if cfg.cpu_budget is not None:
         _positive_int("cpu_budget", cfg.cpu_budget)
-    _one_of("backend", cfg.backend, BACKENDS)
     if cfg.backend == "ray":
         _validate_ray(cfg)
     _require(len(cfg.model.hidden_sizes) >= 1 and all(h >= 1 for h in cfg.model.hidden_sizes),
@@ -327,26 +238,6 @@ def exit_on_invalid(cfg: DictConfig, job: str | None = None) -> None:
         where = f" (job {job})" if job else ""
         print(f"error: invalid config{where}: {error}", file=sys.stderr)
         sys.exit(2)
-
-
-class ValidateBeforeLaunch(Callback):
-    """Hydra callback: reject bad configs before Hydra creates any run directory.
-
-    ``on_run_start`` sees the composed config of a single run. ``on_multirun_start`` sees the sweep's
-    base config, so it composes and checks every job of a basic sweep before the first one starts,
-    then fits a parallel launcher to the CPU budget (``experiments.sweep.limit_parallel_jobs``).
-    """
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        exit_on_invalid(config)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.plan import compose_valid_jobs
-        from experiments.sweep import limit_parallel_jobs
-
-        job_cfgs = compose_valid_jobs(config.hydra.sweeper.get("params") or {}, config.hydra.overrides.task,
-                                      config.hydra.job.config_name)
-        limit_parallel_jobs(config, job_cfgs)
 
 
 register_configs()

@@ -7,6 +7,7 @@ in both), composes and validates every job's config, and prints one line per job
 one, ``resume`` an interrupted one, ``rerun`` a failed one), its schedule, env, workers and env steps;
 then the totals. ``--cfg`` also prints every job's composed config: Hydra's ``--cfg job``, per job of
 the multirun. Nothing is created. Exit status 2 if any job's config is invalid, naming the job.
+:class:`ValidateBeforeLaunch` makes the same checks when Hydra launches a run or a sweep.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import exit_on_invalid
-from experiments.sweep import busy_processes, previous_status
+from experiments.sweep import busy_processes, limit_parallel_jobs, previous_status
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 NEXT_ACTION = {None: "run", "completed": "skip", "failed": "rerun"}
@@ -43,6 +46,23 @@ def compose_valid_jobs(sweeper_params: Mapping[str, object], arguments: Sequence
         exit_on_invalid(job, job=" ".join(overrides) or "base")
         jobs.append(job)
     return jobs
+
+
+class ValidateBeforeLaunch(Callback):
+    """Hydra callback: reject bad configs before Hydra creates any run directory.
+
+    ``on_run_start`` sees the composed config of a single run. ``on_multirun_start`` sees the sweep's
+    base config, so it composes and checks every job of a basic sweep before the first one starts,
+    then fits a parallel launcher to the CPU budget (``experiments.sweep.limit_parallel_jobs``).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_on_invalid(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        job_cfgs = compose_valid_jobs(config.hydra.sweeper.get("params") or {}, config.hydra.overrides.task,
+                                      config.hydra.job.config_name)
+        limit_parallel_jobs(config, job_cfgs)
 
 
 def compose_jobs(arguments: Sequence[str]) -> tuple[DictConfig, list[DictConfig]]:

@@ -4,11 +4,12 @@ A run directory holds ``meta.json`` (status and provenance), ``metrics.csv`` (on
 interval), ``episodes.csv`` (every finished episode), ``updates.csv`` (every applied or dropped
 gradient, with its policy versions and staleness), ``events.jsonl`` (resumes, worker failures and
 restarts, interrupts), ``checkpoints/last.pt`` and, unless disabled, ``wandb/`` mirroring the metrics.
+The CSV files' columns are listed in ``experiments.columns``.
 
 Local files are the source of truth. They are appended and flushed as the run goes (metrics every
 row, episodes and updates at every metrics row and checkpoint), so a killed run keeps everything up
 to its last interval. Algorithms talk to the record only through ``episode``, ``update``, ``event``
-and the checkpoint calls (see ``algorithms.learn.Record``); the record derives every aggregate.
+and the checkpoint calls (see ``algorithms.protocol.Record``); the record derives every aggregate.
 """
 
 from __future__ import annotations
@@ -30,24 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-# The loss columns: the statistics every schedule reports (algorithms.losses.LOSS_STATS), named here too
-# because analysis reads this module's columns and must not import the training code.
-LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
+from algorithms.checkpoint import read_checkpoint, write_checkpoint
+from experiments.columns import LOSS_STATS, METRIC_COLUMNS, RECORD_COLUMNS
 
-METRIC_COLUMNS = (
-    "env_steps", "wall_time", "updates", "policy_version", "episodes",
-    "return_mean", "return_max", "length_mean",
-    "policy_loss", "value_loss", "entropy", "grad_norm", "lr", "sps",
-    "staleness_mean", "staleness_max", "staleness_p95", "dropped_updates", "barrier_wait_mean",
-)
-EPISODE_COLUMNS = ("env_steps", "wall_time", "worker", "return", "length")
-UPDATE_COLUMNS = (
-    "update", "wall_time", "env_steps", "worker",
-    "version_at_sync", "version_at_apply", "staleness", "applied", "wait_time", "lr",
-)
 RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,9 +183,8 @@ class RunRecord:
             self.meta["worker_failures"] = previous_meta.get("worker_failures", [])
         if resuming:
             self.meta["resumed_at_env_steps"].append(self.env_steps)
-        self.metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS, append=resuming)
-        self.episodes_log = CsvLog(self.run_dir / "episodes.csv", EPISODE_COLUMNS, append=resuming)
-        self.updates_log = CsvLog(self.run_dir / "updates.csv", UPDATE_COLUMNS, append=resuming)
+        self.logs = {name: CsvLog(self.run_dir / f"{name}.csv", columns, append=resuming)
+                     for name, columns in RECORD_COLUMNS.items()}
         self.events = (self.run_dir / "events.jsonl").open("a" if resuming else "w")
         self._write_meta()
         self.event("resumed" if resuming else "started", env_steps=self.env_steps)
@@ -219,7 +206,7 @@ class RunRecord:
             if self.env_steps > self._last_row[0]:
                 self._write_metrics_row()
             self.event(self.status, env_steps=self.env_steps, error=self.error)
-            for log in (self.metrics, self.episodes_log, self.updates_log):
+            for log in self.logs.values():
                 log.close()
             self.events.close()
         finally:
@@ -249,7 +236,7 @@ class RunRecord:
             print(f"resume=true but {self.checkpoint_path} does not exist: starting from scratch",
                   file=sys.stderr)
             return False
-        state = torch.load(self.checkpoint_path, weights_only=False)
+        state = read_checkpoint(self.checkpoint_path)
         saved = state.pop("record")
         self.resume_state = state
         self.env_steps, self.updates = saved["env_steps"], saved["updates"]
@@ -281,15 +268,15 @@ class RunRecord:
     def episode(self, worker: int, env_steps: int, ret: float, length: int) -> None:
         self.episodes += 1
         self._recent.append((ret, length))
-        self.episodes_log.write((env_steps, self.wall_time(), worker, ret, length))
+        self.logs["episodes"].write((env_steps, self.wall_time(), worker, ret, length))
 
     def update(self, worker: int, env_steps: int, version_at_sync: int, version_at_apply: int,
                applied: bool, lr: float, wait_time: float = 0.0, **stats: float) -> None:
         """One gradient: applied at ``version_at_apply`` (or dropped) after syncing at ``version_at_sync``."""
         self.updates += 1
         staleness = version_at_apply - version_at_sync
-        self.updates_log.write((self.updates, self.wall_time(), env_steps, worker, version_at_sync,
-                                version_at_apply, staleness, int(applied), wait_time, lr))
+        self.logs["updates"].write((self.updates, self.wall_time(), env_steps, worker, version_at_sync,
+                                   version_at_apply, staleness, int(applied), wait_time, lr))
         interval = self._interval
         interval.setdefault("staleness", []).append(staleness)
         interval.setdefault("wait_time", []).append(wait_time)
@@ -326,9 +313,7 @@ class RunRecord:
             "wall_time": self.wall_time(), "recent_episodes": list(self._recent),
             "wandb_id": getattr(self.wandb_run, "id", None),
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        write_checkpoint(self.checkpoint_path, state)
         interval = self.cfg.checkpoint_interval
         self._next_checkpoint_at = (self.env_steps // interval + 1) * interval
 
@@ -357,7 +342,7 @@ class RunRecord:
             "dropped_updates": self.dropped_updates,
             "barrier_wait_mean": float(np.mean(interval.get("wait_time", [0.0]))),
         }
-        self.metrics.write(tuple(row[name] for name in METRIC_COLUMNS))
+        self.logs["metrics"].write(tuple(row[name] for name in METRIC_COLUMNS))
         self._flush()
         self._log_wandb(row, staleness)
         self._advance_progress(row)
@@ -366,7 +351,7 @@ class RunRecord:
         self._next_log_at = (self.env_steps // self.cfg.log_interval + 1) * self.cfg.log_interval
 
     def _flush(self) -> None:
-        for log in (self.metrics, self.episodes_log, self.updates_log):
+        for log in self.logs.values():
             log.flush()
 
     def summary(self) -> dict[str, Any]:

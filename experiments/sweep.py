@@ -26,6 +26,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
+from algorithms import schedule_for
+
 JOB_LOG = "sweep_jobs.jsonl"
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_MARKDOWN = "sweep_summary.md"
@@ -35,13 +37,10 @@ OUTCOMES = ("completed", "resumed", "skipped", "failed", "interrupted")
 def busy_processes(cfg: DictConfig) -> int:
     """CPU-bound processes one run keeps busy (a multi-process trainer itself mostly waits on its workers)."""
     algo = cfg.algo
-    if cfg.get("backend") == "ray" and cfg.ray.address is not None:
+    if cfg.backend == "ray" and cfg.ray.address is not None:
         return 1  # the driver; the cluster places the workers where its CPUs are free
-    per_actor = 1 + (algo.num_envs if algo.vector_backend == "async" else 0)
-    in_process = algo.name == "single" or algo.mode == "vector" or (algo.name == "a3c" and algo.num_workers == 1)
-    if in_process:
-        return per_actor
-    return algo.num_workers * per_actor + (1 if algo.mode == "parameter_server" else 0)
+    per_worker = 1 + (algo.num_envs if algo.vector_backend == "async" else 0)
+    return schedule_for(algo.name, algo.mode, cfg.backend).busy_processes(algo.num_workers, per_worker)
 
 
 def limit_parallel_jobs(config: DictConfig, job_cfgs: list[DictConfig]) -> None:

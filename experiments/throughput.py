@@ -1,26 +1,16 @@
 """Throughput benchmark: env steps per second of each schedule, next to the env's raw stepping rate.
 
-Every run is a real training run, launched through :func:`experiments.train.train` into a temporary
-directory (W&B disabled, no progress bar); its steady-state rate is read from its own ``metrics.csv``
-over the rows after the first ``--warmup`` fraction of the budget, so process start-up, env creation
-and the first updates do not count. Right before each run, the same env (same config) is stepped
-alone in this process with random actions (``env.action_space.sample()``), no model and no learning:
-that raw rate is the ceiling a single-env, single-process learner could approach, and each run is
-reported as a fraction of it. On a noisy machine, repeat (``--repeats``): the table shows medians.
+Each run is a real training run whose steady-state rate is read from its own ``metrics.csv`` past the
+first ``--warmup`` fraction of its steps; right before it, the same env alone with random actions gives
+the raw rate each run is reported against. The table shows medians over ``--repeats``. ``--against DIR``
+also measures each run with the benchmark of another checkout (``git worktree add DIR REV``) right
+after it here, and reports the ratio. docs/design.md says how and why.
 
-Run specs are ``ALGO[:MODE][:N[w]][:Me][:BACKEND]``: ``N`` or ``Nw`` worker processes, ``Me`` envs per
-worker (per learner in vector mode), ``local`` (the default) or ``ray`` for the training backend, so that
-one benchmark compares the backends on the same machine state. A Ray run starts its own local cluster
-(``ray.*`` keys via ``--set``); its steady-state rate leaves the cluster's start-up out. With any Ray run,
-the benchmark also times a bare Ray actor-to-actor call (the floor under each Ray update's overhead).
-Examples::
+Run specs are ``ALGO[:MODE][:N[w]][:Me][:BACKEND]``: N workers, M envs per worker, backend local or ray::
 
     python -m experiments.throughput --env cartpole --runs single a2c:vector:8e a2c:workers:2w:1e \\
-        a3c:hogwild:2w a3c:parameter_server:2w --steps 200000 --json throughput.json
-    python -m experiments.throughput --runs a2c:vector:8e --set model.hidden_sizes=[64,64] torch_threads=1
-    python -m experiments.throughput --runs a3c:parameter_server:1w a3c:parameter_server:1w:ray \
-        a3c:parameter_server:2w a3c:parameter_server:2w:ray a2c:workers:1w:1e a2c:workers:1w:1e:ray \
-        a2c:workers:2w:1e a2c:workers:2w:1e:ray --steps 100000
+        a3c:hogwild:2w a3c:parameter_server:2w a3c:parameter_server:2w:ray --steps 200000
+    python -m experiments.throughput --runs single a2c:workers:2w:1e --repeats 3 --against /tmp/old
 """
 
 from __future__ import annotations
@@ -31,6 +21,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +32,10 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from algorithms import algorithm_modes, backends
 from algorithms.envs import make_env
-from experiments.config import ALGORITHM_MODES, BACKENDS, ConfigError, validate
+from experiments.config import ConfigError, validate
+from experiments.record import git_state
 from experiments.train import CONFIG_DIR, train
 
 SPEC_PART = re.compile(r"(?P<count>\d+)(?P<unit>w|workers?|e|envs?)?")
@@ -80,24 +73,24 @@ class RunSpec:
 
 def parse_spec(text: str) -> RunSpec:
     """``ALGO[:MODE][:N[w]][:Me][:BACKEND]``; the mode defaults to the algorithm's first one, the backend to local."""
+    modes, backend_names = algorithm_modes(), backends()
     algo, *rest = text.split(":")
     backend = "local"
-    if rest and rest[-1] in BACKENDS:
+    if rest and rest[-1] in backend_names:
         backend = rest.pop()
-    if algo not in ALGORITHM_MODES:
-        raise ValueError(f"run spec {text!r}: unknown algorithm {algo!r} (one of {', '.join(ALGORITHM_MODES)})")
-    mode = ALGORITHM_MODES[algo][0]
+    if algo not in modes:
+        raise ValueError(f"run spec {text!r}: unknown algorithm {algo!r} (one of {', '.join(modes)})")
+    mode = modes[algo][0]
     if rest and not rest[0][:1].isdigit():
         mode = rest.pop(0)
-        if mode not in ALGORITHM_MODES[algo]:
-            raise ValueError(f"run spec {text!r}: algo {algo} has modes {', '.join(ALGORITHM_MODES[algo])}, "
-                             f"not {mode!r}")
+        if mode not in modes[algo]:
+            raise ValueError(f"run spec {text!r}: algo {algo} has modes {', '.join(modes[algo])}, not {mode!r}")
     spec = RunSpec(algo, mode, backend=backend)
     for part in rest:
         match = SPEC_PART.fullmatch(part)
         if match is None:
             raise ValueError(f"run spec {text!r}: cannot read {part!r}; expected N or Nw (workers), Ne (envs), "
-                             f"or a backend ({', '.join(BACKENDS)}) last")
+                             f"or a backend ({', '.join(backend_names)}) last")
         if (match["unit"] or "w").startswith("w"):
             spec.num_workers = int(match["count"])
         else:
@@ -150,12 +143,36 @@ class Measurement:
     steady_sps: list[float] = field(default_factory=list)  # one per repeat
     overall_sps: list[float] = field(default_factory=list)  # including start-up
     raw_sps: list[float] = field(default_factory=list)  # measured right before each repeat
+    against_sps: list[float] = field(default_factory=list)  # in the --against checkout, right after each repeat
 
     def summary(self) -> dict[str, Any]:
         steady, raw = statistics.median(self.steady_sps), statistics.median(self.raw_sps)
+        against = statistics.median(self.against_sps) if self.against_sps else None
         return {**asdict(self), "steady_sps_median": steady, "raw_sps_median": raw,
                 "fraction_of_raw": statistics.median(s / r for s, r in zip(self.steady_sps, self.raw_sps,
-                                                                            strict=True))}
+                                                                            strict=True)),
+                "against_sps_median": against, "vs_against": None if against is None else steady / against}
+
+
+@dataclass(frozen=True)
+class OtherCheckout:
+    """Another checkout of this project (``--against``), whose own benchmark measures one spec at a time."""
+
+    path: Path
+    options: tuple[str, ...]  # --env, --steps, --raw-seconds, --warmup and --set, as given here
+
+    def steady_rate(self, spec: str) -> float:
+        with tempfile.TemporaryDirectory(prefix="svrl-throughput-against-") as scratch:
+            output = Path(scratch) / "throughput.json"
+            command = [sys.executable, "-m", "experiments.throughput", "--runs", spec, "--repeats", "1",
+                       *self.options, "--json", str(output)]
+            # PYTHONPATH (and the working directory) make the subprocess import that checkout's code, not this one.
+            result = subprocess.run(command, cwd=self.path, capture_output=True, text=True,
+                                    env={**os.environ, "PYTHONPATH": str(self.path)})
+            if result.returncode != 0:
+                raise SystemExit(f"error: run {spec} in {self.path} failed with exit status {result.returncode}:\n"
+                                 f"{result.stderr[-4000:]}")
+            return json.loads(output.read_text())["runs"][0]["steady_sps_median"]
 
 
 def compose_run(spec: RunSpec, env: str, steps: int, log_rows: int, extra: list[str]) -> DictConfig:
@@ -167,7 +184,8 @@ def compose_run(spec: RunSpec, env: str, steps: int, log_rows: int, extra: list[
 
 
 def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_seconds: float, warmup: float,
-            extra: list[str], keep: Path | None) -> list[Measurement]:
+            extra: list[str], keep: Path | None, against: OtherCheckout | None = None) -> list[Measurement]:
+    """Run every spec ``repeats`` times, each run followed by the same spec in ``against``'s checkout."""
     configs = [compose_run(spec, env, steps, log_rows=50, extra=extra) for spec in specs]
     for spec, cfg in zip(specs, configs, strict=True):  # every config checked before the first run
         try:
@@ -189,6 +207,11 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
                 result.overall_sps.append(record.summary()["sps"])
                 print(f"  {result.spec} repeat {repeat + 1}/{repeats}: {result.steady_sps[-1]:,.0f} steps/s "
                       f"(raw env {result.raw_sps[-1]:,.0f})", file=sys.stderr, flush=True)
+                # Right after the run here, so that the machine's drift stays out of the ratio.
+                if against is not None:
+                    result.against_sps.append(against.steady_rate(result.spec))
+                    print(f"  {result.spec} repeat {repeat + 1}/{repeats} in {against.path}: "
+                          f"{result.against_sps[-1]:,.0f} steps/s", file=sys.stderr, flush=True)
     return results
 
 
@@ -198,7 +221,7 @@ def ray_call_floor(cfg: Any, calls: int = 2000) -> dict[str, float]:
     push and its answer carry), median of three batches of ``calls`` after a warm-up, on a local cluster."""
     import ray
 
-    from algorithms.a2c import count_parameters
+    from algorithms.learner import build_spaces_model
 
     class Echo:
         def echo(self, payload: Any) -> Any:
@@ -213,7 +236,7 @@ def ray_call_floor(cfg: Any, calls: int = 2000) -> dict[str, float]:
                 ray.get(target.echo.remote(payload))
             return (time.perf_counter() - started) / calls * 1e3
 
-    parameters = bytes(4 * count_parameters(cfg))  # float32
+    parameters = bytes(4 * build_spaces_model(cfg).flat_params.numel())  # float32
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
@@ -240,15 +263,20 @@ def local_ratio(result: Measurement, results: list[Measurement]) -> float | None
     return statistics.median(result.steady_sps) / statistics.median(twin.steady_sps)
 
 
-def table(results: list[Measurement]) -> str:
-    lines = [f"{'run':<36} {'workers':>7} {'envs':>5} {'steps/s':>10} {'raw env':>10} {'of raw':>7} {'vs local':>8}",
-             "-" * 89]
+def table(results: list[Measurement], against: str | None = None) -> str:
+    """One row per spec; ``against`` heads a last column: each rate over the ``--against`` checkout's."""
+    ratio_headers = ["vs local", *([against] if against else [])]
+    header = (f"{'run':<36} {'workers':>7} {'envs':>5} {'steps/s':>10} {'raw env':>10} {'of raw':>7} "
+              + " ".join(f"{name:>8}" for name in ratio_headers))
+    lines = [header, "-" * len(header)]
     for result in results:
         summary = result.summary()
-        ratio = local_ratio(result, results)
+        ratios = [local_ratio(result, results), *([summary["vs_against"]] if against else [])]
         lines.append(f"{result.spec:<36} {result.num_workers:>7} {result.num_envs:>5} "
                      f"{summary['steady_sps_median']:>10,.0f} {summary['raw_sps_median']:>10,.0f} "
-                     f"{summary['fraction_of_raw']:>6.1%} {'' if ratio is None else f'{ratio:.2f}':>8}")
+                     f"{summary['fraction_of_raw']:>6.1%} "
+                     + " ".join(f"{'' if ratio is None else f'{ratio:.2f}':>{max(8, len(name))}}"
+                                for name, ratio in zip(ratio_headers, ratios, strict=True)))
     return "\n".join(lines)
 
 
@@ -259,7 +287,7 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, metavar="SPEC",
@@ -275,23 +303,50 @@ def main(argv: list[str] | None = None) -> None:
                         help="config overrides for every run, e.g. model.hidden_sizes=[64,64] algo.n_steps=5")
     parser.add_argument("--json", type=Path, default=Path("throughput.json"), help="where to write the results")
     parser.add_argument("--keep", type=Path, help="keep the runs' directories here instead of a temporary one")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="also measure every run with the benchmark of this checkout of another commit (e.g. "
+                             "made with git worktree add DIR REV), right after it here; report the ratio")
     args = parser.parse_args(argv)
     try:
-        specs = [parse_spec(text) for text in args.runs]
+        args.specs = [parse_spec(text) for text in args.runs]
     except ValueError as error:
         parser.error(str(error))
+    if args.against is not None and not (args.against / "experiments" / "throughput.py").is_file():
+        parser.error(f"--against {args.against}: not a checkout of this project (no experiments/throughput.py)")
+    return args
+
+
+def other_checkout(args: argparse.Namespace) -> OtherCheckout | None:
+    if args.against is None:
+        return None
+    options = ("--env", args.env, "--steps", str(args.steps), "--raw-seconds", str(args.raw_seconds),
+               "--warmup", str(args.warmup), *(["--set", *args.set] if args.set else []))
+    return OtherCheckout(args.against.resolve(), options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    against = other_checkout(args)
     started = machine()
-    results = measure(specs, args.env, args.steps, args.repeats, args.raw_seconds, args.warmup, args.set, args.keep)
+    results = measure(args.specs, args.env, args.steps, args.repeats, args.raw_seconds, args.warmup, args.set,
+                      args.keep, against)
     floor = None
-    if any(spec.backend == "ray" for spec in specs):
-        floor = ray_call_floor(compose_run(specs[0], args.env, args.steps, log_rows=50, extra=args.set))
-    print(table(results))
+    if any(spec.backend == "ray" for spec in args.specs):
+        floor = ray_call_floor(compose_run(args.specs[0], args.env, args.steps, log_rows=50, extra=args.set))
+    against_header = None if against is None else f"vs {against.path.name}"
+    checkout = None if against is None else {"dir": str(against.path), **git_state(against.path)}
+    print(table(results, against_header))
     if floor is not None:
         print(f"Ray actor-to-actor call round trip here: {floor['empty']:.2f} ms empty, {floor['parameters']:.2f} ms "
               f"with the model's {floor['parameter_bytes']:,} bytes of parameters each way")
+    if checkout is not None:
+        dirty = " with uncommitted changes" if checkout["git_dirty"] else ""
+        print(f"{against_header}: steady rate here over that of {checkout['dir']} (commit "
+              f"{str(checkout['git_commit'])[:10]}{dirty}), measured right after each run here")
     payload = {"env": args.env, "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
                "overrides": args.set, "machine": started, "load_average_after": os.getloadavg(),
                "ray_call_round_trip_ms": floor,
+               "against": checkout,
                "runs": [{**result.summary(), "vs_local": local_ratio(result, results)} for result in results]}
     args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")

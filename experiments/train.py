@@ -1,16 +1,15 @@
 """Train one run: ``python -m experiments.train algo=single env=cartpole seed=3`` (or ``svrl-train``).
 
 Hydra composes the config from ``conf/``; the ``ValidateBeforeLaunch`` callback rejects a bad config
-before any directory exists; then the run record is opened in Hydra's output directory and
-``algorithms.<algo>.run(cfg, record)`` trains. The exit status is 0 for a completed run, 1 for a
-failed one and 130 for an interrupted one (SIGINT or SIGTERM), which is resumable with
-``resume=true hydra.run.dir=<the run directory>``. In a multirun, jobs are run, resumed or skipped
-as ``experiments.sweep`` describes, and an interrupted job stops the sweep.
+before any directory exists; then the run record is opened in Hydra's output directory and the
+function that ``algorithms.SCHEDULES`` names for the run's schedule trains. The exit status is 0 for a
+completed run, 1 for a failed one and 130 for an interrupted one (SIGINT or SIGTERM), which is
+resumable with ``resume=true hydra.run.dir=<the run directory>``. In a multirun, jobs are run, resumed
+or skipped as ``experiments.sweep`` describes, and an interrupted job stops the sweep.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from algorithms import schedule_for
+from algorithms.config import RunConfig
 from experiments.config import exit_on_invalid
 from experiments.record import RunRecord
 from experiments.sweep import run_sweep_job
@@ -35,12 +36,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> RunRecord:
     """Validate ``cfg`` and train it into ``run_dir``; return the closed record."""
     exit_on_invalid(cfg)
-    algorithm = importlib.import_module(f"algorithms.{cfg.algo.name}")
+    algorithm = schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend).load()
     record = RunRecord(run_dir, cfg, overrides)
     with record:
         # Algorithms get plain dataclasses: attribute access on them is ~100x cheaper than on a
-        # DictConfig in the hot loop, and they pickle into worker processes.
-        algorithm.run(OmegaConf.to_object(cfg), record)
+        # DictConfig in the hot loop, and they pickle into worker processes and Ray actors needing
+        # only the algorithms package.
+        algorithm(RunConfig.from_config(OmegaConf.to_object(cfg)), record)
     return record
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from algorithms.a2c import ReplicaDivergence, checkpoint_from_parts
-from algorithms.shared import WorkerFailure
+from algorithms.supervision import WorkerFailure
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
 

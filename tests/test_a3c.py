@@ -22,8 +22,10 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from algorithms.a3c import TRAINER, GlobalModel, HogwildWorker
-from algorithms.shared import HolderLock, WorkerFailure
+from algorithms.a3c import HogwildWorker
+from algorithms.server import GlobalModel
+from algorithms.shared_memory import TRAINER, HolderLock
+from algorithms.supervision import WorkerFailure
 from experiments.config import ConfigError, validate
 from tests.conftest import (
     check_applied_versions,

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from analysis import figures, report, stats
-from analysis.load import RECORD_COLUMNS, RECORD_FILES, SkippedRunWarning, load_runs, parse_overrides
+from analysis.load import RECORD_FILES, SkippedRunWarning, load_runs, parse_overrides
+from experiments.columns import RECORD_COLUMNS
 from tests.conftest import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,21 @@ def metric_rows(run_dir: Path) -> list[dict[str, float]]:
 def test_columns_analysis_requires_are_part_of_the_run_record():
     for name, (required, _) in RECORD_FILES.items():
         assert set(required) <= set(RECORD_COLUMNS[name]), name
+
+
+def test_the_record_columns_name_the_loss_statistics_algorithms_report():
+    from algorithms.losses import LOSS_STATS as ALGORITHM_LOSS_STATS
+    from experiments.columns import LOSS_STATS
+
+    assert LOSS_STATS == ALGORITHM_LOSS_STATS
+
+
+def test_analysis_imports_neither_torch_nor_the_training_code():
+    check = ("import sys, analysis.report, analysis.load, analysis.figures, analysis.stats; "
+             "assert 'torch' not in sys.modules and 'algorithms' not in sys.modules, "
+             "sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'algorithms'))[:5]")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 def test_loads_every_run_of_a_sweep_with_its_metadata(sweep: Path):

@@ -110,3 +110,13 @@ def test_multirun_checks_every_job_before_the_first_starts(tmp_path):
     assert result.returncode == 2
     assert "invalid config (job seed=0 algo.lr=-1): algo.lr=-1.0" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_import_cycle_among_the_packages():
+    """Counting imports inside functions: a cycle makes what a module needs depend on who imported it first."""
+    tool = Path(__file__).resolve().parents[2] / "shared/tools/import_cycles.py"
+    if not tool.exists():
+        pytest.skip(f"the import-cycle tool is not at {tool}")
+    result = subprocess.run([sys.executable, str(tool), str(ROOT), "algorithms", "experiments", "analysis"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

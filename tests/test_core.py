@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Categorical, Normal
 
 from algorithms.envs import ObservationNormalizer, RewardScaler, RunningMeanStd, make_vector_env
-from algorithms.learn import build_collector, build_model, compute_gradients, make_optimizer
+from algorithms.learner import build_collector, build_model, compute_gradients, make_optimizer
 from algorithms.nets import ActorCritic
 from tests.conftest import compose_config
 
@@ -110,6 +110,27 @@ def test_flat_optimizer_step_equals_torch_per_layer_step(name):
         torch_optimizer.step()
     for param, expected in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(param, expected)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adam"])
+def test_zero_grad_keeps_every_layer_s_gradient_in_the_flat_buffer(name):
+    algo = SimpleNamespace(optimizer=name, lr=1e-2, rmsprop_alpha=0.99, optimizer_eps=1e-5)
+    model = model_for(CARTPOLE)
+    optimizer = make_optimizer(model, algo)
+    flat_grads = model.flat_grads
+    for zero_grad in (model.zero_grad, optimizer.zero_grad):  # torch's default would set every .grad to None
+        flat_grads.fill_(1.0)
+        zero_grad()
+        assert model.flat_params.grad is flat_grads and not flat_grads.any()
+        assert all(param.grad is not None and param.grad.data_ptr() >= flat_grads.data_ptr()
+                   for param in model.parameters())
+    obs, actions = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    log_probs, _, values = model.evaluate(obs, actions)
+    (values.sum() - log_probs.sum()).backward()  # lands in the flat buffer, which the step reads
+    before = model.flat_params.clone()
+    assert flat_grads.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(model.flat_params, before)
 
 
 def gradients_of_one_rollout(num_envs: int, *overrides: str) -> tuple[ActorCritic, dict[str, float]]:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from algorithms.losses import LOSS_STATS
-from algorithms.shared import WorkerFailure
+from algorithms.supervision import WorkerFailure
 from experiments.config import ConfigError, validate
 from experiments.throughput import main as throughput_main
 from tests.conftest import (
@@ -33,7 +33,9 @@ from tests.conftest import (
 )
 
 ray = pytest.importorskip("ray")
-from algorithms.ray_backend import SynchronousServer, to_wire  # noqa: E402  (needs ray)
+from algorithms.protocol import Push, to_wire  # noqa: E402
+from algorithms.ray_backend import SynchronousServer  # noqa: E402  (needs ray)
+from algorithms.rollout import Episode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PS = ["algo=a3c", "algo.mode=parameter_server", "backend=ray", "log_interval=500"]
@@ -91,7 +93,8 @@ def push(server: SynchronousServer, worker: int, version: int, state: dict | Non
          finished: tuple = ()) -> tuple | None:
     """One worker's push of a constant gradient (no learning is checked here, only the barrier)."""
     gradient = to_wire(torch.full((server.gradients.shape[1],), 1e-3 * (worker + 1)))
-    return server.push(worker, version, gradient, dict.fromkeys(LOSS_STATS, 0.0), list(finished), 5, state)
+    episodes = [Episode(ret, length, steps_into_rollout) for steps_into_rollout, ret, length in finished]
+    return server.push(Push(worker, version, gradient, dict.fromkeys(LOSS_STATS, 0.0), episodes, 5, state, 0.0))
 
 
 def waits(future: Future) -> bool:
@@ -329,13 +332,13 @@ def test_a_killed_worker_actor_is_restarted_resynced_and_recorded(cluster, run_d
 def test_a_death_beyond_max_restarts_fails_the_run_clearly(cluster, run_dir):
     killed: list[int] = []
     thread = kill_a_worker_once_running(run_dir, killed)
-    with pytest.raises(WorkerFailure, match=r"worker 0 \(pid \d+\) died at env step \d+: restarts exhausted "
+    with pytest.raises(WorkerFailure, match=r"worker 0 \(pid \d+\) died at env step \d+, and no restart is left "
                                             r"\(algo.max_restarts=0\)"):
         train_run(run_dir, *PS, "algo.num_workers=2", "algo.max_restarts=0", "total_env_steps=20000")
     thread.join()
     assert killed
     meta = read_meta(run_dir)
-    assert meta["status"] == "failed" and "restarts exhausted" in meta["error"] and "worker 0" in meta["error"]
+    assert meta["status"] == "failed" and "no restart is left" in meta["error"] and "worker 0" in meta["error"]
     assert events(run_dir, "worker_restarted") == []
     assert checkpoint(run_dir)["policy_version"] == meta["final"]["policy_version"] > 0  # the final checkpoint
     assert wait_gone(started_pids(run_dir)) == []
@@ -344,7 +347,7 @@ def test_a_death_beyond_max_restarts_fails_the_run_clearly(cluster, run_dir):
 def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(cluster, run_dir):
     # Each worker's env raises on its 300th step, in the same synchronous round: the first failure is
     # restarted (and that worker redoes the round), the second one ends the run.
-    with pytest.raises(WorkerFailure, match=r"raised an exception at env step 590: restarts exhausted "
+    with pytest.raises(WorkerFailure, match=r"raised an exception at env step 590, and no restart is left "
                                             r"\(algo.max_restarts=1\)\nRuntimeError: simulator diverged"):
         train_run(run_dir, *WORKERS, "algo.num_workers=2", "algo.max_restarts=1", f"env.id={EXPLODING_ENV}",
                   "total_env_steps=5000")

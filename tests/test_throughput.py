@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from experiments.throughput import RunSpec, main, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("text", "spec"), [
@@ -54,3 +58,30 @@ def test_benchmark_runs_every_spec_and_writes_its_json(tmp_path, capsys):
         assert run["fraction_of_raw"] == pytest.approx(run["steady_sps_median"] / run["raw_sps_median"])
         assert run["spec"] in table
     assert result["machine"]["cpu_count"] >= 1 and result["steps"] == 1200
+
+
+def test_benchmark_measures_every_run_again_in_another_checkout(tmp_path, capsys):
+    other = tmp_path / "other"
+    clone = subprocess.run(["git", "clone", "--quiet", str(ROOT), str(other)], capture_output=True, text=True,
+                           timeout=120)
+    if clone.returncode != 0:
+        pytest.skip(f"no git checkout of this commit to measure against: {clone.stderr.strip()}")
+    path = tmp_path / "throughput.json"
+    main(["--runs", "single", "--steps", "2000", "--raw-seconds", "0.2", "--set", "model.hidden_sizes=[32,32]",
+          "--against", str(other), "--json", str(path)])
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("run "))
+    result = json.loads(path.read_text())
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert result["against"] == {"dir": str(other.resolve()), "git_commit": head, "git_dirty": False}
+    (run,) = result["runs"]
+    assert run["status"] == ["completed"] and len(run["against_sps"]) == 1 and run["against_sps"][0] > 0
+    assert run["vs_against"] == pytest.approx(run["steady_sps_median"] / run["against_sps_median"])
+    assert header.endswith("vs local vs other")
+
+
+def test_against_needs_a_checkout_of_this_project(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs", "single", "--against", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "not a checkout of this project" in capsys.readouterr().err

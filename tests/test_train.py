@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.record import EPISODE_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
+from experiments.columns import EPISODE_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
 from tests.conftest import read_csv, read_meta, train_run
 
 EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"

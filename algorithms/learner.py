@@ -1,15 +1,16 @@
-"""The parts of learning that every schedule shares.
+"""The worker side of learning, which every schedule shares: build the model, its optimizer and a collector,
+and turn a rollout into a clipped gradient.
 
 ``single``, ``a2c`` and ``a3c`` differ only in who collects, who computes the gradient and when it is
-applied. Building the model and optimizer, turning a rollout into gradients, the learning-rate
-schedule and the checkpointed state are written here once, which is what makes their comparison a
-controlled experiment: with one worker and one seed they produce identical parameters.
+applied; the server side (applying a gradient to the global parameters) is ``algorithms.server``.
+Written once, these parts make the schedules' comparison a controlled experiment: with one worker and
+one seed they produce identical parameters.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,24 +20,6 @@ from algorithms.envs import ObservationNormalizer, RewardScaler, make_vector_env
 from algorithms.losses import actor_critic_loss, gae_advantages, n_step_returns
 from algorithms.nets import ActorCritic
 from algorithms.rollout import Collector, Episode, Rollout
-
-
-class Record(Protocol):
-    """What an algorithm may call on the run record (implemented by ``experiments.record``)."""
-
-    stop_requested: bool  # set by SIGINT/SIGTERM: finish the current update, checkpoint, return
-    resume_state: dict[str, Any] | None  # the checkpoint to continue from, when resuming
-
-    def episode(self, worker: int, env_steps: int, ret: float, length: int) -> None: ...
-
-    def update(self, worker: int, env_steps: int, version_at_sync: int, version_at_apply: int,
-               applied: bool, lr: float, wait_time: float = 0.0, **stats: float) -> None: ...
-
-    def event(self, kind: str, **fields: Any) -> None: ...
-
-    def checkpoint_due(self, env_steps: int) -> bool: ...
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None: ...
 
 
 def build_model(cfg: Any, envs: VectorEnv) -> ActorCritic:
@@ -52,21 +35,50 @@ def build_model(cfg: Any, envs: VectorEnv) -> ActorCritic:
     )
 
 
+def build_spaces_model(cfg: Any) -> ActorCritic:
+    """The model every worker builds, from a throwaway env that only gives the spaces."""
+    envs = make_vector_env(cfg.env, 1)
+    try:
+        return build_model(cfg, envs)
+    finally:
+        envs.close()
+
+
+class InPlaceZeroGrad:
+    """``zero_grad`` that zeroes ``.grad`` in place. Our optimizers step one flat tensor whose ``.grad`` is the
+    model's ``flat_grads``, which every layer's gradient views; torch's default (``.grad = None``) would cut
+    that link, and later steps would silently skip the parameters."""
+
+    param_groups: list[dict[str, Any]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.zero_()
+
+
+class RMSprop(InPlaceZeroGrad, torch.optim.RMSprop):
+    pass
+
+
+class Adam(InPlaceZeroGrad, torch.optim.Adam):
+    pass
+
+
 def make_optimizer(model: ActorCritic | torch.Tensor, algo: Any) -> torch.optim.Optimizer:
     """RMSprop (the A3C paper's choice) or Adam over the model's flat parameters, state created now.
 
     Creating the state up front rather than lazily lets an asynchronous schedule place it in shared
     memory before any worker starts, so all workers update one set of statistics (and, for Adam, one
-    step count). ``model`` may also be a flat parameter tensor itself: an A3C worker's handle on the
-    shared global parameters.
+    step count). ``model`` may also be a flat parameter tensor itself: a handle on global parameters.
     """
     params = [model if isinstance(model, torch.Tensor) else model.flat_params]
     if algo.optimizer == "rmsprop":
-        optimizer = torch.optim.RMSprop(params, lr=algo.lr, alpha=algo.rmsprop_alpha, eps=algo.optimizer_eps,
-                                        foreach=True)
+        optimizer = RMSprop(params, lr=algo.lr, alpha=algo.rmsprop_alpha, eps=algo.optimizer_eps, foreach=True)
         buffers = ("square_avg",)
     else:
-        optimizer = torch.optim.Adam(params, lr=algo.lr, eps=algo.optimizer_eps, foreach=True)
+        optimizer = Adam(params, lr=algo.lr, eps=algo.optimizer_eps, foreach=True)
         buffers = ("exp_avg", "exp_avg_sq")
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -89,20 +101,21 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def build_collector(cfg: Any, envs: VectorEnv, worker: int) -> Collector:
-    """A collector over ``envs`` with the normalizers the env config asks for."""
+def reset_seed(cfg: Any, worker: int, num_envs: int, env_steps: int) -> int:
+    """Seed for a worker's envs and sampling when (re)starting at ``env_steps``: fresh runs use the worker seed."""
+    return worker_seed(cfg.seed, worker, num_envs) + env_steps
+
+
+def build_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0) -> Collector:
+    """A collector over ``envs`` with the normalizers the env config asks for, sampling with the seed of a
+    worker (re)starting at ``env_steps`` (a resumed one then loads its saved generator)."""
     env_cfg, num_envs = cfg.env, envs.num_envs
     obs_normalizer = (ObservationNormalizer(envs.single_observation_space.shape, env_cfg.clip_obs)
                       if env_cfg.normalize_obs else None)
     reward_scaler = (RewardScaler(num_envs, cfg.algo.gamma, env_cfg.clip_reward)
                      if env_cfg.normalize_reward else None)
-    return Collector(envs, cfg.algo.n_steps, worker_seed(cfg.seed, worker, num_envs),
+    return Collector(envs, cfg.algo.n_steps, reset_seed(cfg, worker, num_envs, env_steps),
                      obs_normalizer, reward_scaler)
-
-
-def reset_seed(cfg: Any, worker: int, num_envs: int, env_steps: int) -> int:
-    """Seed for a worker's envs when (re)starting at ``env_steps``: fresh runs use the worker seed."""
-    return worker_seed(cfg.seed, worker, num_envs) + env_steps
 
 
 def compute_gradients(model: ActorCritic, rollout: Rollout, algo: Any) -> dict[str, float]:
@@ -138,6 +151,13 @@ def compute_gradients(model: ActorCritic, rollout: Rollout, algo: Any) -> dict[s
     return stats
 
 
+def average_gradients(gradients: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = gradients.sum(0) / len(gradients)`` for ``[num_workers, num_params]`` gradients, summed in worker
+    order: the same bits wherever it is computed (every local replica, or the Ray backend's server)."""
+    torch.sum(gradients, dim=0, out=out)
+    out.div_(len(gradients))
+
+
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -148,52 +168,36 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def record_episodes(record: Record, worker: int, env_steps_before: int, episodes: list[Episode]) -> None:
-    for episode in episodes:
-        record.episode(worker, env_steps_before + episode.steps_into_rollout, episode.ret, episode.length)
+class LocalLearner:
+    """A worker's own envs, collector and model copy: it computes gradients and never applies them.
 
-
-def train_in_process(cfg: Any, record: Record, num_envs: int) -> None:
-    """One process, ``num_envs`` envs in lockstep, one update per ``num_envs * n_steps`` transitions.
-
-    This is the single-worker baseline (``num_envs=1``) and A2C's vector mode. The loop reads
-    top to bottom: collect -> returns and loss -> step -> record.
+    It starts at ``env_steps`` (0, or where a restarted or resumed worker joins the run), continuing the
+    collector's saved state when given one.
     """
-    torch.set_num_threads(cfg.torch_threads)
-    algo = cfg.algo
-    envs = make_vector_env(cfg.env, num_envs, algo.vector_backend)
-    try:
-        model = build_model(cfg, envs)
-        optimizer = make_optimizer(model, algo)
-        collector = build_collector(cfg, envs, worker=0)
-        env_steps, version = 0, 0
-        if record.resume_state is not None:
-            state = record.resume_state
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            collector.load_state_dict(state["collectors"][0])
-            restore_rng_state(state["rng"])
-            env_steps, version = state["env_steps"], state["policy_version"]
-        collector.reset(reset_seed(cfg, 0, num_envs, env_steps))
 
-        def checkpoint_state() -> dict[str, Any]:
-            return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "collectors": [collector.state_dict()], "rng": rng_state(),
-                    "env_steps": env_steps, "policy_version": version}
+    def __init__(self, cfg: Any, worker: int, env_steps: int, collector_state: dict[str, Any] | None = None):
+        self.algo, self.worker = cfg.algo, worker
+        num_envs = self.algo.num_envs
+        self.envs = make_vector_env(cfg.env, num_envs, self.algo.vector_backend)
+        try:
+            self.model = build_model(cfg, self.envs)
+            self.collector = build_collector(cfg, self.envs, worker, env_steps)
+            if collector_state is not None:
+                self.collector.load_state_dict(collector_state)
+            self.collector.reset(reset_seed(cfg, worker, num_envs, env_steps))
+        except BaseException:
+            self.envs.close()
+            raise
 
-        while env_steps < cfg.total_env_steps and not record.stop_requested:
-            episodes = collector.collect(model)
-            record_episodes(record, 0, env_steps, episodes)
-            lr = learning_rate(algo, env_steps, cfg.total_env_steps)
-            set_learning_rate(optimizer, lr)
-            stats = compute_gradients(model, collector.rollout, algo)
-            optimizer.step()
-            env_steps += collector.steps_per_collect
-            record.update(0, env_steps, version_at_sync=version, version_at_apply=version, applied=True,
-                          lr=lr, **stats)
-            version += 1
-            if record.checkpoint_due(env_steps):
-                record.save_checkpoint(checkpoint_state())
-        record.save_checkpoint(checkpoint_state())
-    finally:
-        envs.close()
+    @property
+    def steps(self) -> int:
+        """Env steps of one rollout."""
+        return self.collector.steps_per_collect
+
+    def learn(self) -> tuple[list[Episode], dict[str, float]]:
+        """Collect one rollout with the local model and leave its gradient in ``model.flat_grads``."""
+        episodes = self.collector.collect(self.model)
+        return episodes, compute_gradients(self.model, self.collector.rollout, self.algo)
+
+    def close(self) -> None:
+        self.envs.close()

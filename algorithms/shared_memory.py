@@ -1,141 +1,27 @@
-"""What crosses processes: worker supervision, and the state asynchronous schedules share.
+"""State that worker processes share on one machine, created by the trainer before any worker starts.
 
-:class:`WorkerProcesses` starts worker processes, reports the ones that died (with exit code and
-signal), restarts one on request, and on exit stops all of them (terminate, then kill), so that no
-schedule leaves an orphan behind. :func:`worker_setup` is the first call in every worker process.
-
-Shared state, all of it created by the trainer before any worker starts: optimizer statistics
-(:func:`share_optimizer_state`), the policy-version and env-step counters (:class:`SharedCounters`),
-a lock that the trainer can free when its holder is killed (:class:`HolderLock`), recent parameter
-versions for controlled staleness (:class:`SnapshotRing`), and the rows a worker reports to the
-trainer through shared memory instead of a queue (:class:`SharedRows`).
+Optimizer statistics (:func:`share_optimizer_state`), the run's counters (:class:`SharedCounters`), a
+lock whose holder is known (:class:`HolderLock`), recent parameter versions for controlled staleness
+(:class:`SnapshotRing`), rows a worker reports without a system call (:class:`SharedRows`) and the
+synchronous workers' meeting point (:class:`GradientExchange`). Each pickles into a spawned worker as
+handles to the same memory.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 
-POLL_S = 0.02  # how often a trainer drains its workers' rows and checks that they are alive
-STALL_TIMEOUT_S = 120.0  # no update for this long while workers are alive: fail instead of hanging
+from algorithms.learner import average_gradients
 
-
-def worker_setup(torch_threads: int) -> None:
-    """First call in a worker: one torch thread, and Ctrl-C left to the trainer.
-
-    A terminal's Ctrl-C reaches the whole process group; the trainer decides how the run ends and
-    stops its workers itself, so workers ignore SIGINT. Workers also exit on their own if the
-    trainer disappears (see :func:`watch_parent`).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(torch_threads)
-    watch_parent()
-
-
-def watch_parent(interval: float = 1.0) -> None:
-    """Exit this process when its parent dies (a SIGKILLed trainer must not leave workers running)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        return f"exit code {exitcode} (killed by {signal.Signals(-exitcode).name})"
-    return f"exit code {exitcode}"
-
-
-class WorkerFailure(RuntimeError):
-    """A worker died (or stopped making progress) and the run cannot go on."""
-
-
-def report_errors(conn: Connection, loop: Callable[..., None], *args: Any) -> None:
-    """Run a worker loop, then tell the trainer it is done (so that it need not wait for the interpreter's
-    teardown); on an exception, send the traceback instead and exit with status 1."""
-    try:
-        loop(*args)
-        conn.send(("done",))
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
-        sys.exit(1)
-    finally:
-        conn.close()
-
-
-@dataclass
-class WorkerExit:
-    worker: int
-    exitcode: int
-
-    def describe(self) -> str:
-        return f"worker {self.worker} died with {describe_exit(self.exitcode)}"
-
-
-class WorkerProcesses:
-    """Worker processes of one run, keyed by worker index; a context manager that stops them all."""
-
-    def __init__(self, start_method: str):
-        self.context = mp.get_context(start_method)
-        self.processes: dict[int, Any] = {}
-        self._targets: dict[int, tuple[Callable[..., None], tuple[Any, ...]]] = {}
-
-    def start(self, worker: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
-        process = self.context.Process(target=target, args=args, name=f"worker-{worker}", daemon=True)
-        process.start()
-        self.processes[worker] = process
-        self._targets[worker] = (target, args)
-
-    def restart(self, worker: int, args: tuple[Any, ...] | None = None) -> None:
-        """Start ``worker`` again (with new arguments if given), after reaping its dead process."""
-        self.processes.pop(worker).join(timeout=1.0)
-        target, old_args = self._targets[worker]
-        self.start(worker, target, args if args is not None else old_args)
-
-    def exited(self) -> list[WorkerExit]:
-        """Workers whose process has ended (cleanly or not) and that have not been restarted."""
-        return [WorkerExit(worker, process.exitcode) for worker, process in self.processes.items()
-                if process.exitcode is not None]
-
-    def alive(self) -> list[int]:
-        return [worker for worker, process in self.processes.items() if process.exitcode is None]
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Terminate every worker, kill the ones that do not exit within ``timeout``, and reap all."""
-        for process in self.processes.values():
-            if process.exitcode is None:
-                process.terminate()
-        deadline = time.monotonic() + timeout
-        for process in self.processes.values():
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if process.exitcode is None:
-                process.kill()
-                process.join()
-
-    def __enter__(self) -> WorkerProcesses:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+Row = TypeVar("Row", bound=NamedTuple)
+NOBODY = -1  # the holder of a free HolderLock
+TRAINER = -2  # the trainer's holder id (workers use their index)
 
 
 def share_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -206,9 +92,6 @@ class SharedCounters(SharedInts):
 
     def request_stop(self) -> None:
         self.view[2] = 1
-
-
-NOBODY = -1
 
 
 class HolderLock(SharedInts):
@@ -288,16 +171,17 @@ class SnapshotRing:
         self.first_version = state["first_version"]
 
 
-class SharedRows:
-    """Fixed-width float64 rows that one worker appends and the trainer drains, in shared memory.
+class SharedRows(Generic[Row]):
+    """Rows of one named-tuple type that one worker appends and the trainer drains, in shared memory.
 
     Unlike a queue, appending costs no system call and no feeder thread, and a row is visible to the
     trainer as soon as the write count passes it: rows a worker wrote before it was SIGKILLed are not
-    lost. The writer waits when the trainer is a whole table behind.
+    lost. Every field is stored as a float64. The writer waits when the trainer is a whole table behind.
     """
 
-    def __init__(self, columns: int, capacity: int = 4096):
-        self._init(torch.zeros(capacity, columns, dtype=torch.float64).share_memory_(),
+    def __init__(self, row_type: type[Row], capacity: int = 4096):
+        self.row_type = row_type
+        self._init(torch.zeros(capacity, len(row_type._fields), dtype=torch.float64).share_memory_(),
                    torch.zeros(2, dtype=torch.int64).share_memory_())
 
     def _init(self, rows: torch.Tensor, counts: torch.Tensor) -> None:
@@ -306,21 +190,72 @@ class SharedRows:
         self.capacity = len(rows)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"rows": self.rows, "counts": self.counts}
+        return {"row_type": self.row_type, "rows": self.rows, "counts": self.counts}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.row_type = state["row_type"]
         self._init(state["rows"], state["counts"])
 
-    def append(self, row: Sequence[float]) -> None:
+    def append(self, row: Row) -> None:
         written = int(self._counts[0])
         while written - int(self._counts[1]) >= self.capacity:
             time.sleep(0.001)
         self._rows[written % self.capacity] = row
         self._counts[0] = written + 1  # after the row: this store publishes it
 
-    def drain(self) -> np.ndarray:
-        """Every row written since the last drain, oldest first."""
+    def drain(self) -> list[Row]:
+        """Every row written since the last drain, oldest first, as ``row_type`` (fields as floats)."""
         written, read = int(self._counts[0]), int(self._counts[1])
-        rows = self._rows[np.arange(read, written) % self.capacity]
+        values = self._rows[np.arange(read, written) % self.capacity].tolist()
+        rows = [self.row_type._make(row) for row in values]
         self._counts[1] = written
         return rows
+
+
+class GradientExchange:
+    """Where synchronous workers meet once per update: gradient slots, stop votes and a barrier.
+
+    Update ``k`` uses slot ``k % 2``: worker ``w`` writes its gradient into ``gradients[k % 2, w]``, waits
+    at the barrier, then reads every worker's gradient of that slot. Slot ``k % 2`` is written again
+    only for update ``k + 2``, which no worker starts before every worker has passed barrier ``k + 1``,
+    i.e. has finished reading update ``k``: one barrier per update is enough.
+    """
+
+    def __init__(self, context: Any, num_workers: int, num_params: int, barrier_timeout: float):
+        self.num_workers, self.barrier_timeout = num_workers, barrier_timeout
+        self._init(torch.zeros(2, num_workers, num_params).share_memory_(),
+                   torch.zeros(2, num_workers, dtype=torch.bool).share_memory_(),
+                   torch.zeros(1, dtype=torch.bool).share_memory_(),
+                   context.Barrier(num_workers))
+
+    def _init(self, gradients: torch.Tensor, votes: torch.Tensor, stop: torch.Tensor, barrier: Any) -> None:
+        self.gradients, self.votes, self.stop, self.barrier = gradients, votes, stop, barrier
+        # numpy views of the flags: element access without torch's per-op overhead
+        self._votes, self._stop = votes.numpy(), stop.numpy()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "barrier_timeout": self.barrier_timeout,
+                "tensors": (self.gradients, self.votes, self.stop, self.barrier)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.num_workers, self.barrier_timeout = state["num_workers"], state["barrier_timeout"]
+        self._init(*state["tensors"])
+
+    def request_stop(self) -> None:
+        """The trainer's request: workers stop after the first update for which one of them saw it."""
+        self._stop[0] = True
+
+    def exchange(self, worker: int, slot: int, gradient: torch.Tensor) -> float:
+        """Publish ``gradient`` and this worker's stop vote, wait for every worker; return the wait in seconds."""
+        self.gradients[slot, worker].copy_(gradient)
+        self._votes[slot, worker] = self._stop[0]
+        started = time.perf_counter()
+        self.barrier.wait(self.barrier_timeout)
+        return time.perf_counter() - started
+
+    def mean_gradient(self, slot: int, out: torch.Tensor) -> None:
+        """The workers' mean gradient, bit-identical in every worker (same slots, same order of summation)."""
+        average_gradients(self.gradients[slot], out)
+
+    def stop_voted(self, slot: int) -> bool:
+        return bool(self._votes[slot].any())

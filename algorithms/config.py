@@ -1,0 +1,103 @@
+"""The typed config an algorithm receives: :class:`RunConfig` and the groups it holds.
+
+``experiments.config`` builds its Hydra schema from these dataclasses (adding what only the harness
+reads: logging, resuming, the CPU budget) and validates them; ``experiments.train`` hands an algorithm a
+plain :class:`RunConfig`, so the config pickled into worker processes and Ray actors needs this package
+only. The module imports nothing, so that it stays cheap wherever a config is unpickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# omegaconf.MISSING: a value the YAML config groups must set (spelt out so that this module imports nothing).
+MISSING: Any = "???"
+
+
+@dataclass
+class StalenessConfig:
+    """Controlled staleness for asynchronous schedules (a3c)."""
+
+    delay: int = 0  # apply each gradient only after this many newer updates
+    max: int | None = None  # drop gradients staler than this (null: never drop)
+    lr_scaling: str = "none"  # none | inverse: step size divided by max(1, staleness)
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+    mode: str = MISSING
+    num_workers: int = 1
+    num_envs: int = 1  # envs stepped in lockstep by each worker (or by the learner in vector mode)
+    vector_backend: str = "sync"  # sync: envs in-process; async: one subprocess per env
+    n_steps: int = 5
+    gamma: float = 0.99
+    gae_lambda: float = 1.0  # 1.0 gives plain n-step returns, as in the A3C paper
+    lr: float = 7e-4
+    lr_schedule: str = "constant"
+    optimizer: str = "rmsprop"
+    rmsprop_alpha: float = 0.99
+    optimizer_eps: float = 1e-5
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float | None = 0.5  # null disables clipping
+    normalize_advantage: bool = False
+    lock: bool = False
+    max_restarts: int = 3
+    start_method: str = "spawn"
+    staleness: StalenessConfig = field(default_factory=StalenessConfig)
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    log_std_init: float = 0.0  # diagonal Gaussian heads only
+    ortho_init: bool = True
+
+
+@dataclass
+class EnvConfig:
+    name: str = MISSING  # short name used in run directory names
+    id: str = MISSING  # gymnasium id
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int | None = None  # null keeps the registered limit
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+    solved_return: float | None = None  # threshold for time-to-threshold in analysis
+
+
+@dataclass
+class RayConfig:
+    """Where and how ``backend=ray`` runs its actors (see docs/ray.md)."""
+
+    address: str | None = None  # null: start a local cluster for this run; auto, HOST:PORT or ray://HOST:PORT
+    # (Ray Client, for a driver outside the cluster): connect to a running one
+    num_cpus: int | None = None  # CPUs of the local cluster (null: this machine's, at least what the run asks)
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker actor (fractions allowed)
+    server_cpus: float = 0.0  # CPUs reserved for the parameter-server actor (it mostly waits on workers)
+    ship_code: bool = True  # connecting to a cluster: upload this checkout's code (the algorithms package)
+    start_timeout_s: float = 300.0  # fail if the actors are not all placed and started within this
+
+
+@dataclass
+class RunConfig:
+    """Everything an algorithm reads of a run's config."""
+
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+    total_env_steps: int = 100_000
+    checkpoint_interval: int = 50_000  # env steps between checkpoints
+    backend: str = "local"  # local: processes on this machine; ray: Ray actors (a2c workers, a3c parameter_server)
+    ray: RayConfig = field(default_factory=RayConfig)
+    torch_threads: int = 1  # per process; more only fights the other workers for cores
+
+    @classmethod
+    def from_config(cls, config: Any) -> RunConfig:
+        """The algorithm's part of a fuller config object (such as ``experiments.config.Config``)."""
+        return cls(**{spec.name: getattr(config, spec.name) for spec in fields(cls)})

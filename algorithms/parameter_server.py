@@ -1,0 +1,101 @@
+"""The parameter-server protocol, written once over any transport (pipes here, Ray calls in ``ray_backend``).
+
+A worker joins, then loops: sync to the parameters of the server's :class:`~algorithms.protocol.Reply` ->
+learn -> push the gradient tagged with the reply's version (one push in flight per worker). The server
+applies each push at its current version and answers with what to learn with next, or ``None`` to stop.
+A transport only has to carry :class:`~algorithms.protocol.Join`, :class:`~algorithms.protocol.Push` and
+replies: :class:`PipeLink` does it over a process pipe.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing import connection
+from typing import Any, Protocol
+
+from algorithms.learner import LocalLearner, learning_rate
+from algorithms.protocol import Join, Push, Record, Reply, from_wire, to_wire
+from algorithms.server import GlobalModel, apply_gradient
+
+
+class ServerLink(Protocol):
+    """A worker's end of the transport to its server."""
+
+    def join(self) -> Reply | None: ...
+
+    def push(self, push: Push) -> Reply | None: ...
+
+
+def parameter_server_worker(learner: LocalLearner, server: ServerLink) -> None:
+    """Join, then sync -> learn -> push the gradient tagged with its version, until the server answers ``None``."""
+    reply = server.join()
+    while reply is not None:
+        learner.model.flat_params.copy_(from_wire(reply.params))
+        episodes, stats = learner.learn()
+        collector_state = learner.collector.state_dict() if reply.send_collector_state else None
+        reply = server.push(Push(learner.worker, reply.version, to_wire(learner.model.flat_grads), stats, episodes,
+                                 learner.steps, collector_state, time.monotonic()))
+
+
+class PipeLink:
+    """The transport over a worker process's pipe to the trainer."""
+
+    def __init__(self, conn: connection.Connection, worker: int):
+        self.conn, self.worker = conn, worker
+
+    def join(self) -> Reply | None:
+        self.conn.send(Join(self.worker, time.monotonic()))
+        return self.conn.recv()
+
+    def push(self, push: Push) -> Reply | None:
+        self.conn.send(push)
+        return self.conn.recv()
+
+
+def pipe_worker(cfg: Any, worker: int, conn: connection.Connection, env_steps: int) -> None:
+    """A worker process of the local parameter server, starting at ``env_steps``."""
+    learner = LocalLearner(cfg, worker, env_steps)
+    try:
+        parameter_server_worker(learner, PipeLink(conn, worker))
+    finally:
+        learner.close()
+
+
+class ParameterServer:
+    """The server half of the protocol, whatever carries its messages.
+
+    Each :class:`~algorithms.protocol.Push` is applied at the current version (or dropped as too stale),
+    its episodes and update recorded; every join or push is answered with the parameters to learn with next
+    (``delay`` versions behind, if set), or ``None`` once the budget is spent or a stop was requested.
+    """
+
+    def __init__(self, cfg: Any, record: Record, global_model: GlobalModel):
+        self.cfg, self.record, self.global_model = cfg, record, global_model
+        self.stop = False
+
+    def finishing(self) -> bool:
+        return self.stop or self.global_model.counters.env_steps >= self.cfg.total_env_steps
+
+    def reply(self) -> Reply | None:
+        if self.finishing():
+            return None
+        version, params = self.global_model.params_for_worker()
+        return Reply(version, to_wire(params), False)
+
+    def push(self, push: Push) -> Reply | None:
+        self.apply(push)
+        return self.reply()
+
+    def apply(self, push: Push) -> None:
+        """Record the push's episodes, apply its gradient at the current version, advance the counters and
+        record the update."""
+        cfg, model, counters = self.cfg, self.global_model, self.global_model.counters
+        env_steps, version = counters.env_steps, counters.version
+        for episode in push.episodes:
+            self.record.episode(push.worker, env_steps + episode.steps_into_rollout, episode.ret, episode.length)
+        lr = learning_rate(cfg.algo, env_steps, cfg.total_env_steps)
+        applied, lr = apply_gradient(model.optimizer, model.model.flat_params, from_wire(push.gradient), version,
+                                     push.version_at_sync, lr, cfg.algo.staleness, model.snapshots)
+        counters.version, counters.env_steps = version + applied, env_steps + push.steps
+        self.record.update(push.worker, env_steps + push.steps, push.version_at_sync, version, applied=applied,
+                           lr=lr, **push.stats)

@@ -1,0 +1,124 @@
+"""The server side of learning: the global parameters and optimizer, and applying a gradient to them.
+
+:class:`GlobalModel` is what an asynchronous run shares (in shared memory for Hogwild workers, in the
+trainer or a Ray actor for a parameter server): parameters, optimizer, policy-version and env-step
+counters, the snapshot ring for controlled staleness. :func:`apply_gradient` is the one update rule,
+staleness limits and lr scaling included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from algorithms.checkpoint import check_snapshots, make_checkpoint, restore_model
+from algorithms.learner import (
+    build_spaces_model,
+    make_optimizer,
+    restore_rng_state,
+    rng_state,
+    set_learning_rate,
+)
+from algorithms.shared_memory import TRAINER, HolderLock, SharedCounters, SnapshotRing, share_optimizer_state
+
+LOCK_TIMEOUT_S = 10.0  # the trainer's own wait for the lock (checkpoints)
+
+
+@dataclass
+class GlobalState:
+    """What Hogwild workers share (in shared memory when they are processes): a picklable handle on a
+    :class:`GlobalModel`."""
+
+    params: torch.Tensor  # the global model's flat parameters
+    optimizer_state: dict[str, torch.Tensor]
+    counters: SharedCounters
+    lock: HolderLock | None  # None when one process owns the model: nothing to serialize
+    snapshots: SnapshotRing | None
+
+    def locked(self, holder: int) -> contextlib.AbstractContextManager[None]:
+        return self.lock.held(holder) if self.lock is not None else contextlib.nullcontext()
+
+
+class GlobalModel:
+    """The global parameters, optimizer, counters and snapshot ring of a run: created, resumed, checkpointed.
+
+    ``shared=True`` (Hogwild worker processes) places them in shared memory with a :class:`HolderLock`;
+    otherwise one process owns them and there is no lock.
+    """
+
+    def __init__(self, cfg: Any, resume_state: dict[str, Any] | None, context: Any, shared: bool):
+        algo = cfg.algo
+        self.model = build_spaces_model(cfg)
+        if shared:
+            self.model.share_memory()
+        self.optimizer = make_optimizer(self.model, algo)
+        self.counters = SharedCounters()
+        snapshots = None
+        if resume_state is not None:
+            restore_model(resume_state, self.model, self.optimizer)
+            self.counters.version = resume_state["policy_version"]
+            self.counters.env_steps = resume_state["env_steps"]
+            if resume_state["rng"] is not None:  # a local a2c checkpoint keeps its randomness in its collectors
+                restore_rng_state(resume_state["rng"])
+            snapshots = check_snapshots(resume_state, algo.staleness.delay)
+        self.snapshots = None
+        if algo.staleness.delay:
+            self.snapshots = SnapshotRing(self.model.flat_params, algo.staleness.delay, self.counters.version)
+            if snapshots is not None:
+                self.snapshots.load_state_dict(snapshots)
+        self.lock = HolderLock(context) if shared else None
+        # Shared last, after loading: load_state_dict replaces the optimizer's state tensors.
+        self.optimizer_state = share_optimizer_state(self.optimizer) if shared else dict(
+            self.optimizer.state[self.model.flat_params])
+        if shared and self.snapshots is not None:
+            self.snapshots.share_memory_()
+
+    def state(self) -> GlobalState:
+        return GlobalState(self.model.flat_params, self.optimizer_state, self.counters, self.lock, self.snapshots)
+
+    def params_for_worker(self) -> tuple[int, torch.Tensor]:
+        """The version a worker syncs to (``delay`` behind the current one, if set) and its parameters."""
+        version, params = self.counters.version, self.model.flat_params
+        if self.snapshots is not None:
+            version, params = self.snapshots.delayed(version)
+        return version, params
+
+    def checkpoint(self, collectors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A consistent copy of the global state (taken under the lock while workers run)."""
+        if self.lock is not None and not self.lock.acquire(TRAINER, timeout=LOCK_TIMEOUT_S):
+            raise RuntimeError(f"could not take the global lock within {LOCK_TIMEOUT_S}s to checkpoint")
+        try:
+            return make_checkpoint(
+                model={name: tensor.clone() for name, tensor in self.model.state_dict().items()},
+                optimizer=copy.deepcopy(self.optimizer.state_dict()), env_steps=self.counters.env_steps,
+                policy_version=self.counters.version, collectors=collectors, rng=rng_state(),
+                snapshots=self.snapshots.state_dict() if self.snapshots is not None else None)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+def apply_gradient(optimizer: torch.optim.Optimizer, params: torch.Tensor, gradient: torch.Tensor, version: int,
+                   version_at_sync: int, lr: float, staleness_cfg: Any,
+                   snapshots: SnapshotRing | None) -> tuple[bool, float]:
+    """Step ``params`` with a copy of ``gradient`` at ``version``, unless too stale; return (applied, lr).
+
+    The step size is ``lr``, divided by ``max(1, staleness)`` under ``lr_scaling=inverse``. The gradient is
+    copied into ``params.grad``, a buffer of this process's own: aliasing a worker's ``.grad`` instead (as a
+    popular A3C implementation does) silently sums gradients across steps.
+    """
+    staleness = version - version_at_sync
+    if staleness_cfg.max is not None and staleness > staleness_cfg.max:
+        return False, lr
+    if staleness_cfg.lr_scaling == "inverse":
+        lr /= max(1, staleness)
+    set_learning_rate(optimizer, lr)
+    params.grad.copy_(gradient)
+    optimizer.step()
+    if snapshots is not None:
+        snapshots.record(version + 1, params)
+    return True, lr

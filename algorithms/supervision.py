@@ -1,0 +1,276 @@
+"""Worker processes: start, watch, restart or fail, and never leave one behind.
+
+Every multi-process schedule runs its worker loop through :func:`run_worker` and watches it with one
+:class:`Supervisor`: a pipe per worker for messages, the process sentinel for deaths, one
+:class:`RestartPolicy` (``algo.max_restarts`` restarts in the whole run, one failure message format,
+shared with the Ray backend), and a stall watchdog that fails the run instead of hanging. On exit every
+process is stopped (terminate, then kill) by :class:`WorkerProcesses`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import connection
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from algorithms.protocol import Record, WorkerDone, WorkerError
+
+POLL_S = 0.02  # how often a trainer drains its workers' rows and checks that they are alive
+STALL_TIMEOUT_S = 120.0  # no update for this long while workers are alive: fail instead of hanging
+
+
+class WorkerFailure(RuntimeError):
+    """A worker died (or stopped making progress) and the run cannot go on."""
+
+
+def failure_message(worker: int, how: str, env_steps: int, error: str | None = None,
+                    max_restarts: int | None = None, pid: int | None = None) -> str:
+    """The one format of a run-ending worker failure: who, how, when, whether restarts ran out, and the
+    last line of the worker's traceback if it raised. ``max_restarts`` is None for schedules that never
+    restart a worker (a synchronous round cannot go on without it)."""
+    message = f"worker {worker}{f' (pid {pid})' if pid is not None else ''} {how} at env step {env_steps}"
+    if max_restarts is not None:
+        message += f", and no restart is left (algo.max_restarts={max_restarts})"
+    if error:
+        message += f"\n{error.strip().splitlines()[-1]}"
+    return message
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        return f"exit code {exitcode} (killed by {signal.Signals(-exitcode).name})"
+    return f"exit code {exitcode}"
+
+
+class RestartPolicy:
+    """``max_restarts`` restarts in the whole run (``None``: the schedule never restarts): each failure is
+    logged as ``worker_failed``; a restart is counted and logged as ``worker_restarted``; one failure more
+    raises :class:`WorkerFailure`."""
+
+    def __init__(self, record: Record, max_restarts: int | None):
+        self.record, self.max_restarts = record, max_restarts
+        self.restarts = 0
+
+    def failed(self, worker: int, how: str, env_steps: int, finishing: bool, error: str | None = None,
+               pid: int | None = None, reason: str | None = None, **fields: Any) -> bool:
+        """Log a failure (``reason``: the event's own account, ``how`` by default); return whether to restart the
+        worker (never while the run is finishing)."""
+        self.record.event("worker_failed", worker=worker, env_steps=env_steps, reason=reason or how, error=error,
+                          pid=pid, **fields)
+        if finishing and self.max_restarts is not None:
+            return False
+        if self.max_restarts is None or self.restarts >= self.max_restarts:
+            raise WorkerFailure(failure_message(worker, how, env_steps, error, self.max_restarts, pid))
+        self.restarts += 1
+        return True
+
+    def restarted(self, worker: int, env_steps: int, **fields: Any) -> None:
+        self.record.event("worker_restarted", worker=worker, env_steps=env_steps, restart=self.restarts, **fields)
+
+
+class StallWatchdog:
+    """Fails the run when no update arrives for ``timeout`` seconds while workers run, instead of hanging."""
+
+    def __init__(self, timeout: float = STALL_TIMEOUT_S):
+        self.timeout = timeout
+        self.last_progress = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def check(self, env_steps: int, workers: list[int], detail: str = "") -> None:
+        idle = time.monotonic() - self.last_progress
+        if idle > self.timeout:
+            raise WorkerFailure(f"no update in {idle:.0f}s after env step {env_steps} with workers {workers} "
+                                f"running{detail}; stopping instead of hanging")
+
+
+# --------------------------------------------------------------------------- in the worker process
+def run_worker(torch_threads: int, conn: connection.Connection, loop: Callable[..., None], args: tuple) -> None:
+    """A worker process's body: set up, run ``loop(*args)``, then report :class:`WorkerDone`; on an
+    exception, report its traceback (:class:`WorkerError`) and exit with status 1."""
+    worker_setup(torch_threads)
+    try:
+        loop(*args)
+        conn.send(WorkerDone())
+    except Exception:
+        conn.send(WorkerError(traceback.format_exc()))
+        sys.exit(1)
+    finally:
+        conn.close()
+
+
+def worker_setup(torch_threads: int) -> None:
+    """One torch thread, and Ctrl-C left to the trainer, which decides how the run ends and stops its workers
+    itself (a terminal's Ctrl-C reaches the whole process group). Workers exit if the trainer disappears."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(torch_threads)
+    watch_parent()
+
+
+def watch_parent(interval: float = 1.0) -> None:
+    """Exit this process when its parent dies (a SIGKILLed trainer must not leave workers running)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+# --------------------------------------------------------------------------- in the trainer
+@dataclass
+class WorkerExit:
+    worker: int
+    exitcode: int
+
+
+class WorkerProcesses:
+    """Worker processes of one run, keyed by worker index; a context manager that stops them all."""
+
+    def __init__(self, start_method: str):
+        self.context = mp.get_context(start_method)
+        self.processes: dict[int, Any] = {}
+
+    def start(self, worker: int, target: Callable[..., None], args: tuple[Any, ...]) -> int:
+        """Start (or, after reaping its dead process, restart) ``worker``; return its pid."""
+        if worker in self.processes:
+            self.processes.pop(worker).join(timeout=1.0)
+        process = self.context.Process(target=target, args=args, name=f"worker-{worker}", daemon=True)
+        process.start()
+        self.processes[worker] = process
+        return process.pid
+
+    def exited(self) -> list[WorkerExit]:
+        """Workers whose process has ended (cleanly or not) and that have not been restarted."""
+        return [WorkerExit(worker, process.exitcode) for worker, process in self.processes.items()
+                if process.exitcode is not None]
+
+    def alive(self) -> list[int]:
+        return [worker for worker, process in self.processes.items() if process.exitcode is None]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate every worker, kill the ones that do not exit within ``timeout``, and reap all."""
+        for process in self.processes.values():
+            if process.exitcode is None:
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in self.processes.values():
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+
+    def __enter__(self) -> WorkerProcesses:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class Supervisor:
+    """Starts a run's worker processes, passes their messages on, and answers their deaths.
+
+    ``loop(cfg, worker, conn, *args(worker))`` is each worker's body, run through :func:`run_worker` with a
+    fresh pipe per start. ``env_steps()`` says where the run is (for failure messages and restarts);
+    ``on_death(worker)`` may release what a dead worker held and returns extra ``worker_failed`` fields.
+    """
+
+    def __init__(self, cfg: Any, record: Record, processes: WorkerProcesses, loop: Callable[..., None],
+                 args: Callable[[int], tuple], policy: RestartPolicy, env_steps: Callable[[], int],
+                 on_death: Callable[[int], dict[str, Any]] | None = None):
+        self.cfg, self.record, self.processes, self.policy = cfg, record, processes, policy
+        self.loop, self.args, self.env_steps, self.on_death = loop, args, env_steps, on_death
+        self.conns: dict[int, connection.Connection] = {}
+        self.errors: dict[int, str] = {}
+        self.handled: set[int] = set()  # exited workers already dealt with
+        self.done: set[int] = set()  # workers that finished their loop and are only exiting
+        self.watchdog = StallWatchdog()
+
+    def start(self, worker: int) -> int:
+        ours, theirs = self.processes.context.Pipe()
+        loop_args = (self.cfg, worker, theirs, *self.args(worker))
+        pid = self.processes.start(worker, run_worker, (self.cfg.torch_threads, theirs, self.loop, loop_args))
+        theirs.close()  # the child's end: closing ours lets a dead worker's pipe report EOF
+        self.conns[worker] = ours
+        self.handled.discard(worker)
+        self.done.discard(worker)
+        return pid
+
+    def start_all(self) -> None:
+        for worker in range(self.cfg.algo.num_workers):
+            pid = self.start(worker)
+            self.record.event("worker_started", worker=worker, pid=pid)
+
+    def running(self) -> bool:
+        """Whether any worker has neither finished its loop nor had its exit dealt with."""
+        return bool(set(self.processes.processes) - self.done - self.handled)
+
+    def messages(self, timeout: float) -> list[tuple[int, Any]]:
+        """Wait up to ``timeout`` for any message or exit; return the messages other than done and errors."""
+        sentinels = [self.processes.processes[w].sentinel for w in self.processes.alive()]
+        ready = set(connection.wait([*self.conns.values(), *sentinels], timeout))
+        received = []
+        for worker, conn in list(self.conns.items()):
+            if conn in ready:
+                received.extend((worker, message) for message in self._receive(worker))
+        return received
+
+    def _receive(self, worker: int) -> list[Any]:
+        conn, received = self.conns[worker], []
+        try:
+            while conn.poll():
+                message = conn.recv()
+                if isinstance(message, WorkerError):
+                    self.errors[worker] = message.traceback
+                elif isinstance(message, WorkerDone):
+                    self.done.add(worker)
+                else:
+                    received.append(message)
+        except (EOFError, OSError):  # the worker is gone; its exit is handled from its sentinel
+            conn.close()
+            del self.conns[worker]
+        return received
+
+    def send(self, worker: int, message: Any) -> None:
+        try:
+            self.conns[worker].send(message)
+        except (KeyError, OSError):  # died meanwhile: its exit is handled from its sentinel
+            pass
+
+    def handle_exits(self, finishing: bool) -> None:
+        """Answer each worker that exited without finishing its loop: restart it, or raise WorkerFailure."""
+        for exit in self.processes.exited():
+            if exit.worker in self.handled:
+                continue
+            if exit.worker in self.conns:
+                self._receive(exit.worker)  # a WorkerDone or a traceback sent just before exiting
+            self.handled.add(exit.worker)
+            if exit.worker in self.done and exit.exitcode == 0:
+                continue
+            fields = self.on_death(exit.worker) if self.on_death else {}
+            env_steps = self.env_steps()
+            if self.policy.failed(exit.worker, f"died with {describe_exit(exit.exitcode)}", env_steps, finishing,
+                                  self.errors.pop(exit.worker, None), exitcode=exit.exitcode, **fields):
+                pid = self.start(exit.worker)
+                self.policy.restarted(exit.worker, env_steps, pid=pid)
+
+    def progressed(self) -> None:
+        self.watchdog.progressed()
+
+    def check_stall(self, detail: str = "") -> None:
+        self.watchdog.check(self.env_steps(), self.processes.alive(), detail)

@@ -1,0 +1,22 @@
+"""The columns of the run record's CSV files: written by ``experiments.record``, read by ``analysis``.
+
+Kept apart from the record so that analysis reads the contract without importing torch.
+"""
+
+# The statistics every schedule reports with an update (algorithms.losses.LOSS_STATS, which analysis may not
+# import; a test keeps the two equal).
+LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
+
+METRIC_COLUMNS = (
+    "env_steps", "wall_time", "updates", "policy_version", "episodes",
+    "return_mean", "return_max", "length_mean",
+    *LOSS_STATS, "lr", "sps",
+    "staleness_mean", "staleness_max", "staleness_p95", "dropped_updates", "barrier_wait_mean",
+)
+EPISODE_COLUMNS = ("env_steps", "wall_time", "worker", "return", "length")
+UPDATE_COLUMNS = (
+    "update", "wall_time", "env_steps", "worker",
+    "version_at_sync", "version_at_apply", "staleness", "applied", "wait_time", "lr",
+)
+# Each CSV file of a run directory (``<name>.csv``) and its header.
+RECORD_COLUMNS = {"metrics": METRIC_COLUMNS, "episodes": EPISODE_COLUMNS, "updates": UPDATE_COLUMNS}
