@@ -3,10 +3,12 @@
 A run directory is what ``experiments.record.RunRecord`` writes: ``meta.json``, ``metrics.csv``,
 ``episodes.csv``, ``updates.csv`` and, when launched through Hydra, ``.hydra/config.yaml`` and
 ``.hydra/overrides.yaml``. :func:`load_runs` accepts one run directory, a multirun sweep or any tree
-of them. A run that cannot be trusted is skipped with a :class:`SkippedRunWarning` naming the run and
-the reason, and listed in :attr:`RunSet.skipped`, so that a report can count it: a missing, empty or
-truncated file, a header that does not match the run-record contract, duplicate rows, a run whose
-status is not ``completed`` (still running, failed or interrupted).
+of them: a directory holding any of those files is a run, and so is an empty folder among a sweep's
+runs (a job killed before it wrote anything). A run that cannot be trusted is skipped with a
+:class:`SkippedRunWarning` naming the run and the reason, and listed in :attr:`RunSet.skipped`, so
+that a report can count it: a missing, empty, unreadable, non-UTF-8, truncated or corrupted file, a
+header that does not match the run-record contract, duplicate rows, a status other than ``completed``,
+and a run with the condition and seed of an earlier run (a copy, or a rerun), so that no seed counts twice.
 
 Every frame carries the run's identifying columns (:data:`RUN_COLUMNS` plus the swept overrides), so
 that it can be grouped or plotted without joins.
@@ -32,7 +34,10 @@ from experiments.columns import EPISODE_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
 
 # Columns that identify a run and its experimental condition in every frame.
 RUN_COLUMNS = ("run_id", "env_name", "env_id", "algo", "mode", "schedule", "num_workers", "num_envs", "seed")
-REQUIRED_META = ("status", "algo", "mode", "env_id", "env_name", "num_workers", "num_envs", "seed")
+# The meta.json fields analysis reads, with their types; all but the status name a run's condition and seed.
+REQUIRED_META = {"status": str, "algo": str, "mode": str, "env_id": str, "env_name": str, "num_workers": int,
+                 "num_envs": int, "seed": int}
+CONDITION_AND_SEED = tuple(key for key in REQUIRED_META if key != "status")
 # The run-record files, the columns of the record's contract that analysis reads (a header without one
 # of them does not match; columns added later to the record are fine, as the contract allows) and the
 # columns that identify one row (None: the whole row). A repeated key means rows were appended twice,
@@ -47,6 +52,12 @@ META_OVERRIDE_KEYS = {"seed", "algo", "env", "algo.name", "algo.mode", "algo.num
                       "env.id", "env.name", "schedule", "experiment", "suite"}
 NON_FACTOR_PREFIXES = ("hydra.", "logger.", "quiet", "resume", "torch_threads", "log_interval",
                        "checkpoint_interval", "cpu_budget", "return_window")
+# A directory holding any of these is a run (Hydra writes .hydra/ before the record exists); a directory
+# holding any of SWEEP_FILES is a sweep (Hydra's multirun, experiments.sweep). What a run keeps in
+# RUN_SUBFOLDERS is never a run of its own.
+RUN_FILES = {"meta.json", "events.jsonl", ".hydra", *(f"{name}.csv" for name in RECORD_FILES)}
+SWEEP_FILES = {"multirun.yaml", "sweep_jobs.jsonl", "sweep_summary.json"}
+RUN_SUBFOLDERS = {"wandb", ".hydra", "checkpoints"}
 
 
 class SkippedRunWarning(UserWarning):
@@ -61,6 +72,7 @@ class BrokenRun(Exception):
 class SkippedRun:
     run: str
     reason: str
+    kept: str | None = None  # for a copy or a rerun of another run: that run, analysed in its place
 
 
 @dataclass
@@ -72,6 +84,7 @@ class RunData:
     overrides: dict[str, str]
     solved_return: float | None
     frames: dict[str, pd.DataFrame]
+    config: dict[str, Any] | None = None  # the experimental factors of the resolved config, flattened
 
 
 @dataclass
@@ -107,13 +120,27 @@ class RunSet:
 
 # --------------------------------------------------------------------------- local run directories
 def find_run_dirs(root: Path) -> list[Path]:
-    """Directories under ``root`` (itself included) that hold a run record or part of one."""
-    markers = ("meta.json", "metrics.csv")
-    if any((root / marker).exists() for marker in markers):
+    """Directories under ``root`` (itself included) that hold a run record or part of one, and the empty
+    folders among a sweep's runs: a job killed before it wrote anything is counted, not lost."""
+    if RUN_FILES & {path.name for path in root.iterdir()}:
         return [root]
-    found = {path.parent for marker in markers for path in root.rglob(marker)}
-    # W&B and Hydra keep their own files inside a run directory; none of them is a run.
-    return sorted(path for path in found if not {"wandb", ".hydra", "checkpoints"} & set(path.parts))
+    runs, sweeps = set(), set()
+    for folder, subfolders, files in os.walk(root):
+        names = {*subfolders, *files}
+        if RUN_FILES & names:
+            runs.add(Path(folder))
+        if SWEEP_FILES & names:
+            sweeps.add(Path(folder))
+        subfolders[:] = [name for name in subfolders if name not in RUN_SUBFOLDERS]
+    sweeps |= {run.parent for run in runs}
+    # A folder with files but no record file (a report's output, figures, notes) is not a run.
+    empty = {folder for sweep in sweeps for folder in sweep.iterdir() if folder.is_dir() and folder not in runs
+             and not folder.name.startswith(".") and not _holds_a_file(folder)}
+    return sorted(runs | empty)
+
+
+def _holds_a_file(folder: Path) -> bool:
+    return any(path.is_file() for path in folder.rglob("*"))
 
 
 def load_runs(roots: Path | str | Iterable[Path | str]) -> RunSet:
@@ -122,6 +149,8 @@ def load_runs(roots: Path | str | Iterable[Path | str]) -> RunSet:
     for root in roots:
         if not root.exists():
             raise FileNotFoundError(f"{root} does not exist")
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root} is not a directory: give run directories or trees of them")
     # Runs are named by their path below the roots' common parent: short, and unique across roots.
     base = Path(os.path.commonpath([root.resolve().parent for root in roots]))
     run_dirs = dict.fromkeys(run_dir.resolve() for root in roots for run_dir in find_run_dirs(root))
@@ -129,48 +158,87 @@ def load_runs(roots: Path | str | Iterable[Path | str]) -> RunSet:
 
 
 def _read_each(sources: Iterable[tuple[Any, str]], read: Callable[[Any, str], RunData]) -> RunSet:
-    """Read every ``(source, run_id)``; a :class:`BrokenRun` skips that run with its reason."""
-    loaded, skipped = [], []
+    """Read every ``(source, run_id)``; a :class:`BrokenRun` skips that run with its reason, and so does
+    a repeat of an earlier run."""
+    loaded, broken = [], []
     for source, run_id in sources:
         try:
             loaded.append(read(source, run_id))
         except BrokenRun as reason:
-            skipped.append(_skip(run_id, str(reason)))
-    return combine(loaded, skipped)
+            broken.append(SkippedRun(run_id, str(reason)))
+    kept, repeats = _drop_repeated_runs(loaded)
+    skipped = broken + repeats
+    for skip in skipped:  # attributed to the caller of load_runs or load_wandb
+        warnings.warn(f"skipping run {skip.run}: {skip.reason}", SkippedRunWarning, stacklevel=3)
+    return combine(kept, skipped)
 
 
 def read_run_dir(run_dir: Path, run_id: str) -> RunData:
     """Read and check one run directory; raise :class:`BrokenRun` saying why it cannot be used."""
-    meta = _read_meta(run_dir / "meta.json")
+    if not _holds_a_file(run_dir):
+        raise BrokenRun("the directory is empty: a job killed before it wrote its record, or a stray folder")
+    meta = _read_meta(run_dir)
     frames = {name: read_record_csv(run_dir / f"{name}.csv", columns, key)
               for name, (columns, key) in RECORD_FILES.items()}
     if frames["metrics"].empty:
         raise BrokenRun("metrics.csv has a header but no rows")
-    config = _read_yaml(run_dir / ".hydra" / "config.yaml")
-    overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or meta.get("overrides") or []
-    solved = (config or {}).get("env", {}).get("solved_return")
-    return RunData(run_id, meta, parse_overrides(overrides), None if solved is None else float(solved), frames)
+    config = _read_yaml(run_dir, ".hydra/config.yaml", dict)
+    overrides = _read_yaml(run_dir, ".hydra/overrides.yaml", list) or meta.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise BrokenRun(f"meta.json overrides is {overrides!r}, not a list")
+    factors = None if config is None else _factors(config)
+    return RunData(run_id, meta, parse_overrides(overrides), _solved_return(factors, ".hydra/config.yaml"),
+                   frames, factors)
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise BrokenRun("meta.json is missing")
+def _read_text(path: Path, name: str) -> str:
+    """The text of a run's file; raise :class:`BrokenRun` when it is missing, unreadable or not text."""
     try:
-        meta = json.loads(path.read_text())
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise BrokenRun(f"{name} is missing") from error
+    except OSError as error:
+        raise BrokenRun(f"{name} cannot be read ({error.strerror or error})") from error
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BrokenRun(f"{name} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from error
+    if "\0" in text:
+        # A file zero-filled up to its size is what some filesystems leave after a crash.
+        raise BrokenRun(f"{name} holds NUL bytes (the first at offset {data.index(0)}): binary, or zero-filled "
+                        "by a crash")
+    return text
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    text = _read_text(run_dir / "meta.json", "meta.json")
+    try:
+        meta = json.loads(text)
     except ValueError as error:
         raise BrokenRun(f"meta.json is truncated or not valid JSON ({error})") from error
-    missing = [key for key in REQUIRED_META if key not in meta]
-    if missing:
-        raise BrokenRun(f"meta.json lacks {', '.join(missing)}")
+    if not isinstance(meta, dict):
+        raise BrokenRun(f"meta.json holds a {type(meta).__name__}, not a JSON object")
+    _check_fields(meta, "meta.json")
     _check_status(meta)
     return meta
+
+
+def _check_fields(meta: dict[str, Any], source: str) -> None:
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise BrokenRun(f"{source} lacks {', '.join(missing)}")
+    for key, kind in REQUIRED_META.items():
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, kind):  # JSON true is no worker count
+            raise BrokenRun(f"{source} {key} is {value!r}, not {'an integer' if kind is int else 'a string'}")
 
 
 def _check_status(meta: dict[str, Any]) -> None:
     status = meta["status"]
     if status == "completed":
         return
-    final_steps = (meta.get("final") or {}).get("env_steps")
+    final = meta.get("final")
+    final_steps = final.get("env_steps") if isinstance(final, dict) else None
     reasons = {
         "running": "status is 'running': still training, or killed without closing its record",
         "failed": f"the run failed: {meta.get('error') or 'no error recorded'}",
@@ -182,12 +250,13 @@ def _check_status(meta: dict[str, Any]) -> None:
 def read_record_csv(path: Path, columns: Sequence[str], key: Sequence[str] | None) -> pd.DataFrame:
     """Read one run-record CSV, checking it against the contract; raise :class:`BrokenRun` if it breaks it."""
     name = path.name
-    if not path.exists():
-        raise BrokenRun(f"{name} is missing")
-    text = path.read_text()
+    text = _read_text(path, name)
     if not text:
         raise BrokenRun(f"{name} is empty")
-    header = next(csv.reader(io.StringIO(text)))
+    try:
+        header = next(csv.reader(io.StringIO(text)))
+    except csv.Error as error:
+        raise BrokenRun(f"{name} header is not CSV ({error})") from error
     missing = [column for column in columns if column not in header]
     if missing:
         raise BrokenRun(f"{name} header does not match the run record: no column {', '.join(missing)}")
@@ -199,7 +268,11 @@ def read_record_csv(path: Path, columns: Sequence[str], key: Sequence[str] | Non
         bad = next(number for number, line in enumerate(text.splitlines(), start=1)
                    if line.count(",") != len(header) - 1)
         raise BrokenRun(f"{name} line {bad} has the wrong number of fields (truncated or corrupted)")
-    frame = pd.read_csv(io.StringIO(text))
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except ValueError as error:  # pandas' ParserError, e.g. a stray quote
+        raise BrokenRun(f"{name} cannot be parsed as CSV ({error})") from error
+    _check_numbers(frame, name)
     repeated = frame.duplicated(subset=list(key) if key else None)
     if repeated.any():
         what = f"{', '.join(key)} " if key else ""
@@ -207,13 +280,50 @@ def read_record_csv(path: Path, columns: Sequence[str], key: Sequence[str] | Non
     return frame
 
 
-def _read_yaml(path: Path) -> Any:
+def _check_numbers(frame: pd.DataFrame, name: str) -> None:
+    """The record writes numbers only (an empty cell is NaN): any other text is corruption."""
+    for column in frame.select_dtypes(exclude="number").columns:
+        cells = frame[column]
+        not_numbers = cells.notna() & pd.to_numeric(cells, errors="coerce").isna()
+        if not_numbers.any():
+            row = int(not_numbers.to_numpy().argmax())
+            raise BrokenRun(f"{name} line {row + 2} column {column} is not a number: {cells.iloc[row]!r}")
+
+
+def _read_yaml(run_dir: Path, name: str, kind: type) -> Any:
+    """A Hydra file of the run (None when absent), which must hold a ``kind``; raise :class:`BrokenRun` if not."""
+    path = run_dir / name
     if not path.exists():
         return None
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return None  # the config only supplies the default threshold; the CSVs are the record
+        value = yaml.safe_load(_read_text(path, name))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise BrokenRun(f"{name} is not valid YAML ({getattr(error, 'problem', None) or error}{where})") from error
+    if value is not None and not isinstance(value, kind):
+        raise BrokenRun(f"{name} holds a {type(value).__name__}, not a {'mapping' if kind is dict else 'list'}")
+    return value
+
+
+def _factors(config: dict[str, Any]) -> dict[str, Any]:
+    """The config flattened to dotted keys, without the keys that are not experimental factors."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": leaf for inner, leaf in _factors(value).items()})
+        else:
+            flat[str(key)] = value
+    return {key: value for key, value in flat.items() if not key.startswith(NON_FACTOR_PREFIXES)}
+
+
+def _solved_return(factors: dict[str, Any] | None, source: str) -> float | None:
+    solved = (factors or {}).get("env.solved_return")
+    if solved is None:
+        return None
+    if isinstance(solved, bool) or not isinstance(solved, int | float):
+        raise BrokenRun(f"{source} env.solved_return is {solved!r}, not a number")
+    return float(solved)
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
@@ -226,9 +336,49 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
     return parsed
 
 
-def _skip(run: str, reason: str) -> SkippedRun:
-    warnings.warn(f"skipping run {run}: {reason}", SkippedRunWarning, stacklevel=3)
-    return SkippedRun(run, reason)
+# --------------------------------------------------------------------------- repeated runs
+def _drop_repeated_runs(runs: list[RunData]) -> tuple[list[RunData], list[SkippedRun]]:
+    """Keep the first run (by path) of each condition and seed; skip the later ones, which would count
+    that seed twice: copies of it, reruns of it, or runs of a config that the condition does not tell apart."""
+    kept, skipped = [], []
+    earlier_runs: dict[tuple[Any, ...], list[RunData]] = {}
+    for run in runs:
+        identity = (*(run.meta[key] for key in CONDITION_AND_SEED), *sorted(run.overrides.items()))
+        earlier = earlier_runs.setdefault(identity, [])
+        if earlier:
+            skipped.append(SkippedRun(run.run_id, _repeat_reason(run, earlier), kept=earlier[0].run_id))
+        else:
+            kept.append(run)
+        earlier.append(run)
+    return kept, skipped
+
+
+def _repeat_reason(run: RunData, earlier: list[RunData]) -> str:
+    twin = next((other for other in earlier if _same_record(run, other)), None)
+    if twin is not None:
+        return f"duplicate of {twin.run_id} (a copy: same condition, seed and record)"
+    first = earlier[0]
+    counted_once = f"only {first.run_id} is analysed, so that seed {run.meta['seed']} counts once"
+    differing = _config_differences(first, run)
+    if differing:
+        shown = ", ".join(f"{key} {first.config.get(key, 'unset')} vs {run.config.get(key, 'unset')}"
+                          for key in differing[:3])
+        more = ", ..." if len(differing) > 3 else ""
+        return (f"same condition and seed as {first.run_id} but another .hydra/config.yaml ({shown}{more}) that "
+                f"no override names, so the analysis cannot tell them apart; {counted_once}")
+    return f"same config and seed as {first.run_id}, different content (a rerun?); {counted_once}"
+
+
+def _config_differences(run: RunData, other: RunData) -> list[str]:
+    """Keys whose values differ between two runs' configs (none when either has no config to compare)."""
+    if run.config is None or other.config is None:
+        return []
+    keys = run.config.keys() | other.config.keys()
+    return sorted(key for key in keys if run.config.get(key) != other.config.get(key))
+
+
+def _same_record(run: RunData, other: RunData) -> bool:
+    return all(run.frames[name].equals(other.frames[name]) for name in RECORD_FILES)
 
 
 # --------------------------------------------------------------------------- combining runs
@@ -285,6 +435,7 @@ def _read_wandb_run(run: Any, run_id: str) -> RunData:
                 "seed": config["seed"], "total_env_steps": config.get("total_env_steps")}
     except (KeyError, TypeError) as error:
         raise BrokenRun(f"W&B config lacks {error}") from error
+    _check_fields(meta, "W&B config")
     history = pd.DataFrame(list(run.scan_history()))
     required, _ = RECORD_FILES["metrics"]
     missing = [column for column in required if column not in history.columns]
@@ -295,5 +446,5 @@ def _read_wandb_run(run: Any, run_id: str) -> RunData:
     frames = {"metrics": metrics.reset_index(drop=True),
               "episodes": pd.DataFrame(columns=list(EPISODE_COLUMNS)),
               "updates": pd.DataFrame(columns=list(UPDATE_COLUMNS))}
-    solved = env.get("solved_return")
-    return RunData(run_id, meta, {}, None if solved is None else float(solved), frames)
+    factors = _factors(config)
+    return RunData(run_id, meta, {}, _solved_return(factors, "W&B config"), frames, factors)

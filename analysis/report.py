@@ -296,6 +296,34 @@ TABLE_CAPTIONS = {
 
 
 # --------------------------------------------------------------------------- the report
+def _nothing_to_analyse(runset: RunSet, options: ReportOptions) -> str | None:
+    """Why the report has no run to analyse, or None when it has some."""
+    if not runset.select(options.envs).runs.empty:
+        return None
+    if not runset.runs.empty:
+        return f"No run on {', '.join(options.envs)}: nothing to analyse"
+    if runset.skipped:
+        return "Every run found was skipped (see the skipped runs): no usable run to analyse"
+    return "No run directory found under the sources: nothing to analyse"
+
+
+def _runs_section(analysis: Analysis, runset: RunSet) -> list[str]:
+    """The runs analysed per condition, or why there are none, and every skipped run with its reason."""
+    runs, lines = analysis.runset.runs, []
+    if runs.empty:
+        lines += [f"**{_nothing_to_analyse(runset, analysis.options)}.**", ""]
+    else:
+        counts = runs.groupby(analysis.runset.conditions, dropna=False).size().rename("seeds").reset_index()
+        lines += ["## Runs", "", markdown_table(_condition_columns(analysis, counts).assign(seeds=counts["seeds"]))]
+    if runset.skipped:
+        lines += ["## Skipped runs", ""] + [f"- `{skip.run}`: {skip.reason}" for skip in runset.skipped] + [""]
+    if any(skip.kept for skip in runset.skipped):
+        lines += ["A run with the same condition and seed as an earlier one (a copy, or a rerun) is left out so "
+                  "that no seed counts twice; the first by path is analysed. To analyse another, move the "
+                  "others out of the sources.", ""]
+    return lines
+
+
 def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Sequence[str]) -> Path:
     """Write every selected figure, every table and ``report.md`` into ``out``; return the report's path."""
     analysis = analyse(runset, options)
@@ -309,11 +337,7 @@ def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Seq
              f"confidence intervals (scipy.stats.bootstrap)  ",
              "Thresholds: " + (", ".join(f"{env} {value:g}" for env, value in sorted(analysis.thresholds.items()))
                                or "none"), ""]
-    if not runs.empty:
-        counts = runs.groupby(analysis.runset.conditions, dropna=False).size().rename("seeds").reset_index()
-        lines += ["## Runs", "", markdown_table(_condition_columns(analysis, counts).assign(seeds=counts["seeds"]))]
-    if runset.skipped:
-        lines += ["## Skipped runs", ""] + [f"- `{skip.run}`: {skip.reason}" for skip in runset.skipped] + [""]
+    lines += _runs_section(analysis, runset)
 
     lines += ["## Figures", ""]
     for name in selected_figures(options):
@@ -395,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with warnings.catch_warnings():  # listed once below, without a warning's source line
                 warnings.simplefilter("ignore", SkippedRunWarning)
                 runset = load_runs(args.runs)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, NotADirectoryError) as error:
             print(f"svrl-report: {error}", file=sys.stderr)
             return 2
         for skipped in runset.skipped:
@@ -407,9 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             budget_seconds=args.budget_seconds, dpi=args.dpi)
     report = write_report(runset, args.out, options, sources)
     print(f"report: {report.resolve()}")
-    if runset.select(options.envs).runs.empty:
-        print("svrl-report: no usable run to analyse (see the report for the skipped ones)", file=sys.stderr)
-        return 1
+    empty = _nothing_to_analyse(runset, options)
+    if empty:
+        print(f"svrl-report: {empty}", file=sys.stderr)
     return 0
 
 

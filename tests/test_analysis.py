@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from analysis import figures, report, stats
-from analysis.load import RECORD_FILES, SkippedRunWarning, load_runs, parse_overrides
+from analysis.load import RECORD_FILES, SkippedRun, SkippedRunWarning, load_runs, parse_overrides
 from experiments.columns import RECORD_COLUMNS
 from tests.conftest import read_csv
 
@@ -132,8 +133,8 @@ def test_loads_a_single_run_directory(sweep: Path):
 
 
 def test_runs_of_several_roots_keep_distinct_names(sweep: Path, tmp_path: Path):
-    for machine in ("a", "b"):
-        copy_run(run_of(sweep, "acrobot", 1), tmp_path / machine / "runs" / "r")
+    for seed, machine in enumerate(("a", "b")):  # the same run with another seed on each machine
+        copy_run(run_of(sweep, "acrobot", 1), tmp_path / machine / "runs" / "r", seed=seed)
     roots = [tmp_path / "a" / "runs", tmp_path / "b" / "runs"]
     runset = load_runs([*roots, roots[0]])  # a root given twice is read once
     assert sorted(runset.runs["run_id"]) == ["a/runs/r", "b/runs/r"]
@@ -171,12 +172,43 @@ def _duplicate_last_line(name: str):
     return breaker
 
 
-def _drop_last_field_of_line(run: Path) -> None:
-    def edit(text: str) -> str:
-        lines = text.splitlines()
-        lines[2] = lines[2].rsplit(",", 1)[0]
-        return "\n".join(lines) + "\n"
-    _rewrite(run / "metrics.csv", edit)
+def _edit_line_3(edit_line):
+    def breaker(run: Path) -> None:
+        def edit(text: str) -> str:
+            lines = text.splitlines()
+            lines[2] = edit_line(lines[2])
+            return "\n".join(lines) + "\n"
+        _rewrite(run / "metrics.csv", edit)
+    return breaker
+
+
+def _set_field(line: str, index: int, value: str) -> str:
+    fields = line.split(",")
+    fields[index] = value
+    return ",".join(fields)
+
+
+def _write_bytes(name: str, data: bytes):
+    return lambda run: (run / name).write_bytes(data)
+
+
+def _patch_byte(name: str, offset: int, byte: int):
+    def breaker(run: Path) -> None:
+        data = bytearray((run / name).read_bytes())
+        data[offset] = byte
+        (run / name).write_bytes(bytes(data))
+    return breaker
+
+
+def _reencode(name: str, encoding: str):
+    return lambda run: (run / name).write_bytes((run / name).read_text().encode(encoding))
+
+
+def _replace_by_folder(name: str):
+    def breaker(run: Path) -> None:
+        (run / name).unlink()
+        (run / name).mkdir()
+    return breaker
 
 
 BREAKERS = {
@@ -191,7 +223,8 @@ BREAKERS = {
     "empty episodes.csv": (lambda run: (run / "episodes.csv").write_text(""), "episodes.csv is empty"),
     "truncated metrics.csv": (lambda run: _rewrite(run / "metrics.csv", lambda text: text[:-20]),
                               "metrics.csv is truncated"),
-    "row with a missing field": (_drop_last_field_of_line, "metrics.csv line 3 has the wrong number of fields"),
+    "row with a missing field": (_edit_line_3(lambda line: line.rsplit(",", 1)[0]),
+                                 "metrics.csv line 3 has the wrong number of fields"),
     "duplicate metrics rows": (_duplicate_last_line("metrics.csv"), "metrics.csv has 1 duplicate rows"),
     "duplicate updates rows": (_duplicate_last_line("updates.csv"), "updates.csv has 1 duplicate rows"),
     "header mismatch": (lambda run: _rewrite(run / "metrics.csv",
@@ -199,6 +232,30 @@ BREAKERS = {
                         "metrics.csv header does not match the run record: no column return_mean"),
     "no metrics rows": (lambda run: _rewrite(run / "metrics.csv", lambda text: text.splitlines()[0] + "\n"),
                         "metrics.csv has a header but no rows"),
+    # Files that cannot be decoded or parsed.
+    "non-UTF-8 metrics.csv": (_patch_byte("metrics.csv", 12, 0xFF),
+                              "metrics.csv is not UTF-8 text (byte 0xff at offset 12)"),
+    "binary episodes.csv": (_write_bytes("episodes.csv", bytes(range(256)) * 4),
+                            "episodes.csv is not UTF-8 text (byte 0x80 at offset 128)"),
+    "zero-filled updates.csv": (_write_bytes("updates.csv", bytes(4096)),
+                                "updates.csv holds NUL bytes (the first at offset 0)"),
+    "metrics.csv is a folder": (_replace_by_folder("metrics.csv"), "metrics.csv cannot be read (Is a directory)"),
+    "text in a number column": (_edit_line_3(lambda line: _set_field(line, 1, "12.5s")),
+                                "metrics.csv line 3 column wall_time is not a number: '12.5s'"),
+    "stray quote": (_edit_line_3(lambda line: '"' + line), "metrics.csv cannot be parsed as CSV"),
+    "UTF-16 meta.json": (_reencode("meta.json", "utf-16"), "meta.json is not UTF-8 text (byte 0xff at offset 0)"),
+    "meta.json not JSON": (_write_bytes("meta.json", b"<html>502 Bad Gateway</html>"),
+                           "meta.json is truncated or not valid JSON"),
+    "meta.json not an object": (_write_bytes("meta.json", b"[1, 2]"), "meta.json holds a list, not a JSON object"),
+    "mistyped meta.json": (_set_meta(num_workers="two"), "meta.json num_workers is 'two', not an integer"),
+    "config.yaml not YAML": (_write_bytes(".hydra/config.yaml", b"algo: [unclosed\n"),
+                             ".hydra/config.yaml is not valid YAML"),
+    "config.yaml not a mapping": (_write_bytes(".hydra/config.yaml", b"- algo\n"),
+                                  ".hydra/config.yaml holds a list, not a mapping"),
+    "non-UTF-8 config.yaml": (_write_bytes(".hydra/config.yaml", "env:\n  name: caf\u00e9\n".encode("latin-1")),
+                              ".hydra/config.yaml is not UTF-8 text (byte 0xe9 at offset 16)"),
+    "overrides.yaml not a list": (_write_bytes(".hydra/overrides.yaml", b"seed: 1\n"),
+                                  ".hydra/overrides.yaml holds a dict, not a list"),
 }
 
 
@@ -219,6 +276,94 @@ def test_broken_runs_are_skipped_with_a_warning_naming_run_and_reason(sweep: Pat
     assert reason in skipped.reason
 
 
+def test_empty_folders_among_a_sweeps_runs_are_counted_and_other_folders_ignored(sweep: Path, tmp_path: Path):
+    tree = tmp_path / "tree"
+    good = copy_run(run_of(sweep, "cartpole", 1), tree / "sweep" / "good")
+    (tree / "sweep" / "killed").mkdir()  # a job killed before it wrote anything
+    (tree / "sweep" / "killed-early" / "checkpoints").mkdir(parents=True)  # RunRecord's first act
+    shutil.copytree(good / ".hydra", tree / "sweep" / "hydra-only" / ".hydra")  # killed before the record
+    (tree / "sweep" / ".submitit").mkdir()  # a launcher's hidden folder
+    report.main([str(tree / "sweep"), "--out", str(tree / "sweep" / "report"), "--figures", "return_vs_steps"])
+    (tree / "started" / "job-0").mkdir(parents=True)  # a sweep all of whose jobs were killed at once
+    (tree / "started" / "multirun.yaml").write_text("hydra: {}\n")
+    (tree / "unrelated").mkdir()  # an empty folder beside sweeps, not among runs
+    with pytest.warns(SkippedRunWarning):
+        runset = load_runs(tree)
+    assert list(runset.runs["run_id"]) == ["tree/sweep/good"]
+    empty = "the directory is empty: a job killed before it wrote its record, or a stray folder"
+    assert runset.skipped == [SkippedRun("tree/started/job-0", empty),
+                              SkippedRun("tree/sweep/hydra-only", "meta.json is missing"),
+                              SkippedRun("tree/sweep/killed", empty), SkippedRun("tree/sweep/killed-early", empty)]
+
+
+def _change_wall_times(run: Path, factor: float) -> None:
+    """What a rerun of the same config and seed on another machine changes: the wall-clock columns."""
+    for name in RECORD_FILES:
+        lines = (run / f"{name}.csv").read_text().splitlines()
+        column = lines[0].split(",").index("wall_time")
+        rows = [_set_field(line, column, str(float(line.split(",")[column]) * factor)) for line in lines[1:]]
+        (run / f"{name}.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+
+
+def _edit_config(run: Path, edit) -> None:
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    edit(config)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_copies_and_reruns_of_a_run_are_skipped_so_that_no_seed_counts_twice(sweep: Path, tmp_path: Path):
+    tree = tmp_path / "tree"
+    original = copy_run(run_of(sweep, "cartpole", 1), tree / "a")
+    shutil.copytree(original, tree / "b-copy")
+    rerun = copy_run(original, tree / "c-rerun")
+    _change_wall_times(rerun, 1.5)
+    # Settings that are not experimental factors do not make another experiment.
+    _edit_config(rerun, lambda config: config.update(quiet=False, logger={"wandb": {"mode": "offline"}}))
+    shutil.copytree(rerun, tree / "d-copy-of-rerun")
+    other_config = copy_run(original, tree / "e-other-lr")
+    _change_wall_times(other_config, 2.0)
+    _edit_config(other_config, lambda config: config["algo"].update(lr=0.125))
+    copy_run(original, tree / "f-other-schedule", algo="a3c", mode="hogwild")  # another condition: kept
+    copy_run(original, tree / "g-other-seed", seed=7)  # kept
+    with pytest.warns(SkippedRunWarning) as caught:
+        runset = load_runs(tree)
+    assert list(runset.runs["run_id"]) == ["tree/a", "tree/f-other-schedule", "tree/g-other-seed"]
+    assert len(runset.metrics) == 3 * len(read_csv(original / "metrics.csv"))
+    counted_once = "only tree/a is analysed, so that seed 1 counts once"
+    assert runset.skipped == [
+        SkippedRun("tree/b-copy", "duplicate of tree/a (a copy: same condition, seed and record)", "tree/a"),
+        SkippedRun("tree/c-rerun", f"same config and seed as tree/a, different content (a rerun?); {counted_once}",
+                   "tree/a"),
+        SkippedRun("tree/d-copy-of-rerun", "duplicate of tree/c-rerun (a copy: same condition, seed and record)",
+                   "tree/a"),
+        SkippedRun("tree/e-other-lr", "same condition and seed as tree/a but another .hydra/config.yaml (algo.lr "
+                   f"0.0007 vs 0.125) that no override names, so the analysis cannot tell them apart; {counted_once}",
+                   "tree/a"),
+    ]
+    assert [str(warning.message) for warning in caught] == [f"skipping run {skip.run}: {skip.reason}"
+                                                             for skip in runset.skipped]
+
+
+def test_report_completes_and_lists_every_unusable_run(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    runs = tmp_path / "runs"
+    original = copy_run(run_of(sweep, "cartpole", 1), runs / "a")
+    shutil.copytree(original, runs / "copy")
+    _change_wall_times(copy_run(original, runs / "rerun"), 1.5)
+    _patch_byte("metrics.csv", 12, 0xFF)(copy_run(run_of(sweep, "cartpole", 2), runs / "latin"))
+    _write_bytes("meta.json", bytes(range(256)))(copy_run(run_of(sweep, "cartpole", 3), runs / "garbage"))
+    (runs / "killed").mkdir()
+    assert report.main([str(runs), "--out", str(tmp_path / "out"), "--figures", "return_vs_steps"]) == 0
+    assert "skipping run runs/latin: metrics.csv is not UTF-8 text" in capsys.readouterr().err
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Runs analysed: 1; runs skipped: 5" in text
+    for run, reason in (("copy", "duplicate of runs/a"), ("garbage", "meta.json is not UTF-8 text"),
+                        ("killed", "the directory is empty"), ("latin", "metrics.csv is not UTF-8 text"),
+                        ("rerun", "same config and seed as runs/a, different content (a rerun?)")):
+        assert f"- `runs/{run}`: {reason}" in text
+    assert "is left out so that no seed counts twice; the first by path is analysed" in text
+    assert "![return_vs_steps](figures/return_vs_steps.png)" in text
+
+
 def test_report_lists_and_counts_skipped_runs(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     copy_run(run_of(sweep, "cartpole", 1), tmp_path / "runs" / "good")
     copy_run(run_of(sweep, "cartpole", 2), tmp_path / "runs" / "killed", status="running")
@@ -229,14 +374,21 @@ def test_report_lists_and_counts_skipped_runs(sweep: Path, tmp_path: Path, capsy
     assert "- `runs/killed`: status is 'running'" in text
 
 
-def test_report_without_a_usable_run_says_so_and_fails(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_report_without_a_usable_run_says_so(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     copy_run(run_of(sweep, "cartpole", 1), tmp_path / "runs" / "crashed", status="failed", error=None)
-    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 1
-    assert "no usable run" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert "svrl-report: Every run found was skipped" in capsys.readouterr().err
     text = (tmp_path / "out" / "report.md").read_text()
+    assert "**Every run found was skipped (see the skipped runs): no usable run to analyse.**" in text
     assert "- `runs/crashed`: the run failed: no error recorded" in text
     assert "*Skipped: no runs to analyse.*" in text
+    (tmp_path / "nothing").mkdir()
+    assert report.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "**No run directory found under the sources: nothing to analyse.**" in text
     assert report.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert report.main([str(tmp_path / "out" / "report.md"), "--out", str(tmp_path / "out")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- statistics
