@@ -19,7 +19,14 @@ from typing import Any
 import torch
 
 from algorithms.checkpoint import check_collectors, make_checkpoint, restore_model
-from algorithms.learner import LocalLearner, build_spaces_model, learning_rate, make_optimizer, set_learning_rate
+from algorithms.learner import (
+    LocalLearner,
+    NonFiniteGuard,
+    build_spaces_model,
+    learning_rate,
+    make_optimizer,
+    set_learning_rate,
+)
 from algorithms.protocol import CheckpointPart, EpisodeRow, Record, UpdateRow, record_episode, record_update
 from algorithms.shared_memory import GradientExchange, SharedRows
 from algorithms.supervision import POLL_S, STALL_TIMEOUT_S, RestartPolicy, Supervisor, WorkerProcesses
@@ -57,9 +64,11 @@ def synchronous_worker(cfg: Any, worker: int, conn: connection.Connection, start
             restore_model(states, model, optimizer)
         version, env_steps = start.version, start.env_steps
         steps_per_update = algo.num_workers * learner.steps
-        while True:
+        guard = NonFiniteGuard(algo, worker, can_skip=False)  # every replica must take the same step
+        while env_steps < cfg.total_env_steps:  # true until the last update but when resuming a completed run
             slot = version % 2
             finished, stats = learner.learn()
+            guard.admits(stats, version, env_steps + steps_per_update)
             for episode in finished:
                 # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
                 episodes.append(EpisodeRow(version, env_steps + episode.steps_into_rollout * algo.num_workers,
@@ -70,6 +79,7 @@ def synchronous_worker(cfg: Any, worker: int, conn: connection.Connection, start
             set_learning_rate(optimizer, lr)
             optimizer.step()
             env_steps += steps_per_update
+            guard.check_parameters(model.flat_params, version, env_steps)
             stop = exchange.stop_voted(slot) or env_steps >= cfg.total_env_steps
             checkpoint = stop or checkpoint_crossed(env_steps, steps_per_update, cfg.checkpoint_interval)
             updates.append(UpdateRow(env_steps, version, version, True, lr, **stats, wait_time=wait_time,

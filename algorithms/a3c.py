@@ -10,13 +10,14 @@ in the trainer process and gives ``single``'s parameters exactly. See docs/desig
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from multiprocessing import connection
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
-from algorithms.learner import LocalLearner, learning_rate, make_optimizer
+from algorithms.learner import LocalLearner, NonFiniteGuard, learning_rate, make_optimizer
 from algorithms.parameter_server import ParameterServer, pipe_worker
 from algorithms.protocol import (
     EpisodeRow,
@@ -48,6 +49,8 @@ def run_parameter_server(cfg: Any, record: Record) -> None:
 
 
 # --------------------------------------------------------------------------- hogwild
+Report = Callable[[UpdateRow, Sequence[Episode]], None]  # a worker's rows, reported while it holds the lock
+
 class HogwildWorker:
     """One worker of the shared global model: sync -> learn -> apply, callable step by step."""
 
@@ -61,12 +64,13 @@ class HogwildWorker:
             state.params.grad = torch.zeros_like(state.params)
         self.optimizer = make_optimizer(state.params, self.algo)
         attach_optimizer_state(self.optimizer, state.optimizer_state)
+        self.guard = NonFiniteGuard(self.algo, worker)
 
-    def step(self) -> tuple[UpdateRow, list[Episode]]:
-        """One update; returns its row and the episodes that ended."""
+    def step(self, report: Report | None = None) -> tuple[UpdateRow, list[Episode]]:
+        """One update; returns its row and the episodes that ended (also given to ``report``, see :meth:`apply`)."""
         version_at_sync = self.sync()
         episodes, stats = self.learner.learn()
-        return self.apply(version_at_sync, stats), episodes
+        return self.apply(version_at_sync, stats, episodes, report), episodes
 
     def sync(self) -> int:
         """Copy the global parameters (``delay`` versions behind, if set) into the local model; return their version."""
@@ -77,19 +81,30 @@ class HogwildWorker:
             self.learner.model.flat_params.copy_(params)
             return version
 
-    def apply(self, version_at_sync: int, stats: dict[str, float]) -> UpdateRow:
+    def apply(self, version_at_sync: int, stats: dict[str, float], episodes: Sequence[Episode] = (),
+              report: Report | None = None) -> UpdateRow:
         """Step the global model with the local gradient (or drop it), then take the version it was applied to
-        and advance the env steps. With ``lock`` all of it holds the lock; lock-free, only taking the version."""
+        and advance the env steps. With ``lock`` all of it holds the lock; lock-free, only taking the version,
+        and ``report(row, episodes)``, so that a checkpoint taken under the lock accounts for exactly the rows
+        reported before it."""
         state, counters = self.state, self.state.counters
         with state.locked(self.worker) if self.algo.lock else contextlib.nullcontext():
             lr = learning_rate(self.algo, counters.env_steps, self.cfg.total_env_steps)
-            applied, lr = apply_gradient(self.optimizer, state.params, self.learner.model.flat_grads, counters.version,
-                                         version_at_sync, lr, self.algo.staleness, state.snapshots)
+            version, env_steps = counters.version, counters.env_steps + self.learner.steps  # for messages
+            applied = self.guard.admits(stats, version, env_steps)
+            if applied:
+                applied, lr = apply_gradient(self.optimizer, state.params, self.learner.model.flat_grads, version,
+                                             version_at_sync, lr, self.algo.staleness, state.snapshots)
+                if self.algo.lock:  # lock-free, a read races other workers' steps: the next loss check sees it
+                    self.guard.check_parameters(state.params, version, env_steps)
             with contextlib.nullcontext() if self.algo.lock else state.locked(self.worker):
                 version_at_apply = counters.version
                 counters.version += applied
                 counters.env_steps = env_steps = counters.env_steps + self.learner.steps
-        return UpdateRow(env_steps, version_at_sync, version_at_apply, applied, lr, **stats)
+                row = UpdateRow(env_steps, version_at_sync, version_at_apply, applied, lr, **stats)
+                if report is not None:
+                    report(row, episodes)
+        return row
 
     def close(self) -> None:
         self.learner.close()
@@ -122,14 +137,17 @@ def hogwild_worker(cfg: Any, worker: int, conn: connection.Connection, env_steps
     """A Hogwild worker process: step the shared model and report rows, until the budget or a stop."""
     hogwild = HogwildWorker(cfg, worker, state, env_steps)
     counters = state.counters
+
+    def report(row: UpdateRow, finished: Sequence[Episode]) -> None:
+        start = row.env_steps - hogwild.learner.steps
+        for episode in finished:
+            episodes.append(EpisodeRow(row.version_at_sync, start + episode.steps_into_rollout, episode.ret,
+                                       episode.length))
+        updates.append(row)
+
     try:
         while not counters.stop and counters.env_steps < cfg.total_env_steps:
-            row, finished = hogwild.step()
-            start = row.env_steps - hogwild.learner.steps
-            for episode in finished:
-                episodes.append(EpisodeRow(row.version_at_sync, start + episode.steps_into_rollout, episode.ret,
-                                           episode.length))
-            updates.append(row)
+            hogwild.step(report)
     finally:
         hogwild.close()
 
@@ -140,16 +158,26 @@ def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
     state = global_model.state()
     tables = {worker: (SharedRows(UpdateRow), SharedRows(EpisodeRow)) for worker in range(algo.num_workers)}
 
-    def drain() -> bool:
+    def drain(marks: dict[int, tuple[int, int]] | None = None) -> bool:
+        """Record the rows written so far (or up to each worker's ``marks``), updates by version."""
         rows = []
         for worker, (updates, episodes) in tables.items():
-            for episode in episodes.drain():
+            until_update, until_episode = marks[worker] if marks else (None, None)
+            for episode in episodes.drain(until_episode):
                 record_episode(record, worker, episode)
-            rows.extend((row.version_at_apply, worker, row) for row in updates.drain())
+            rows.extend((row.version_at_apply, worker, row) for row in updates.drain(until_update))
         rows.sort(key=lambda item: item[0])  # stable: a worker's dropped updates keep their order
         for _, worker, row in rows:
             record_update(record, worker, row)
         return bool(rows)
+
+    def checkpoint() -> None:
+        """Save the global state with exactly the rows reported before it: workers report under the lock."""
+        with global_model.frozen():
+            state = global_model.checkpoint_unlocked()
+            marks = {worker: (updates.written, episodes.written) for worker, (updates, episodes) in tables.items()}
+        drain(marks)
+        record.save_checkpoint(state)
 
     with WorkerProcesses(algo.start_method) as processes:
         supervisor = Supervisor(cfg, record, processes, hogwild_worker,
@@ -166,15 +194,14 @@ def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
                     counters.request_stop()
                 supervisor.handle_exits(finishing=counters.stop or counters.env_steps >= cfg.total_env_steps)
                 if record.checkpoint_due(counters.env_steps):
-                    record.save_checkpoint(global_model.checkpoint())
+                    checkpoint()
                 supervisor.check_stall()
         finally:
             counters.request_stop()
             processes.stop()
             for worker in tables:  # a worker terminated inside the lock must not block the checkpoint
                 lock.free_if_held_by(worker)
-            drain()
-            record.save_checkpoint(global_model.checkpoint())
+            checkpoint()
 
 
 # --------------------------------------------------------------------------- parameter server

@@ -2,14 +2,18 @@
 
 Every schedule builds its checkpoint with :func:`make_checkpoint` and resumes through :func:`restore_model`
 and the checks below; the run record adds its own counters under ``record`` and writes the file with
-:func:`write_checkpoint` (atomically). :func:`read_checkpoint` refuses a file of another format or with a
-missing or mistyped part, and the resume checks refuse parts that do not fit the run (a model of other
-shapes, collectors of another worker count, a snapshot ring of another delay), each with a
-:class:`CheckpointError` that names the part. See docs/architecture.md for the layout.
+:func:`write_checkpoint`, which refuses a checkpoint holding a non-finite parameter or optimizer statistic
+(:class:`CheckpointRefused`), reads the new file back before it replaces the old one, and can keep the old
+one. :func:`read_checkpoint` refuses a file of another format or with a missing or mistyped part, and the
+resume checks refuse parts that do not fit the run (a model of other shapes, collectors of another worker
+count, a snapshot ring of another delay), each with a :class:`CheckpointError` that names the part in one
+line. See docs/architecture.md for the layout.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from pathlib import Path
 from typing import Any, TypedDict
@@ -17,6 +21,7 @@ from typing import Any, TypedDict
 import torch
 
 CHECKPOINT_FORMAT = 1
+FINITE_PARTS = ("model", "optimizer")  # a checkpoint with a NaN or inf here would resume a diverged run
 
 
 class Checkpoint(TypedDict):
@@ -50,19 +55,75 @@ def make_checkpoint(model: dict[str, torch.Tensor], optimizer: dict[str, Any], e
             "snapshots": snapshots}
 
 
-def write_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file or the new one, whole."""
+class CheckpointRefused(CheckpointError):
+    """A checkpoint not worth keeping (a non-finite value): it is not written and the previous files stay."""
+
+    def __init__(self, part: str, reason: str):
+        self.part, self.reason = part, reason
+        super().__init__(f"checkpoint part {part!r} {reason}")
+
+
+def write_checkpoint(path: Path, checkpoint: dict[str, Any], keep_previous_as: Path | None = None) -> None:
+    """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file or the new one, whole.
+
+    The new file is read back and validated before it replaces anything; the file it replaces is kept as
+    ``keep_previous_as`` when given. A crash between the two renames leaves only ``keep_previous_as``.
+    """
     validate_parts(checkpoint, str(path))
+    for part in FINITE_PARTS:
+        if (where := nonfinite_entry(checkpoint[part])) is not None:
+            raise CheckpointRefused(part, f"holds a non-finite value ({where})")
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     tmp = path.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
+    write_file(tmp, buffer.getvalue())
+    try:
+        read_checkpoint(tmp)
+    except CheckpointError:
+        tmp.unlink()
+        raise
+    if keep_previous_as is not None and path.exists():
+        os.replace(path, keep_previous_as)
     os.replace(tmp, path)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data``, synced to disk; on failure (a full disk) remove it and raise an
+    OSError that names it."""
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def nonfinite_entry(part: Any, where: str = "") -> str | None:
+    """Where a NaN or infinity sits in a nest of dicts, lists and tensors (``"actor.0.bias: nan"``), or None."""
+    if isinstance(part, torch.Tensor):
+        if part.is_floating_point() and not bool(torch.isfinite(part).all()):
+            bad = part[~torch.isfinite(part)].flatten()[0].item()
+            return f"{where}: {bad}"
+        return None
+    if isinstance(part, float):
+        return None if math.isfinite(part) else f"{where}: {part}"
+    items = part.items() if isinstance(part, dict) else enumerate(part) if isinstance(part, list | tuple) else ()
+    for key, value in items:
+        if (found := nonfinite_entry(value, f"{where}.{key}" if where else str(key))) is not None:
+            return found
+    return None
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
     try:
         state = torch.load(path, weights_only=False)
     except Exception as error:  # torch raises many kinds for a torn or foreign file
-        raise CheckpointError(f"{path}: cannot be read ({type(error).__name__}: {error})") from error
+        message = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+        empty = path.exists() and path.stat().st_size == 0
+        reason = "the file is empty" if empty else f"{type(error).__name__}: {message}"
+        raise CheckpointError(f"{path}: cannot be read ({reason})") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a checkpoint")
     validate_parts(state, str(path))

@@ -13,8 +13,8 @@ import time
 from multiprocessing import connection
 from typing import Any, Protocol
 
-from algorithms.learner import LocalLearner, learning_rate
-from algorithms.protocol import Join, Push, Record, Reply, from_wire, to_wire
+from algorithms.learner import LocalLearner, NonFiniteGuard, learning_rate
+from algorithms.protocol import Join, Push, Record, Reply, UpdateRow, from_wire, record_update, to_wire
 from algorithms.server import GlobalModel, apply_gradient
 
 
@@ -72,6 +72,7 @@ class ParameterServer:
     def __init__(self, cfg: Any, record: Record, global_model: GlobalModel):
         self.cfg, self.record, self.global_model = cfg, record, global_model
         self.stop = False
+        self.guards: dict[int, NonFiniteGuard] = {}  # by worker: non-finite updates in a row are per worker
 
     def finishing(self) -> bool:
         return self.stop or self.global_model.counters.env_steps >= self.cfg.total_env_steps
@@ -94,8 +95,12 @@ class ParameterServer:
         for episode in push.episodes:
             self.record.episode(push.worker, env_steps + episode.steps_into_rollout, episode.ret, episode.length)
         lr = learning_rate(cfg.algo, env_steps, cfg.total_env_steps)
-        applied, lr = apply_gradient(model.optimizer, model.model.flat_params, from_wire(push.gradient), version,
-                                     push.version_at_sync, lr, cfg.algo.staleness, model.snapshots)
+        guard = self.guards.setdefault(push.worker, NonFiniteGuard(cfg.algo, push.worker))
+        applied = guard.admits(push.stats, version, env_steps + push.steps)
+        if applied:
+            applied, lr = apply_gradient(model.optimizer, model.model.flat_params, from_wire(push.gradient), version,
+                                         push.version_at_sync, lr, cfg.algo.staleness, model.snapshots)
+            guard.check_parameters(model.model.flat_params, version, env_steps + push.steps)
         counters.version, counters.env_steps = version + applied, env_steps + push.steps
-        self.record.update(push.worker, env_steps + push.steps, push.version_at_sync, version, applied=applied,
-                           lr=lr, **push.stats)
+        record_update(self.record, push.worker, UpdateRow(env_steps + push.steps, push.version_at_sync, version,
+                                                          applied, lr, **push.stats))

@@ -9,6 +9,7 @@ may call on the run record (implemented by ``experiments.record``).
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, NamedTuple, Protocol
 
@@ -66,6 +67,11 @@ class EpisodeRow(NamedTuple):
 
 
 def record_update(record: Record, worker: int, row: UpdateRow) -> None:
+    """Record one update; one dropped for a non-finite loss or gradient is also logged as ``update_skipped``."""
+    nonfinite = [name for name, value in row.stats().items() if not math.isfinite(value)]
+    if nonfinite and not row.applied:
+        record.event("update_skipped", worker=worker, env_steps=int(row.env_steps),
+                     version=int(row.version_at_apply), nonfinite=nonfinite)
     record.update(worker, int(row.env_steps), int(row.version_at_sync), int(row.version_at_apply),
                   applied=bool(row.applied), lr=float(row.lr), wait_time=float(row.wait_time), **row.stats())
 
@@ -126,6 +132,7 @@ class WorkerError(NamedTuple):
     """Sent by a worker whose loop raised, just before it exits with status 1."""
 
     traceback: str
+    diverged: str | None = None  # the NonFiniteUpdate message when the run diverged: it ends the run, no restart
 
 
 def to_wire(vector: torch.Tensor) -> bytes:

@@ -30,7 +30,14 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 import algorithms
 from algorithms.a2c import SyncLog, checkpoint_crossed
 from algorithms.checkpoint import check_collectors
-from algorithms.learner import LocalLearner, average_gradients, learning_rate, set_learning_rate
+from algorithms.learner import (
+    LocalLearner,
+    NonFiniteGuard,
+    NonFiniteUpdate,
+    average_gradients,
+    learning_rate,
+    set_learning_rate,
+)
 from algorithms.parameter_server import ParameterServer, parameter_server_worker
 from algorithms.protocol import EpisodeRow, Push, Record, Reply, UpdateRow, from_wire, to_wire
 from algorithms.server import GlobalModel
@@ -127,13 +134,13 @@ class RayWorker:
 class RecordCall(NamedTuple):
     """One call a server actor made on the run record, to be replayed by the driver."""
 
-    method: str  # episode, update or save_checkpoint
+    method: str  # episode, update, event or save_checkpoint
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
 
 class RecordBuffer:
-    """The run record as a server actor sees it: its ``episode``, ``update`` and ``save_checkpoint`` calls,
+    """The run record as a server actor sees it: its ``episode``, ``update``, ``event`` and ``save_checkpoint`` calls,
     kept in order for the driver to replay into the real record."""
 
     def __init__(self) -> None:
@@ -144,6 +151,9 @@ class RecordBuffer:
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         self.calls.append(RecordCall("update", args, kwargs))
+
+    def event(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append(RecordCall("event", args, kwargs))
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.calls.append(RecordCall("save_checkpoint", (state,), {}))
@@ -172,6 +182,7 @@ class ParameterServerActor:
         self.global_model = GlobalModel(cfg, resume_state, None, shared=False)
         self.rows = RecordBuffer()
         self.server = ParameterServer(cfg, self.rows, self.global_model)
+        self.diverged: str | None = None  # a NonFiniteUpdate's message: the driver fails the run with it
         self.next_checkpoint_at = next_checkpoint_at(self.global_model.counters.env_steps, cfg.checkpoint_interval)
 
     def counters(self) -> tuple[int, int]:
@@ -185,16 +196,31 @@ class ParameterServerActor:
         return self.server.reply()
 
     def push(self, push: Push) -> Reply | None:
-        return self.server.push(push)
+        try:
+            return self.server.push(push)
+        except NonFiniteUpdate as error:  # the run's failure, not the worker's: stop every worker
+            self.diverge(error)
+            return None
 
-    def drain(self, ending: bool) -> tuple[list[RecordCall], int]:
+    def diverge(self, error: NonFiniteUpdate) -> None:
+        self.diverged, self.server.stop = str(error), True
+
+    def drain(self, ending: bool) -> Drained:
         """The record calls since the last drain and the env steps; they end with a checkpoint when the run
         has crossed ``checkpoint_interval`` since the last one (the local server's rule) or is ending."""
         env_steps = self.global_model.counters.env_steps
         if ending or env_steps >= self.next_checkpoint_at:
             self.rows.save_checkpoint(self.global_model.checkpoint())
             self.next_checkpoint_at = next_checkpoint_at(env_steps, self.cfg.checkpoint_interval)
-        return self.rows.take(), env_steps
+        return Drained(self.rows.take(), env_steps, self.diverged)
+
+
+class Drained(NamedTuple):
+    """What the driver takes from the server actor every ``POLL_S``."""
+
+    calls: list[RecordCall]
+    env_steps: int
+    diverged: str | None  # the run diverged: fail it with this message
 
 
 def next_checkpoint_at(env_steps: int, interval: int) -> int:
@@ -270,7 +296,11 @@ class SynchronousServer(ParameterServerActor):
                                                       * num_workers, episode.ret, episode.length)
                                            for episode in push.episodes])
             if len(current.pushes) == num_workers:
-                self.complete(current)
+                try:
+                    self.complete(current)
+                except NonFiniteUpdate as error:  # the run's failure: answer every worker with a stop
+                    self.diverge(error)
+                    current.done = True
                 self.condition.notify_all()
             else:
                 self.condition.wait_for(lambda: current.done)
@@ -280,10 +310,14 @@ class SynchronousServer(ParameterServerActor):
         """Step with the mean gradient (summed in worker order: the local replicas' bits), record the round as
         the local backend does, checkpoint if the round brought the collectors' states, and set the answer."""
         algo, model, counters = self.cfg.algo, self.global_model, self.global_model.counters
+        after = counters.env_steps + self.steps_per_round
+        for worker, (_, push) in sorted(current.pushes.items()):  # every replica must take the same step
+            NonFiniteGuard(algo, worker, can_skip=False).admits(push.stats, current.version, after)
         lr = learning_rate(algo, counters.env_steps, self.cfg.total_env_steps)
         average_gradients(self.gradients, out=model.model.flat_grads)
         set_learning_rate(model.optimizer, lr)
         model.optimizer.step()
+        NonFiniteGuard(algo, 0, can_skip=False).check_parameters(model.model.flat_params, current.version, after)
         counters.version += 1
         counters.env_steps += self.steps_per_round
         last = max(arrived for arrived, _ in current.pushes.values())
@@ -300,13 +334,13 @@ class SynchronousServer(ParameterServerActor):
             current.reply = Reply(self.round.version, self.params, self.round.with_state)
         current.done = True
 
-    def drain(self, ending: bool) -> tuple[list[RecordCall], int]:
+    def drain(self, ending: bool) -> Drained:
         """The record calls since the last drain and the env steps; when the run is ending, also the episodes
         of a round that will not complete (as the local backend records them after a failure)."""
         with self.condition:
             if ending:
                 self.log.record_rest()
-            return self.rows.take(), self.global_model.counters.env_steps
+            return Drained(self.rows.take(), self.global_model.counters.env_steps, self.diverged)
 
 
 def synchronous_server_concurrency(algo: Any) -> int:
@@ -426,9 +460,11 @@ def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[st
     server = actors.server
 
     def drain(ending: bool) -> tuple[bool, int]:
-        calls, env_steps = ray.get(server.drain.remote(ending))
-        replay(record, calls)
-        return bool(calls), env_steps
+        drained = ray.get(server.drain.remote(ending))
+        replay(record, drained.calls)
+        if drained.diverged and not ending:
+            raise NonFiniteUpdate(drained.diverged)
+        return bool(drained.calls), drained.env_steps
 
     _, env_steps = ray.get(server.counters.remote())
     actors.start_all(env_steps, collectors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,19 +88,28 @@ class GlobalModel:
             version, params = self.snapshots.delayed(version)
         return version, params
 
-    def checkpoint(self, collectors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """A consistent copy of the global state (taken under the lock while workers run)."""
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """No worker updates the global state meanwhile (the trainer holds the lock, if there is one)."""
         if self.lock is not None and not self.lock.acquire(TRAINER, timeout=LOCK_TIMEOUT_S):
             raise RuntimeError(f"could not take the global lock within {LOCK_TIMEOUT_S}s to checkpoint")
         try:
-            return make_checkpoint(
-                model={name: tensor.clone() for name, tensor in self.model.state_dict().items()},
-                optimizer=copy.deepcopy(self.optimizer.state_dict()), env_steps=self.counters.env_steps,
-                policy_version=self.counters.version, collectors=collectors, rng=rng_state(),
-                snapshots=self.snapshots.state_dict() if self.snapshots is not None else None)
+            yield
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    def checkpoint(self, collectors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A consistent copy of the global state (taken under the lock while workers run)."""
+        with self.frozen():
+            return self.checkpoint_unlocked(collectors)
+
+    def checkpoint_unlocked(self, collectors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return make_checkpoint(
+            model={name: tensor.clone() for name, tensor in self.model.state_dict().items()},
+            optimizer=copy.deepcopy(self.optimizer.state_dict()), env_steps=self.counters.env_steps,
+            policy_version=self.counters.version, collectors=collectors, rng=rng_state(),
+            snapshots=self.snapshots.state_dict() if self.snapshots is not None else None)
 
 
 def apply_gradient(optimizer: torch.optim.Optimizer, params: torch.Tensor, gradient: torch.Tensor, version: int,

@@ -203,9 +203,15 @@ class SharedRows(Generic[Row]):
         self._rows[written % self.capacity] = row
         self._counts[0] = written + 1  # after the row: this store publishes it
 
-    def drain(self) -> list[Row]:
-        """Every row written since the last drain, oldest first, as ``row_type`` (fields as floats)."""
-        written, read = int(self._counts[0]), int(self._counts[1])
+    @property
+    def written(self) -> int:
+        """Rows appended so far (a mark for :meth:`drain`)."""
+        return int(self._counts[0])
+
+    def drain(self, until: int | None = None) -> list[Row]:
+        """The rows written since the last drain (up to the ``until``-th row written), oldest first, as ``row_type``
+        (fields as floats)."""
+        written, read = int(self._counts[0]) if until is None else until, int(self._counts[1])
         values = self._rows[np.arange(read, written) % self.capacity].tolist()
         rows = [self.row_type._make(row) for row in values]
         self._counts[1] = written

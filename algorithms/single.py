@@ -14,6 +14,7 @@ import torch
 from algorithms.checkpoint import check_collectors, make_checkpoint, restore_model
 from algorithms.envs import make_vector_env
 from algorithms.learner import (
+    NonFiniteGuard,
     build_collector,
     build_model,
     compute_gradients,
@@ -24,7 +25,7 @@ from algorithms.learner import (
     rng_state,
     set_learning_rate,
 )
-from algorithms.protocol import Record, record_episodes
+from algorithms.protocol import Record, UpdateRow, record_episodes, record_update
 
 
 def run(cfg: Any, record: Record) -> None:
@@ -49,17 +50,20 @@ def run(cfg: Any, record: Record) -> None:
             return make_checkpoint(model.state_dict(), optimizer.state_dict(), env_steps, version,
                                    collectors=[collector.state_dict()], rng=rng_state())
 
+        guard = NonFiniteGuard(algo, worker=0)
         while env_steps < cfg.total_env_steps and not record.stop_requested:
             episodes = collector.collect(model)
             record_episodes(record, 0, env_steps, episodes)
             lr = learning_rate(algo, env_steps, cfg.total_env_steps)
             set_learning_rate(optimizer, lr)
             stats = compute_gradients(model, collector.rollout, algo)
-            optimizer.step()
             env_steps += collector.steps_per_collect
-            record.update(0, env_steps, version_at_sync=version, version_at_apply=version, applied=True,
-                          lr=lr, **stats)
-            version += 1
+            applied = guard.admits(stats, version, env_steps)
+            if applied:
+                optimizer.step()
+                guard.check_parameters(model.flat_params, version, env_steps)
+            record_update(record, 0, UpdateRow(env_steps, version, version, applied, lr, **stats))
+            version += applied
             if record.checkpoint_due(env_steps):
                 record.save_checkpoint(checkpoint())
         record.save_checkpoint(checkpoint())

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from algorithms.learner import NonFiniteUpdate
 from algorithms.protocol import Record, WorkerDone, WorkerError
 
 POLL_S = 0.02  # how often a trainer drains its workers' rows and checks that they are alive
@@ -105,8 +106,8 @@ def run_worker(torch_threads: int, conn: connection.Connection, loop: Callable[.
     try:
         loop(*args)
         conn.send(WorkerDone())
-    except Exception:
-        conn.send(WorkerError(traceback.format_exc()))
+    except Exception as error:
+        conn.send(WorkerError(traceback.format_exc(), str(error) if isinstance(error, NonFiniteUpdate) else None))
         sys.exit(1)
     finally:
         conn.close()
@@ -235,6 +236,8 @@ class Supervisor:
         try:
             while conn.poll():
                 message = conn.recv()
+                if isinstance(message, WorkerError) and message.diverged:
+                    raise NonFiniteUpdate(message.diverged)  # a diverged run ends at once: no restart helps
                 if isinstance(message, WorkerError):
                     self.errors[worker] = message.traceback
                 elif isinstance(message, WorkerDone):

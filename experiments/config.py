@@ -2,10 +2,11 @@
 
 ``Config`` is the algorithms' :class:`~algorithms.config.RunConfig` plus what only the harness reads
 (logging, resuming, the CPU budget), registered in Hydra's ConfigStore as ``base_config``; the YAML files
-in ``conf/`` only set values. OmegaConf enforces types when overrides are merged (``algo.lr=fast`` fails
-there, naming the key). :func:`validate` rejects anything else that makes a config unusable, naming the
-key and the value; which (algo, mode, backend) combinations exist is decided by ``algorithms.SCHEDULES``.
-``experiments.plan.ValidateBeforeLaunch`` runs it before Hydra creates any run directory.
+in ``conf/`` only set values. :func:`validate` rejects anything else that makes a config unusable, naming
+the key and the value; which (algo, mode, backend) combinations exist is decided by
+``algorithms.SCHEDULES``. ``experiments.composition`` turns what Hydra and OmegaConf refuse while
+composing (``algo.lr=fast``, unknown keys and groups) into the same :class:`ConfigError`, and
+:func:`exit_on_config_error` prints any of them as one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import difflib
 import importlib
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -31,6 +34,8 @@ VECTOR_BACKENDS = ("sync", "async")
 START_METHODS = ("spawn", "forkserver", "fork")
 ACTIVATIONS = ("tanh", "relu")
 WANDB_MODES = ("online", "offline", "disabled")
+WANDB_FALLBACKS = ("offline", "fail")
+NONFINITE_POLICIES = ("fail", "skip_update")
 
 
 @dataclass
@@ -40,6 +45,7 @@ class WandbConfig:
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    fallback: str = "offline"  # when the W&B mode cannot start (no API key, no network): offline or fail
 
 
 @dataclass
@@ -68,6 +74,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, reason: str):
         self.key, self.value, self.reason = key, value, reason
+        self.job: str | None = None  # the overrides of the multirun job it was found in, when it was
         super().__init__(f"{key}={value!r}: {reason}")
 
 
@@ -132,6 +139,15 @@ def _validate_env(env: DictConfig) -> None:
         _positive_int("env.max_episode_steps", env.max_episode_steps)
     for key in ("clip_obs", "clip_reward"):
         _require(env[key] > 0, f"env.{key}", env[key], "must be > 0")
+
+
+def _validate_nonfinite(algo: DictConfig) -> None:
+    _one_of("algo.on_nonfinite", algo.on_nonfinite, NONFINITE_POLICIES)
+    _positive_int("algo.max_nonfinite_skips", algo.max_nonfinite_skips)
+    if algo.name == "a2c" and algo.mode == "workers":
+        _require(algo.on_nonfinite == "fail", "algo.on_nonfinite", algo.on_nonfinite,
+                 "a synchronous round cannot be skipped by one replica alone; mode=workers fails on a non-finite "
+                 "update (mode=vector can skip)")
 
 
 def _validate_algo(algo: DictConfig) -> None:
@@ -216,6 +232,7 @@ def validate(cfg: DictConfig) -> None:
     """Check every rule that types alone cannot express; raise ConfigError naming the key and value."""
     _validate_schedule(cfg)
     _validate_algo(cfg.algo)
+    _validate_nonfinite(cfg.algo)
     _validate_env(cfg.env)
     for key in ("total_env_steps", "log_interval", "checkpoint_interval", "return_window", "torch_threads"):
         _positive_int(key, cfg[key])
@@ -228,16 +245,24 @@ def validate(cfg: DictConfig) -> None:
              "model.hidden_sizes", list(cfg.model.hidden_sizes), "must be a non-empty list of positive sizes")
     _one_of("model.activation", cfg.model.activation, ACTIVATIONS)
     _one_of("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    _one_of("logger.wandb.fallback", cfg.logger.wandb.fallback, WANDB_FALLBACKS)
 
 
-def exit_on_invalid(cfg: DictConfig, job: str | None = None) -> None:
-    """Validate, and on failure print one line naming key and value and exit with status 2."""
+@contextmanager
+def exit_on_config_error() -> Iterator[None]:
+    """Print a ConfigError raised inside as one line naming key and value, and exit with status 2."""
     try:
-        validate(cfg)
+        yield
     except ConfigError as error:
-        where = f" (job {job})" if job else ""
+        where = f" (job {error.job})" if error.job else ""
         print(f"error: invalid config{where}: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def exit_on_invalid(cfg: DictConfig) -> None:
+    """Validate, and on failure print one line naming key and value and exit with status 2."""
+    with exit_on_config_error():
+        validate(cfg)
 
 
 register_configs()

@@ -3,19 +3,22 @@
 A run directory holds ``meta.json`` (status and provenance), ``metrics.csv`` (one row per logging
 interval), ``episodes.csv`` (every finished episode), ``updates.csv`` (every applied or dropped
 gradient, with its policy versions and staleness), ``events.jsonl`` (resumes, worker failures and
-restarts, interrupts), ``checkpoints/last.pt`` and, unless disabled, ``wandb/`` mirroring the metrics.
-The CSV files' columns are listed in ``experiments.columns``.
+restarts, interrupts), ``checkpoints/last.pt`` (and ``prev.pt``, the one before) and, unless disabled,
+``wandb/`` mirroring the metrics. The CSV files' columns are listed in ``experiments.columns``.
 
-Local files are the source of truth. They are appended and flushed as the run goes (metrics every
-row, episodes and updates at every metrics row and checkpoint), so a killed run keeps everything up
-to its last interval. Algorithms talk to the record only through ``episode``, ``update``, ``event``
-and the checkpoint calls (see ``algorithms.protocol.Record``); the record derives every aggregate.
+Local files are the source of truth. They are appended in whole lines and flushed as the run goes, so a
+killed run keeps everything up to its last interval, and no failure (a full disk included) leaves a torn
+line or ``meta.json`` at ``running``. Algorithms talk to the record only through ``episode``, ``update``,
+``event`` and the checkpoint calls (see ``algorithms.protocol.Record``); the record derives every
+aggregate. docs/design.md says how it keeps the metrics grid, resumes and fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import io
 import json
 import math
 import os
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,21 +37,28 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from algorithms.checkpoint import read_checkpoint, write_checkpoint
+from algorithms.checkpoint import CheckpointError, CheckpointRefused, read_checkpoint, write_checkpoint, write_file
 from experiments.columns import LOSS_STATS, METRIC_COLUMNS, RECORD_COLUMNS
 
 RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Kept free while the run lives, so that its final status still fits on a full disk: far more than meta.json.
+META_RESERVE_BYTES = 256 * 1024
+WANDB_INIT_TIMEOUT_S = 10.0  # W&B's own default (90 s) holds a run without network for a minute and a half
+
+
+class RunFailed(RuntimeError):
+    """A run that failed for a reason its record states in one line, where a traceback would not help: no
+    checkpoint to resume from, W&B unavailable with ``logger.wandb.fallback=fail``, a file it could not write."""
+
+
+def checkpoint_paths(run_dir: Path) -> tuple[Path, Path]:
+    """A run's latest checkpoint and the one before it, which a resume falls back to."""
+    return run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "prev.pt"
 
 
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
@@ -78,41 +89,80 @@ def _format(value: Any) -> Any:
     return value
 
 
-def _keep_rows(path: Path, keep: Any) -> None:
-    """Rewrite a CSV keeping the header and the rows for which ``keep(row)`` is true."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        rows = [row for row in reader if keep(row)]
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _keep_rows(path: Path, keep: Callable[[dict[str, str]], bool]) -> None:
+    """Rewrite a CSV keeping the header and the complete rows for which ``keep(row)`` is true."""
+    # bytes, not text: the rows end in \r\n, as the csv module writes them
+    lines = [line for line in path.read_bytes().decode().splitlines(keepends=True) if line.endswith("\n")]
+    kept = lines[:1]
+    if lines:
+        fields = next(csv.reader(lines[:1]))
+        kept += [line for line, values in zip(lines[1:], csv.reader(lines[1:]), strict=True)
+                 if keep(dict(zip(fields, values, strict=True)))]
     tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_file(tmp, "".join(kept).encode())
     os.replace(tmp, path)
 
 
-class CsvLog:
-    """An append-only CSV with a fixed header; rows are buffered until :meth:`flush`."""
+class LineLog:
+    """An append-only text file written in whole lines.
 
-    def __init__(self, path: Path, columns: tuple[str, ...], append: bool):
-        exists = append and path.exists() and path.stat().st_size > 0
-        self.handle = path.open("a" if exists else "w", newline="")
-        self.writer = csv.writer(self.handle)
-        if not exists:
-            self.writer.writerow(columns)
+    Lines wait in memory until :meth:`flush`, which appends them all or, when the write fails (a full disk),
+    cuts the file back to its last complete line and raises an OSError naming the file.
+    """
 
-    def write(self, row: tuple[Any, ...]) -> None:
-        self.writer.writerow([_format(value) for value in row])
+    def __init__(self, path: Path, append: bool, header: str = ""):
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC), 0o644)
+        self.size = os.fstat(self.fd).st_size
+        self.pending: list[str] = [header] if header and not self.size else []
+
+    def add(self, line: str) -> None:
+        self.pending.append(line)
 
     def flush(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        if not self.pending:
+            return
+        # Taken first: a signal handler that logs an event during this write flushes only its own line.
+        lines, self.pending = self.pending, []
+        data = memoryview("".join(lines).encode())
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+            os.fsync(self.fd)
+        except OSError as error:
+            os.ftruncate(self.fd, self.size)
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
+        self.size += len(data)
 
     def close(self) -> None:
-        if not self.handle.closed:
-            self.flush()
-            self.handle.close()
+        """Close the file; lines not flushed are dropped (after a failed flush they must not be written)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class CsvLog(LineLog):
+    """A :class:`LineLog` of CSV rows under a fixed header."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], append: bool):
+        self._text = io.StringIO()
+        self._writer = csv.writer(self._text)
+        super().__init__(path, append, header=self._line(columns))
+
+    def _line(self, values: Any) -> str:
+        self._text.seek(0)
+        self._text.truncate()
+        self._writer.writerow(values)
+        return self._text.getvalue()
+
+    def write(self, row: tuple[Any, ...]) -> None:
+        self.add(self._line([_format(value) for value in row]))
 
 
 class RunRecord:
@@ -122,14 +172,20 @@ class RunRecord:
         self.run_dir = Path(run_dir)
         self.cfg = cfg
         self.overrides = list(overrides or [])
-        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.checkpoint_path, self.previous_checkpoint_path = checkpoint_paths(self.run_dir)
         self.stop_requested = False
         self.resume_state: dict[str, Any] | None = None
         self.status = "running"
         self.error: str | None = None
         self.wandb_run: Any = None
+        self.meta: dict[str, Any] = {}
+        self.logs: dict[str, CsvLog] = {}
+        self.events: LineLog | None = None
+        self._fault: OSError | None = None  # the record's first failed write: it fails the run
+        self._meta_reserve = self.run_dir / ".meta_reserve"
         self._progress: Any = None
         self._previous_handlers: dict[int, Any] = {}
+        self._start = time.monotonic()
         # Counters (restored from the checkpoint when resuming).
         self.env_steps = 0
         self.updates = 0
@@ -140,6 +196,7 @@ class RunRecord:
         self._recent = deque(maxlen=cfg.return_window)  # (return, length) of the latest episodes
         self._interval: dict[str, list[float]] = {}
         self._last_row = (0, 0.0)  # env_steps and wall_time of the latest metrics row
+        self._row_due_at: float | None = None  # wall time at which the next metrics row became due
         self._next_log_at = cfg.log_interval
         self._next_checkpoint_at = cfg.checkpoint_interval
         self._lr = float("nan")
@@ -148,10 +205,23 @@ class RunRecord:
     # ----------------------------------------------------------------- opening and closing
     def __enter__(self) -> RunRecord:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_path.parent.mkdir(exist_ok=True)
-        resuming = self._load_resume_state()
-        self._start = time.monotonic()
-        self.meta = {
+        self.meta = self._initial_meta()
+        try:
+            self._open()
+        except BaseException as error:
+            self._end(error)
+            self._raise_fault(error)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        self._end(exc)
+        self._raise_fault(exc)
+        # A KeyboardInterrupt has been handled: the run is recorded as interrupted.
+        return isinstance(exc, KeyboardInterrupt)
+
+    def _initial_meta(self) -> dict[str, Any]:
+        return {
             "status": "running",
             "algo": self.cfg.algo.name,
             "mode": self.cfg.algo.mode,
@@ -176,67 +246,118 @@ class RunRecord:
             "final": None,
             "wandb": None,
         }
-        previous_meta = self._read_previous_meta() if resuming else None
-        if previous_meta:
-            self.meta["start_time"] = previous_meta.get("start_time", self.meta["start_time"])
-            self.meta["resumed_at_env_steps"] = previous_meta.get("resumed_at_env_steps", [])
-            self.meta["worker_failures"] = previous_meta.get("worker_failures", [])
+
+    def _open(self) -> None:
+        self.checkpoint_path.parent.mkdir(exist_ok=True)
+        resuming = self._load_resume_state()
         if resuming:
             self.meta["resumed_at_env_steps"].append(self.env_steps)
-        self.logs = {name: CsvLog(self.run_dir / f"{name}.csv", columns, append=resuming)
-                     for name, columns in RECORD_COLUMNS.items()}
-        self.events = (self.run_dir / "events.jsonl").open("a" if resuming else "w")
+        else:  # a fresh start: an older run's checkpoint must never become this run's fallback
+            for path in (self.checkpoint_path, self.previous_checkpoint_path):
+                path.unlink(missing_ok=True)
+        for name, columns in RECORD_COLUMNS.items():  # one at a time: a failure closes those already open
+            self.logs[name] = CsvLog(self.run_dir / f"{name}.csv", columns, append=resuming)
+        self.events = LineLog(self.run_dir / "events.jsonl", append=resuming)
+        with self._writing():
+            write_file(self._meta_reserve, bytes(META_RESERVE_BYTES))
         self._write_meta()
         self.event("resumed" if resuming else "started", env_steps=self.env_steps)
         self._open_wandb()
         self._open_progress()
         self._install_signal_handlers()
         self._start = time.monotonic()  # wall_time measures training, not W&B's start-up
-        return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is not None and not isinstance(exc, KeyboardInterrupt):
-            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
-        elif exc is not None or self.stop_requested:
-            self.status = "interrupted"
-        else:
-            self.status = "completed"
+    def _end(self, exc: BaseException | None) -> None:
+        """Record how the run ended (last rows, end event, meta.json), then close W&B and the progress bar."""
         self._restore_signal_handlers()
-        try:
-            if self.env_steps > self._last_row[0]:
-                self._write_metrics_row()
-            self.event(self.status, env_steps=self.env_steps, error=self.error)
-            for log in self.logs.values():
-                log.close()
-            self.events.close()
-        finally:
-            self.meta.update(status=self.status, end_time=_now_iso(), error=self.error, final=self.summary())
-            self._write_meta()
-            self._close_progress()
-            self._close_wandb()
-            print(self.summary_line(), flush=True)
-        # A KeyboardInterrupt has been handled: the run is recorded as interrupted.
-        return isinstance(exc, KeyboardInterrupt)
+        if self.logs:
+            with contextlib.suppress(OSError), self._writing():  # a failure becomes the run's fault
+                self._write_due_row()
+                if self.env_steps > self._last_row[0]:  # the run's end, between two rows of the grid
+                    self._write_metrics_row(self.wall_time())
+                self._flush()
+        self.status, self.error = self._outcome(exc)
+        self._log_end(exc)
+        self.meta.update(status=self.status, end_time=_now_iso(), error=self.error, final=self.summary())
+        self._write_final_meta()
+        self._close_progress()
+        self._close_wandb()
+        print(self.summary_line(), flush=True)
 
-    def _read_previous_meta(self) -> dict[str, Any] | None:
-        path = self.run_dir / "meta.json"
+    def _outcome(self, exc: BaseException | None) -> tuple[str, str | None]:
+        """Status and error: the record's own failed write first, then what the run raised, then a stop."""
+        failure = self._fault or (None if isinstance(exc, KeyboardInterrupt) else exc)
+        if failure is not None:
+            return "failed", str(failure) if isinstance(failure, RunFailed) else f"{type(failure).__name__}: {failure}"
+        return ("interrupted" if exc is not None or self.stop_requested else "completed"), None
+
+    def _log_end(self, exc: BaseException | None) -> None:
+        """The end event, then every file closed; on a full disk meta.json still says how the run ended."""
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+            if self.events is None:  # the run failed before its events were opened
+                self.events = LineLog(self.run_dir / "events.jsonl", append=True)
+            self._write_event(self._event_entry(self.status, env_steps=self.env_steps, error=self.error))
+        except OSError as error:
+            if self._fault is None:
+                self._fault = error
+                self.status, self.error = self._outcome(exc)
+        finally:
+            for log in (*self.logs.values(), self.events):
+                if log is not None:
+                    log.close()
+
+    def _raise_fault(self, exc: BaseException | None) -> None:
+        """A failed write of the record's own fails the run with that one line rather than its traceback."""
+        if self._fault is not None and not isinstance(exc, RunFailed):
+            raise RunFailed(self.error) from self._fault
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around the record's writes: the first that fails (a full disk) is the run's fault, and once the
+        record has failed no file is written to again, so that they all end where they agreed."""
+        if self._fault is not None:
+            raise self._fault
+        try:
+            yield
+        except OSError as error:
+            self._fault = self._fault or error
+            raise
 
     def _write_meta(self) -> None:
-        _write_json_atomic(self.run_dir / "meta.json", self.meta)
+        with self._writing():
+            self._replace_meta()
+
+    def _replace_meta(self) -> None:
+        path = self.run_dir / "meta.json"
+        tmp = path.with_suffix(".json.tmp")
+        write_file(tmp, (json.dumps(self.meta, indent=2, default=str) + "\n").encode())
+        os.replace(tmp, path)
+
+    def _write_final_meta(self) -> None:
+        """meta.json must not stay at ``running``: on a full disk, free the space kept for it and try again."""
+        try:
+            try:
+                self._replace_meta()
+            except OSError:
+                self._meta_reserve.unlink(missing_ok=True)
+                self._replace_meta()
+        except OSError as error:
+            print(f"error: the run {self.status}, but meta.json cannot say so: {error}", file=sys.stderr)
+        finally:
+            self._meta_reserve.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- resume
     def _load_resume_state(self) -> bool:
         if not self.cfg.resume:
             return False
-        if not self.checkpoint_path.exists():
+        if not (self.checkpoint_path.exists() or self.previous_checkpoint_path.exists()):
             print(f"resume=true but {self.checkpoint_path} does not exist: starting from scratch",
                   file=sys.stderr)
             return False
-        state = read_checkpoint(self.checkpoint_path)
+        previous_meta = self._read_previous_meta() or {}
+        for key in ("start_time", "resumed_at_env_steps", "worker_failures"):
+            self.meta[key] = previous_meta.get(key, self.meta[key])
+        state = self._first_valid_checkpoint()
         saved = state.pop("record")
         self.resume_state = state
         self.env_steps, self.updates = saved["env_steps"], saved["updates"]
@@ -245,27 +366,59 @@ class RunRecord:
         self._wall_offset = saved["wall_time"]
         self._recent.extend(saved["recent_episodes"])
         self._wandb_id = saved.get("wandb_id")
-        self._last_row = (self.env_steps, self._wall_offset)
+        # The interval in progress and the latest row of the grid; a checkpoint written before the record
+        # saved them resumes its grid from its own env step.
+        self._interval = saved.get("interval", {})
+        self._last_row = tuple(saved.get("last_row", (self.env_steps, self._wall_offset)))
         self._next_log_at = (self.env_steps // self.cfg.log_interval + 1) * self.cfg.log_interval
         self._next_checkpoint_at = ((self.env_steps // self.cfg.checkpoint_interval + 1)
                                     * self.cfg.checkpoint_interval)
-        # Rows written after the checkpoint are rewritten by the resumed run: drop them so that
-        # nothing is duplicated.
-        steps, updates = self.env_steps, self.updates
-        for name, keep in (
-            ("metrics.csv", lambda row: int(row["env_steps"]) <= steps),
-            ("episodes.csv", lambda row: int(row["env_steps"]) <= steps),
-            ("updates.csv", lambda row: int(row["update"]) <= updates),
-        ):
-            if (self.run_dir / name).exists():
-                _keep_rows(self.run_dir / name, keep)
+        self._drop_rows_after_checkpoint()
         return True
+
+    def _first_valid_checkpoint(self) -> dict[str, Any]:
+        """last.pt, or prev.pt when last.pt is missing or damaged (said in one line); RunFailed if neither."""
+        problems = []
+        for path in (self.checkpoint_path, self.previous_checkpoint_path):
+            try:
+                state = read_checkpoint(path) if path.exists() else None
+            except CheckpointError as error:
+                problems.append(str(error))
+                continue
+            if state is None:
+                problems.append(f"{path} does not exist")
+                continue
+            if problems:
+                print(f"warning: {problems[0]}; resuming from {path}", file=sys.stderr)
+            return state
+        raise RunFailed(f"resume=true but no checkpoint can be resumed: {'; '.join(problems)}")
+
+    def _drop_rows_after_checkpoint(self) -> None:
+        """Rows written after the checkpoint are rewritten by the resumed run, and a row that ended the run
+        off the grid is rewritten at the grid: drop them so that nothing is duplicated."""
+        last_row, steps, updates = self._last_row[0], self.env_steps, self.updates
+        with self._writing():
+            for name, keep in (
+                ("metrics.csv", lambda row: int(row["env_steps"]) <= last_row),
+                ("episodes.csv", lambda row: int(row["env_steps"]) <= steps),
+                ("updates.csv", lambda row: int(row["update"]) <= updates),
+            ):
+                if (self.run_dir / name).exists():
+                    _keep_rows(self.run_dir / name, keep)
+
+    def _read_previous_meta(self) -> dict[str, Any] | None:
+        path = self.run_dir / "meta.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     # ----------------------------------------------------------------- what algorithms call
     def wall_time(self) -> float:
         return time.monotonic() - self._start + self._wall_offset
 
     def episode(self, worker: int, env_steps: int, ret: float, length: int) -> None:
+        self._write_due_row(env_steps)
         self.episodes += 1
         self._recent.append((ret, length))
         self.logs["episodes"].write((env_steps, self.wall_time(), worker, ret, length))
@@ -273,6 +426,7 @@ class RunRecord:
     def update(self, worker: int, env_steps: int, version_at_sync: int, version_at_apply: int,
                applied: bool, lr: float, wait_time: float = 0.0, **stats: float) -> None:
         """One gradient: applied at ``version_at_apply`` (or dropped) after syncing at ``version_at_sync``."""
+        self._write_due_row(env_steps)
         self.updates += 1
         staleness = version_at_apply - version_at_sync
         self.logs["updates"].write((self.updates, self.wall_time(), env_steps, worker, version_at_sync,
@@ -289,37 +443,58 @@ class RunRecord:
                 interval.setdefault(name, []).append(stats[name])
         self._lr = lr
         self.env_steps = max(self.env_steps, env_steps)
-        if self.env_steps >= self._next_log_at:
-            self._write_metrics_row()
+        if self._row_due_at is None and self.env_steps >= self._next_log_at:
+            self._row_due_at = self.wall_time()
 
     def event(self, kind: str, **fields: Any) -> None:
-        entry = {"time": _now_iso(), "wall_time": round(self.wall_time(), 3), "event": kind, **fields}
-        self.events.write(json.dumps(entry, default=str) + "\n")
-        self.events.flush()
+        entry = self._event_entry(kind, **fields)
+        with self._writing():
+            self._write_event(entry)
         if kind == "worker_failed":
             self.meta["worker_failures"].append(entry)
             self._write_meta()
+
+    def _event_entry(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"time": _now_iso(), "wall_time": round(self.wall_time(), 3), "event": kind, **fields}
+
+    def _write_event(self, entry: dict[str, Any]) -> None:
+        self.events.add(json.dumps(entry, default=str) + "\n")
+        self.events.flush()
 
     def checkpoint_due(self, env_steps: int) -> bool:
         return env_steps >= self._next_checkpoint_at
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Write ``checkpoints/last.pt`` atomically, after flushing every file it must agree with."""
-        self._flush()
-        state = dict(state)
-        state["record"] = {
-            "env_steps": self.env_steps, "updates": self.updates, "policy_version": self.policy_version,
-            "episodes": self.episodes, "dropped_updates": self.dropped_updates,
-            "wall_time": self.wall_time(), "recent_episodes": list(self._recent),
-            "wandb_id": getattr(self.wandb_run, "id", None),
-        }
-        write_checkpoint(self.checkpoint_path, state)
+        """Write ``checkpoints/last.pt`` (the previous one kept as ``prev.pt``) after flushing every file it
+        must agree with. One holding a non-finite value is refused, logged as ``checkpoint_refused`` and not
+        raised: a diverged run keeps its last good checkpoint and reports its divergence where it occurs."""
+        with self._writing():
+            self._write_due_row()
+            self._flush()
+            state = {**state, "record": {
+                "env_steps": self.env_steps, "updates": self.updates, "policy_version": self.policy_version,
+                "episodes": self.episodes, "dropped_updates": self.dropped_updates,
+                "wall_time": self.wall_time(), "recent_episodes": list(self._recent),
+                "wandb_id": getattr(self.wandb_run, "id", None),
+                "interval": {name: list(values) for name, values in self._interval.items()},
+                "last_row": list(self._last_row),
+            }}
+            try:
+                write_checkpoint(self.checkpoint_path, state, keep_previous_as=self.previous_checkpoint_path)
+            except CheckpointRefused as refused:
+                self.event("checkpoint_refused", part=refused.part, reason=refused.reason, env_steps=self.env_steps)
         interval = self.cfg.checkpoint_interval
         self._next_checkpoint_at = (self.env_steps // interval + 1) * interval
 
     # ----------------------------------------------------------------- metrics rows
-    def _write_metrics_row(self) -> None:
-        wall = self.wall_time()
+    def _write_due_row(self, env_steps: int | None = None) -> None:
+        """Write the metrics row that became due once every row of its update is in: when a row or episode
+        of a later update arrives (past ``env_steps``), or at a checkpoint or the end (``None``). A
+        synchronous update is one ``update`` call per worker, all at the same env step."""
+        if self._row_due_at is not None and (env_steps is None or env_steps > self.env_steps):
+            self._write_metrics_row(self._row_due_at)
+
+    def _write_metrics_row(self, wall: float) -> None:
         interval = self._interval
         returns = [ret for ret, _ in self._recent]
         staleness = np.asarray(interval.get("staleness", [0]), dtype=np.float64)
@@ -348,11 +523,13 @@ class RunRecord:
         self._advance_progress(row)
         self._interval = {}
         self._last_row = (self.env_steps, wall)
+        self._row_due_at = None
         self._next_log_at = (self.env_steps // self.cfg.log_interval + 1) * self.cfg.log_interval
 
     def _flush(self) -> None:
-        for log in self.logs.values():
-            log.flush()
+        with self._writing():
+            for log in self.logs.values():
+                log.flush()
 
     def summary(self) -> dict[str, Any]:
         returns = [ret for ret, _ in self._recent]
@@ -377,29 +554,58 @@ class RunRecord:
 
     # ----------------------------------------------------------------- Weights & Biases
     def _open_wandb(self) -> None:
+        """Start the W&B mirror. When its mode cannot start (no API key, no network), say why in one line and
+        go on with the offline mirror, then with none (``logger.wandb.fallback=offline``), or fail (``fail``)."""
         wandb_cfg = self.cfg.logger.wandb
         if wandb_cfg.mode == "disabled":
             return
+        reasons = []
+        for mode in ["online", "offline"] if wandb_cfg.mode == "online" else ["offline"]:
+            reason = self._start_wandb(mode)
+            if reason is None:
+                break
+            reasons.append(f"{mode}: {reason}")
+            if wandb_cfg.fallback == "fail":
+                raise RunFailed(f"W&B {mode} mode cannot start ({reason}) and logger.wandb.fallback=fail")
+            then = "mirroring offline instead" if mode == "online" else "the run goes on without a W&B mirror"
+            print(f"warning: W&B {mode} mode cannot start ({reason}); {then}", file=sys.stderr)
+        run = self.wandb_run
+        self.meta["wandb"] = {"mode": mode if run is not None else "disabled", "requested": wandb_cfg.mode,
+                              "fallback_reason": "; ".join(reasons) or None,
+                              "id": getattr(run, "id", None), "dir": getattr(run, "dir", None)}
+        self._write_meta()
+
+    def _start_wandb(self, mode: str) -> str | None:
+        """Start the W&B run in ``mode``, never prompting; return why it cannot start, or None."""
         import wandb  # only imported when the mirror is enabled
 
-        resume_id = self._wandb_id
-        self.wandb_run = wandb.init(
-            mode=wandb_cfg.mode,
-            project=wandb_cfg.project,
-            entity=wandb_cfg.entity,
-            group=wandb_cfg.group,
-            tags=list(wandb_cfg.tags),
-            name=self.run_dir.name,
-            dir=str(self.run_dir),
-            config=OmegaConf.to_container(self.cfg, resolve=True),
-            id=resume_id,
-            resume="allow" if resume_id else None,
-            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
-        )
+        wandb_cfg = self.cfg.logger.wandb
+        try:
+            # W&B's own variable still sets the timeout, for a slow link to a working server.
+            init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
+            wandb.setup(wandb.Settings(silent=True))  # W&B's messages, its login's included, would be noise
+            # Online needs an API key: look for one without W&B's interactive prompt, which would wait at a
+            # terminal and fail without one.
+            if mode == "online" and not wandb.login(prompt=False, verify=False):
+                return "no W&B API key: set WANDB_API_KEY or run `wandb login`"
+            self.wandb_run = wandb.init(
+                mode=mode,
+                project=wandb_cfg.project,
+                entity=wandb_cfg.entity,
+                group=wandb_cfg.group,
+                tags=list(wandb_cfg.tags),
+                name=self.run_dir.name,
+                dir=str(self.run_dir),
+                config=OmegaConf.to_container(self.cfg, resolve=True),
+                id=self._wandb_id,
+                resume="allow" if self._wandb_id else None,
+                settings=wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=init_timeout),
+            )
+        except Exception as error:  # the mirror is optional: whatever stops it is reported, never raised
+            return _first_line(error)
         self.wandb_run.define_metric("env_steps")
         self.wandb_run.define_metric("*", step_metric="env_steps")
-        self.meta["wandb"] = {"mode": wandb_cfg.mode, "id": self.wandb_run.id, "dir": self.wandb_run.dir}
-        self._write_meta()
+        return None
 
     def _log_wandb(self, row: dict[str, Any], staleness: np.ndarray) -> None:
         if self.wandb_run is None:

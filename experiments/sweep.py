@@ -2,11 +2,13 @@
 
 Each job of a Hydra multirun runs in a directory named by its overrides. Re-running a sweep into the
 same ``hydra.sweep.dir`` skips the jobs whose ``meta.json`` says ``completed``, resumes the
-interrupted (or killed) ones from their checkpoint, and reruns the failed ones from scratch. A failing
-job never stops the others: its record is marked ``failed`` and the sweep goes on. Every job appends
-its outcome to ``sweep_jobs.jsonl`` in the sweep directory; at the end :class:`SweepSummary` prints
-the completed, skipped, resumed and failed jobs with their overrides and errors, writes
-``sweep_summary.json`` and ``sweep_summary.md`` beside them, and exits with status 1 if any job failed.
+interrupted (or killed) ones from their checkpoint (``last.pt``, or ``prev.pt`` when that one is
+damaged), and reruns the failed ones from scratch (a job whose checkpoints are all damaged is marked
+failed, so the next rerun starts it afresh). A failing job never stops the others: its record is marked
+``failed`` and the sweep goes on. Every job appends its outcome to ``sweep_jobs.jsonl`` in the sweep
+directory; at the end :class:`SweepSummary` prints the completed, skipped, resumed and failed jobs with
+their overrides and errors, writes ``sweep_summary.json`` and ``sweep_summary.md`` beside them, and
+exits with status 1 if any job failed.
 
 A parallel launcher (Hydra's joblib launcher, ``hydra/launcher=joblib``) runs several jobs at once;
 :func:`limit_parallel_jobs` caps how many so that the busy processes of all running jobs fit the CPU
@@ -75,18 +77,21 @@ def previous_status(run_dir: Path) -> str | None:
 def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str, overrides: list[str],
                   train: Any) -> str:
     """Run, resume or skip one job of a sweep; record its outcome; never raise for a failed run."""
+    from experiments.record import RunFailed, checkpoint_paths  # here: planning a sweep must not load torch
+
     status = previous_status(run_dir)
-    checkpoint = run_dir / "checkpoints" / "last.pt"
     error = None
     if status == "completed":
         outcome = "skipped"
         print(f"skipped (already completed): {run_dir}", flush=True)
     else:
         # An interrupted or killed run continues from its checkpoint; a failed one starts afresh.
-        cfg.resume = status in ("interrupted", "running") and checkpoint.exists()
+        cfg.resume = status in ("interrupted", "running") and any(path.exists() for path in checkpoint_paths(run_dir))
         try:
             record = train(cfg, str(run_dir), overrides)
             outcome = {"completed": "resumed" if cfg.resume else "completed"}.get(record.status, record.status)
+        except RunFailed as failure:  # the record has marked the run failed and said why in one line
+            outcome, error = "failed", str(failure)
         except Exception as exception:  # the record has marked the run failed; the sweep goes on
             traceback.print_exc()
             outcome, error = "failed", f"{type(exception).__name__}: {exception}"

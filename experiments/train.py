@@ -1,8 +1,9 @@
 """Train one run: ``python -m experiments.train algo=single env=cartpole seed=3`` (or ``svrl-train``).
 
-Hydra composes the config from ``conf/``; the ``ValidateBeforeLaunch`` callback rejects a bad config
-before any directory exists; then the run record is opened in Hydra's output directory and the
-function that ``algorithms.SCHEDULES`` names for the run's schedule trains. The exit status is 0 for a
+Before Hydra starts, ``experiments.plan.check_command_line`` composes and validates what it would run:
+bad input is one line naming the key and the value, exit status 2, nothing created. Then Hydra composes
+the config from ``conf/``, the run record is opened in Hydra's output directory and the function that
+``algorithms.SCHEDULES`` names for the run's schedule trains. The exit status is 0 for a
 completed run, 1 for a failed one and 130 for an interrupted one (SIGINT or SIGTERM), which is
 resumable with ``resume=true hydra.run.dir=<the run directory>``. In a multirun, jobs are run, resumed
 or skipped as ``experiments.sweep`` describes, and an interrupted job stops the sweep.
@@ -12,21 +13,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch._dynamo  # noqa: F401  (see below)
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms import schedule_for
 from algorithms.config import RunConfig
-from experiments.config import exit_on_invalid
-from experiments.record import RunRecord
+from experiments.config import exit_on_config_error, exit_on_invalid
+from experiments.plan import check_command_line
 from experiments.sweep import run_sweep_job
 
-# torch optimizers import torch._dynamo on their first construction (about 1.3 s); importing it with
-# this module keeps that one-time cost out of the wall-clock of whichever run comes first in a process.
+if TYPE_CHECKING:
+    from experiments.record import RunRecord
+
 EXIT_INTERRUPTED = 130
 # An absolute directory: a relative config_path would be read as a Python package when the code is
 # started from the console script rather than with `python -m`.
@@ -36,6 +38,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> RunRecord:
     """Validate ``cfg`` and train it into ``run_dir``; return the closed record."""
     exit_on_invalid(cfg)
+    # Imported here so that bad input is refused without loading torch (about 2 s). torch optimizers
+    # import torch._dynamo on their first construction (about 1.3 s); importing it before the record
+    # opens keeps that one-time cost out of the wall-clock of whichever run comes first in a process.
+    import torch._dynamo  # noqa: F401
+
+    from experiments.record import RunRecord
+
     algorithm = schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend).load()
     record = RunRecord(run_dir, cfg, overrides)
     with record:
@@ -47,17 +56,29 @@ def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> 
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> str:
+def run_hydra_app(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     run_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         status = run_sweep_job(cfg, run_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.override_dirname,
                                overrides, train)
     else:
-        status = train(cfg, str(run_dir), overrides).status
+        from experiments.record import RunFailed  # imported by train() already
+
+        try:
+            status = train(cfg, str(run_dir), overrides).status
+        except RunFailed:
+            sys.exit(1)  # the record has printed the one-line reason and marked the run failed
     if status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
     return status
+
+
+def main() -> None:
+    """``python -m experiments.train`` and ``svrl-train``: refuse bad input in one line, then run Hydra's app."""
+    with exit_on_config_error():
+        check_command_line(sys.argv[1:])
+    run_hydra_app()
 
 
 if __name__ == "__main__":

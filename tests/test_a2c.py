@@ -3,12 +3,10 @@ faults, interrupts and resume in workers mode, and (slow) learning CartPole."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,47 +18,15 @@ from algorithms.a2c import ReplicaDivergence, checkpoint_from_parts
 from algorithms.supervision import WorkerFailure
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
+from tests.processes import ROOT, alive, cli, events, start_cli, wait_for_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["quiet=true", "logger.wandb.mode=disabled"]
 WORKERS = ["algo=a2c", "algo.mode=workers", "algo.num_envs=1"]
 EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.train", *args]
-
-
-def start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(cli(*args), cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
-def wait_for_rows(run_dir: Path, rows: int, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        if (run_dir / "metrics.csv").exists() and len(read_csv(run_dir / "metrics.csv")) >= rows:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{run_dir} did not reach {rows} metrics rows")
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                     if line.startswith("State:"))
-    except (OSError, StopIteration):
-        return False
-    return "Z" not in state
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

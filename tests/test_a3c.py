@@ -35,6 +35,7 @@ from tests.conftest import (
     read_meta,
     train_run,
 )
+from tests.processes import worker_pids
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["algo=a3c", "env=cartpole", "log_interval=500"]
@@ -52,24 +53,6 @@ def checkpoint(run_dir: Path) -> dict:
 def updates(run_dir: Path) -> list[dict[str, int | float]]:
     return [{key: float(value) if key in ("wall_time", "lr", "wait_time") else int(value)
              for key, value in row.items()} for row in read_csv(run_dir / "updates.csv")]
-
-
-def worker_pids(parent: int) -> list[int]:
-    """Live multiprocessing workers (not the resource tracker) whose parent is ``parent``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        state = next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
-        if ppid == parent and b"spawn_main" in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def shared_memory_of(*pids: int) -> set[str]:

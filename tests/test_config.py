@@ -99,9 +99,10 @@ def test_command_line_rejects_bad_values_before_creating_anything(tmp_path, over
 
 def test_command_line_rejects_type_errors_naming_the_key(tmp_path):
     result = run_cli("algo.lr=fast", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "algo.lr" in result.stderr and "'fast'" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stderr == "error: invalid config: algo.lr='fast': must be a float\n"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -31,8 +31,10 @@ from tests.conftest import (
     read_meta,
     train_run,
 )
+from tests.processes import shared_memory_entries  # noqa: E402
 
 ray = pytest.importorskip("ray")
+from algorithms.learner import NonFiniteUpdate  # noqa: E402
 from algorithms.protocol import Push, to_wire  # noqa: E402
 from algorithms.ray_backend import SynchronousServer  # noqa: E402  (needs ray)
 from algorithms.rollout import Episode  # noqa: E402
@@ -154,7 +156,7 @@ def test_an_unfinished_round_s_episodes_are_recorded_when_the_run_ends():
     with ThreadPoolExecutor(1) as pool:
         pushed = pool.submit(push, server, 0, 0, None, [(3, 21.0, 21)])
         assert waits(pushed)
-        calls, _ = server.drain(ending=True)  # worker 1 failed for good: its round will not complete
+        calls, _, _ = server.drain(ending=True)  # worker 1 failed for good: its round will not complete
         assert calls == [("episode", (0, 6, 21.0, 21), {})]  # 3 steps into worker 0's rollout, 2 workers
         push(server, 1, 0)  # only to release the waiting thread
         pushed.result(5)
@@ -358,6 +360,23 @@ def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(cluster, 
     assert len(events(run_dir, "worker_restarted")) == 1
     assert len(read_csv(run_dir / "updates.csv")) == 118  # the 59 rounds before both workers' 300th step
     assert wait_gone(started_pids(run_dir)) == []
+
+
+@pytest.mark.parametrize("schedule", ["parameter_server", "workers"])
+def test_a_diverged_ray_run_fails_at_once_naming_the_update_and_keeps_a_finite_checkpoint(cluster, run_dir, schedule):
+    # Each worker's env gives a NaN reward on its 100th step: the server refuses that update and stops the run.
+    shared_memory_before = shared_memory_entries()
+    with pytest.raises(NonFiniteUpdate, match=r"non-finite (policy_loss|value_loss) in worker [01]'s update at "
+                                              r"policy version \d+, env step \d+ \(algo.on_nonfinite=fail\)"):
+        train_run(run_dir, *(PS if schedule == "parameter_server" else WORKERS), "algo.num_workers=2",
+                  "env.id=tests.exploding_env:NaNRewardCartPole-v0", "total_env_steps=2000", "checkpoint_interval=100")
+    meta = read_meta(run_dir)
+    assert meta["status"] == "failed" and meta["error"].startswith("NonFiniteUpdate")
+    saved = checkpoint(run_dir)
+    assert all(bool(torch.isfinite(tensor).all()) for tensor in saved["model"].values())
+    assert events(run_dir, "worker_restarted") == []
+    assert wait_gone(started_pids(run_dir)) == []
+    assert shared_memory_entries() <= shared_memory_before  # the server actor holds no process lock
 
 
 def test_throughput_measures_both_backends_in_one_run(cluster, tmp_path, capsys):

@@ -1,0 +1,107 @@
+"""Faults of training itself, injected for real: divergence (a NaN reward, a huge learning rate) in every
+schedule, and a SIGKILLed trainer of every multi-process schedule, resumed. Each must end with a true status,
+a clear message and a record that agrees with its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import Counter
+
+import pytest
+import torch
+
+from algorithms.checkpoint import read_checkpoint
+from algorithms.learner import NonFiniteUpdate
+from experiments.config import ConfigError, validate
+from tests.conftest import compose_config, read_csv, read_meta, train_run
+from tests.processes import ROOT, cli, events, shared_memory_entries, start_cli, wait_for_rows, worker_pids
+
+NAN_ENV = "env.id=tests.exploding_env:NaNRewardCartPole-v0"
+FAST = ["total_env_steps=600", "checkpoint_interval=50", "log_interval=50"]
+SCHEDULES = {
+    "single": ["algo=single"],
+    "a2c-vector": ["algo=a2c", "algo.num_envs=2"],
+    "a2c-workers": ["algo=a2c", "algo.mode=workers", "algo.num_workers=2", "algo.num_envs=1"],
+    "hogwild-1": ["algo=a3c", "algo.num_workers=1"],
+    "hogwild-2": ["algo=a3c", "algo.num_workers=2"],
+    "parameter-server-2": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2"],
+}
+DIVERGED = r"non-finite (policy_loss|value_loss) in worker [01]'s update at policy version \d+, env step \d+"
+
+
+def finite_checkpoint(run_dir) -> dict:
+    saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert all(bool(torch.isfinite(tensor).all()) for tensor in saved["model"].values())
+    return saved
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_nan_fails_the_run_at_once_naming_where_and_keeps_the_last_finite_checkpoint(run_dir, schedule):
+    with pytest.raises(NonFiniteUpdate, match=DIVERGED + r" \(algo.on_nonfinite=fail\)"):
+        train_run(run_dir, *SCHEDULES[schedule], NAN_ENV, *FAST)
+    meta = read_meta(run_dir)
+    assert meta["status"] == "failed" and meta["error"].startswith("NonFiniteUpdate: non-finite")
+    saved = finite_checkpoint(run_dir)
+    assert 0 < saved["policy_version"] <= 40  # each env's 100th reward is NaN: at most 2 x 20 updates before
+    rows = read_csv(run_dir / "updates.csv")
+    assert rows and all(row["applied"] == "1" for row in rows)  # no non-finite update was applied
+    assert worker_pids(os.getpid()) == []
+
+
+# Each env's reward is NaN once: one update to skip per worker (a2c vector steps its 2 envs in one update).
+@pytest.mark.parametrize(("schedule", "nonfinite_updates"), [
+    ("single", 1), ("a2c-vector", 1), ("hogwild-1", 1), ("hogwild-2", 2), ("parameter-server-2", 2)])
+def test_skip_update_drops_each_non_finite_update_records_it_and_goes_on(run_dir, schedule, nonfinite_updates):
+    record = train_run(run_dir, *SCHEDULES[schedule], NAN_ENV, *FAST, "algo.on_nonfinite=skip_update")
+    assert record.status == "completed"
+    skipped = [row for row in read_csv(run_dir / "updates.csv") if row["applied"] == "0"]
+    logged = [entry for entry in events(run_dir) if entry["event"] == "update_skipped"]
+    assert len(skipped) == len(logged) == nonfinite_updates
+    saved = finite_checkpoint(run_dir)
+    assert saved["policy_version"] == record.policy_version == record.updates - nonfinite_updates
+
+
+def test_skip_update_fails_after_too_many_non_finite_updates_in_a_row(run_dir):
+    with pytest.raises(NonFiniteUpdate, match=r"4 non-finite updates in a row \(algo.max_nonfinite_skips=3\)"):
+        train_run(run_dir, "algo=single", "algo.lr=1e30", "algo.on_nonfinite=skip_update",
+                  "algo.max_nonfinite_skips=3", *FAST)
+    applied = [row["applied"] for row in read_csv(run_dir / "updates.csv")]
+    assert applied[-3:] == ["0", "0", "0"] and read_meta(run_dir)["status"] == "failed"
+
+
+@pytest.mark.parametrize("schedule", ["a2c-workers", "hogwild-2", "parameter-server-2"])
+def test_a_sigkilled_trainer_resumes_with_every_policy_version_recorded_once(tmp_path, schedule):
+    run_dir, shared_memory_before = tmp_path / "run", shared_memory_entries()
+    args = [*SCHEDULES[schedule], "env=cartpole", "checkpoint_interval=1000", "log_interval=250", "quiet=true",
+            "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
+    process = start_cli(tmp_path, *args, "total_env_steps=100000000")
+    wait_for_rows(run_dir, 6, process)  # past the first checkpoint, with rows after it
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    total = (int(read_csv(run_dir / "metrics.csv")[-1]["env_steps"]) // 1000 + 2) * 1000
+    resumed = subprocess.run(cli(*args, "resume=true", f"total_env_steps={total}"), cwd=tmp_path, timeout=300,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_meta(run_dir)["status"] == "completed"
+    updates = read_csv(run_dir / "updates.csv")
+    assert [int(row["update"]) for row in updates] == list(range(1, len(updates) + 1))
+    versions = Counter(int(row["version_at_apply"]) for row in updates if row["applied"] == "1")
+    final = read_checkpoint(run_dir / "checkpoints" / "last.pt")["policy_version"]
+    rows_per_version = 2 if schedule == "a2c-workers" else 1  # a synchronous update has a row per worker
+    assert sorted(versions) == list(range(final)) and set(versions.values()) == {rows_per_version}
+    steps = [int(row["env_steps"]) for row in read_csv(run_dir / "metrics.csv")]
+    assert steps == sorted(set(steps))
+    assert shared_memory_entries() <= shared_memory_before  # nothing leaked, even by the killed trainer
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["algo=single", "algo.on_nonfinite=ignore"], "algo.on_nonfinite"),
+    (["algo=single", "algo.max_nonfinite_skips=0"], "algo.max_nonfinite_skips"),
+    ([*SCHEDULES["a2c-workers"], "algo.on_nonfinite=skip_update"], "algo.on_nonfinite"),
+])
+def test_a_divergence_setting_that_cannot_work_is_refused_naming_it(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides))
+    assert error.value.key == key
