@@ -50,7 +50,7 @@ RECORD_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
 # Override keys already described by a meta.json column, and keys that are not experimental factors.
 META_OVERRIDE_KEYS = {"seed", "algo", "env", "algo.name", "algo.mode", "algo.num_workers", "algo.num_envs",
                       "env.id", "env.name", "schedule", "experiment", "suite"}
-NON_FACTOR_PREFIXES = ("hydra.", "logger.", "quiet", "resume", "torch_threads", "log_interval",
+NON_FACTOR_PREFIXES = ("hydra.", "logger.", "quiet", "resume", "torch_threads", "log_interval", "blowup_",
                        "checkpoint_interval", "cpu_budget", "return_window")
 # A directory holding any of these is a run (Hydra writes .hydra/ before the record exists); a directory
 # holding any of SWEEP_FILES is a sweep (Hydra's multirun, experiments.sweep). What a run keeps in

@@ -60,6 +60,8 @@ class Config(RunConfig):
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     log_interval: int = 2_000  # env steps between rows of metrics.csv
     return_window: int = 20  # episodes behind return_mean in metrics.csv
+    blowup_factor: float | None = 100.0  # warn when the value loss or grad norm exceeds this x its median (null: off)
+    blowup_window: int = 200  # updates behind that median
     resume: bool = False
     quiet: bool = False  # no progress bar: for sweeps
     cpu_budget: int | None = None  # CPUs a parallel sweep may keep busy (null: all of this machine's)
@@ -234,7 +236,11 @@ def validate(cfg: DictConfig) -> None:
     _validate_algo(cfg.algo)
     _validate_nonfinite(cfg.algo)
     _validate_env(cfg.env)
-    for key in ("total_env_steps", "log_interval", "checkpoint_interval", "return_window", "torch_threads"):
+    if cfg.blowup_factor is not None:
+        _require(math.isfinite(cfg.blowup_factor) and cfg.blowup_factor > 1, "blowup_factor", cfg.blowup_factor,
+                 "must be a finite number > 1 (null: no warning)")
+    for key in ("total_env_steps", "log_interval", "checkpoint_interval", "return_window", "torch_threads",
+                "blowup_window"):
         _positive_int(key, cfg[key])
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     if cfg.cpu_budget is not None:

@@ -38,6 +38,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms.checkpoint import CheckpointError, CheckpointRefused, read_checkpoint, write_checkpoint, write_file
+from experiments.blowup import BlowupWatch
 from experiments.columns import LOSS_STATS, METRIC_COLUMNS, RECORD_COLUMNS
 
 RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas")
@@ -194,6 +195,7 @@ class RunRecord:
         self.dropped_updates = 0
         self._wall_offset = 0.0
         self._recent = deque(maxlen=cfg.return_window)  # (return, length) of the latest episodes
+        self._blowups = BlowupWatch(cfg.blowup_factor, cfg.blowup_window) if cfg.blowup_factor else None
         self._interval: dict[str, list[float]] = {}
         self._last_row = (0, 0.0)  # env_steps and wall_time of the latest metrics row
         self._row_due_at: float | None = None  # wall time at which the next metrics row became due
@@ -441,10 +443,18 @@ class RunRecord:
         for name in LOSS_STATS:
             if name in stats:
                 interval.setdefault(name, []).append(stats[name])
+        self._warn_blowups(worker, env_steps, stats)
         self._lr = lr
         self.env_steps = max(self.env_steps, env_steps)
         if self._row_due_at is None and self.env_steps >= self._next_log_at:
             self._row_due_at = self.wall_time()
+
+    def _warn_blowups(self, worker: int, env_steps: int, stats: dict[str, float]) -> None:
+        for blowup in self._blowups.observe(stats) if self._blowups is not None else ():
+            print(f"warning: worker {worker} at env step {env_steps}: {blowup.describe()} "
+                  f"(blowup_factor={self.cfg.blowup_factor:g})", file=sys.stderr, flush=True)
+            self.event("blowup_warning", worker=worker, env_steps=env_steps, quantity=blowup.quantity,
+                       value=blowup.value, median=blowup.median)
 
     def event(self, kind: str, **fields: Any) -> None:
         entry = self._event_entry(kind, **fields)
@@ -495,6 +505,8 @@ class RunRecord:
             self._write_metrics_row(self._row_due_at)
 
     def _write_metrics_row(self, wall: float) -> None:
+        if self._blowups is not None:
+            self._blowups.new_row()
         interval = self._interval
         returns = [ret for ret, _ in self._recent]
         staleness = np.asarray(interval.get("staleness", [0]), dtype=np.float64)

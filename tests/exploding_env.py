@@ -1,4 +1,4 @@
-"""Real envs with real bugs, for failure tests: a CartPole that raises on its 300th step, one whose 100th reward is NaN.
+"""Real envs with real bugs, for failure tests: CartPoles that raise on a step, or give one NaN or huge reward.
 
 Importing the module registers it, so ``env.id=tests.exploding_env:ExplodingCartPole-v0`` works from
 the command line (gymnasium imports the module named before the colon).
@@ -29,8 +29,14 @@ if "ExplodingCartPole-v0" not in gym.registry:
 NAN_REWARD_STEP = 100
 
 
-class NaNRewardCartPole(CartPoleEnv):
-    """A CartPole whose reward is NaN on its 100th step (a simulator that produces a NaN once)."""
+SPIKE_STEP, SPIKE_REWARD = 1500, 1e4
+
+
+class OddRewardCartPole(CartPoleEnv):
+    """A CartPole whose reward is ``odd_reward`` once, on step ``odd_step`` (a simulator glitch)."""
+
+    odd_step: int
+    odd_reward: float
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -39,8 +45,17 @@ class NaNRewardCartPole(CartPoleEnv):
     def step(self, action):
         self.steps += 1
         obs, reward, terminated, truncated, info = super().step(action)
-        return obs, float("nan") if self.steps == NAN_REWARD_STEP else reward, terminated, truncated, info
+        return obs, self.odd_reward if self.steps == self.odd_step else reward, terminated, truncated, info
 
 
-if "NaNRewardCartPole-v0" not in gym.registry:
-    gym.register("NaNRewardCartPole-v0", entry_point=NaNRewardCartPole, max_episode_steps=500)
+class NaNRewardCartPole(OddRewardCartPole):
+    odd_step, odd_reward = NAN_REWARD_STEP, float("nan")
+
+
+class RewardSpikeCartPole(OddRewardCartPole):
+    odd_step, odd_reward = SPIKE_STEP, SPIKE_REWARD
+
+
+for env_class in (NaNRewardCartPole, RewardSpikeCartPole):
+    if f"{env_class.__name__}-v0" not in gym.registry:
+        gym.register(f"{env_class.__name__}-v0", entry_point=env_class, max_episode_steps=500)

@@ -50,15 +50,17 @@ def test_a_nan_fails_the_run_at_once_naming_where_and_keeps_the_last_finite_chec
     assert worker_pids(os.getpid()) == []
 
 
-# Each env's reward is NaN once: one update to skip per worker (a2c vector steps its 2 envs in one update).
-@pytest.mark.parametrize(("schedule", "nonfinite_updates"), [
-    ("single", 1), ("a2c-vector", 1), ("hogwild-1", 1), ("hogwild-2", 2), ("parameter-server-2", 2)])
-def test_skip_update_drops_each_non_finite_update_records_it_and_goes_on(run_dir, schedule, nonfinite_updates):
+@pytest.mark.parametrize("schedule", ["single", "a2c-vector", "hogwild-1", "hogwild-2", "parameter-server-2"])
+def test_skip_update_drops_each_non_finite_update_records_it_and_goes_on(run_dir, schedule):
     record = train_run(run_dir, *SCHEDULES[schedule], NAN_ENV, *FAST, "algo.on_nonfinite=skip_update")
     assert record.status == "completed"
-    skipped = [row for row in read_csv(run_dir / "updates.csv") if row["applied"] == "0"]
+    rows = read_csv(run_dir / "updates.csv")
+    # Each env's reward is NaN on its 100th step: one update to skip per worker that got that far (20 updates
+    # of 5 steps; a2c vector steps its 2 envs in one update).
+    nonfinite_updates = sum(count >= 20 for count in Counter(row["worker"] for row in rows).values())
+    skipped = [row for row in rows if row["applied"] == "0"]
     logged = [entry for entry in events(run_dir) if entry["event"] == "update_skipped"]
-    assert len(skipped) == len(logged) == nonfinite_updates
+    assert len(skipped) == len(logged) == nonfinite_updates >= 1
     saved = finite_checkpoint(run_dir)
     assert saved["policy_version"] == record.policy_version == record.updates - nonfinite_updates
 
@@ -105,3 +107,18 @@ def test_a_divergence_setting_that_cannot_work_is_refused_naming_it(overrides, k
     with pytest.raises(ConfigError) as error:
         validate(compose_config(*overrides))
     assert error.value.key == key
+
+
+@pytest.mark.parametrize("factor", ["100", "null"])
+def test_a_finite_blowup_is_reported_once_as_a_warning_and_an_event(run_dir, capsys, factor):
+    # The reward of the env's 1500th step is 1e4: the value loss of that update jumps far above its median.
+    record = train_run(run_dir, "algo=single", "env.id=tests.exploding_env:RewardSpikeCartPole-v0",
+                       "total_env_steps=2000", "log_interval=1000", f"blowup_factor={factor}")
+    assert record.status == "completed"
+    warnings = [entry for entry in events(run_dir) if entry["event"] == "blowup_warning"]
+    if factor == "null":
+        assert warnings == []
+        return
+    assert [(entry["quantity"], entry["env_steps"]) for entry in warnings][:1] == [("value_loss", 1500)]
+    assert warnings[0]["value"] > 100 * warnings[0]["median"]
+    assert "warning: worker 0 at env step 1500: value_loss" in capsys.readouterr().err
