@@ -109,7 +109,7 @@ def test_a_divergence_setting_that_cannot_work_is_refused_naming_it(overrides, k
     assert error.value.key == key
 
 
-@pytest.mark.parametrize("factor", ["100", "null"])
+@pytest.mark.parametrize("factor", ["10000", "null"])
 def test_a_finite_blowup_is_reported_once_as_a_warning_and_an_event(run_dir, capsys, factor):
     # The reward of the env's 1500th step is 1e4: the value loss of that update jumps far above its median.
     record = train_run(run_dir, "algo=single", "env.id=tests.exploding_env:RewardSpikeCartPole-v0",
@@ -120,5 +120,5 @@ def test_a_finite_blowup_is_reported_once_as_a_warning_and_an_event(run_dir, cap
         assert warnings == []
         return
     assert [(entry["quantity"], entry["env_steps"]) for entry in warnings][:1] == [("value_loss", 1500)]
-    assert warnings[0]["value"] > 100 * warnings[0]["median"]
+    assert warnings[0]["value"] > 10_000 * warnings[0]["median"]
     assert "warning: worker 0 at env step 1500: value_loss" in capsys.readouterr().err
