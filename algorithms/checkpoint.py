@@ -31,6 +31,7 @@ class Checkpoint(TypedDict):
     env_steps: int
     policy_version: int
     collectors: list[dict[str, Any]]  # Collector.state_dict() of each worker that keeps one; [] when none does
+    # (each with its episodes in progress, and its envs pickled when they can be: see algorithms.envs)
     rng: dict[str, Any] | None  # the training process's torch/numpy/python generators (in-process schedules)
     snapshots: dict[str, Any] | None  # SnapshotRing.state_dict() when algo.staleness.delay > 0
     record: dict[str, Any]  # the run record's counters, added by the record when it saves
@@ -171,3 +172,16 @@ def check_snapshots(checkpoint: dict[str, Any], delay: int) -> dict[str, Any] | 
         raise CheckpointError(f"checkpoint part 'snapshots' holds {len(snapshots['slots'])} parameter versions; "
                               f"algo.staleness.delay={delay} needs {delay + 1}")
     return snapshots
+
+
+def dropped_partial_episodes(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The episodes in progress at the checkpoint that a resume cannot continue: those of collectors
+    whose envs could not be saved (each as worker, env, steps so far and return so far)."""
+    return [
+        {"worker": worker, "env": env, "length": int(length), "return": float(ret)}
+        for worker, collector in enumerate(checkpoint["collectors"])
+        if collector.get("envs") is None and "episodes_in_progress" in collector
+        for env, (ret, length) in enumerate(zip(collector["episodes_in_progress"]["returns"],
+                                                collector["episodes_in_progress"]["lengths"], strict=True))
+        if length > 0
+    ]

@@ -7,17 +7,24 @@ time-limit truncations. Observation and reward normalization are running statist
 learner (not env wrappers), so episode statistics always see raw rewards and the statistics travel
 in checkpoints.
 
+Saving: the envs of an in-process vector env are pickled whole (simulator state, generator and the
+wrappers' counters, such as the time limit's), so that a resumed single-process run continues its
+episodes exactly; envs in subprocesses or whose simulators cannot be pickled (Box2D, MuJoCo, ALE) are
+not saved, and a resume starts fresh episodes there.
+
 Seeding: env ``j`` of worker ``w`` is seeded with ``seed + w * num_envs + j``, so with one env per
 worker the seed is ``seed + worker`` and no two envs in a run share a seed.
 """
 
 from __future__ import annotations
 
+import pickle
 from functools import partial
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.utils import EzPickle
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 
@@ -41,6 +48,27 @@ def make_vector_env(env_cfg: Any, num_envs: int, backend: str = "sync") -> Vecto
         return AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn")
     # copy=False: the collector copies observations into its own storage before the next step.
     return SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+
+
+def save_envs(envs: VectorEnv) -> list[bytes] | None:
+    """Each env of ``envs`` pickled, or None when they are in subprocesses or cannot be pickled. An env that
+    pickles as ``EzPickle`` (Box2D, MuJoCo, ALE) pickles its constructor's arguments, not its state."""
+    if not isinstance(envs, SyncVectorEnv) or any(isinstance(env.unwrapped, EzPickle) for env in envs.envs):
+        return None
+    try:
+        return [pickle.dumps(env) for env in envs.envs]
+    except Exception:  # simulators refuse in many ways: TypeError, PicklingError, Box2D's AssertionError
+        return None
+
+
+def restore_envs(envs: VectorEnv, saved: list[bytes]) -> None:
+    """Put the envs :func:`save_envs` saved in place of ``envs``' own. In same-step autoreset mode a
+    ``SyncVectorEnv`` keeps no state between steps outside its envs."""
+    if not isinstance(envs, SyncVectorEnv) or len(saved) != envs.num_envs:
+        raise ValueError(f"{len(saved)} saved envs cannot replace the envs of {envs}")
+    for env in envs.envs:
+        env.close()
+    envs.envs = [pickle.loads(blob) for blob in saved]
 
 
 class RunningMeanStd:
@@ -88,7 +116,8 @@ class ObservationNormalizer:
 
 
 class RewardScaler:
-    """Divides rewards by the running std of the discounted return (Stable-Baselines3's VecNormalize)."""
+    """Divides rewards by the running std of the discounted return (Stable-Baselines3's VecNormalize).
+    Its state holds the discounted returns in progress, so that a resumed run scales as it would have."""
 
     def __init__(self, num_envs: int, gamma: float, clip: float, epsilon: float = 1e-8):
         self.stats = RunningMeanStd(())
@@ -103,7 +132,9 @@ class RewardScaler:
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.stats.state_dict()
+        return {**self.stats.state_dict(), "discounted_return": self.discounted_return.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stats.load_state_dict(state)
+        if "discounted_return" in state:  # absent from checkpoints of older versions
+            self.discounted_return = state["discounted_return"].copy()

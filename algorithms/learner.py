@@ -119,6 +119,18 @@ def build_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0) 
                      obs_normalizer, reward_scaler)
 
 
+def start_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0,
+                    state: dict[str, Any] | None = None) -> Collector:
+    """A collector ready to collect: continuing a checkpoint's ``state`` when given (its episodes in progress
+    too when the state saved the envs), else in fresh episodes seeded for ``env_steps``."""
+    collector = build_collector(cfg, envs, worker, env_steps)
+    if state is not None:
+        collector.load_state_dict(state)
+    if not collector.started:
+        collector.reset(reset_seed(cfg, worker, envs.num_envs, env_steps))
+    return collector
+
+
 def compute_gradients(model: ActorCritic, rollout: Rollout, algo: Any) -> dict[str, float]:
     """Fill ``model``'s ``.grad`` with the gradient of the actor-critic loss on ``rollout``.
 
@@ -216,14 +228,10 @@ class LocalLearner:
 
     def __init__(self, cfg: Any, worker: int, env_steps: int, collector_state: dict[str, Any] | None = None):
         self.algo, self.worker = cfg.algo, worker
-        num_envs = self.algo.num_envs
-        self.envs = make_vector_env(cfg.env, num_envs, self.algo.vector_backend)
+        self.envs = make_vector_env(cfg.env, self.algo.num_envs, self.algo.vector_backend)
         try:
             self.model = build_model(cfg, self.envs)
-            self.collector = build_collector(cfg, self.envs, worker, env_steps)
-            if collector_state is not None:
-                self.collector.load_state_dict(collector_state)
-            self.collector.reset(reset_seed(cfg, worker, num_envs, env_steps))
+            self.collector = start_collector(cfg, self.envs, worker, env_steps, collector_state)
         except BaseException:
             self.envs.close()
             raise

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +40,7 @@ from algorithms.learner import (
 )
 from algorithms.parameter_server import ParameterServer, parameter_server_worker
 from algorithms.protocol import EpisodeRow, Push, Record, Reply, UpdateRow, from_wire, to_wire
+from algorithms.reaper import Reaper
 from algorithms.server import GlobalModel
 from algorithms.supervision import RestartPolicy, StallWatchdog, WorkerFailure
 
@@ -59,42 +60,47 @@ def local_cluster_cpus(cfg: Any) -> int:
 @contextmanager
 def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
     """Connect to the cluster ``cfg.ray`` names, or start a local one; shut down what this call started."""
-    settings = cfg.ray
     connect = not ray.is_initialized()
-    if connect:
-        handler = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit
-        try:
-            if settings.address is None:
-                # address="local": a new cluster even when one runs on this machine (ray.init would join it)
-                ray.init(address="local", num_cpus=local_cluster_cpus(cfg), include_dashboard=False,
-                         logging_level=logging.WARNING)
-            else:
-                # the actors need only the algorithms package (their config is its dataclasses), shipped as a
-                # directory (a Ray Client driver, ray://, must pickle the runtime env: a module would not do)
-                packages = [str(Path(algorithms.__file__).parent)]
-                runtime_env = {"py_modules": packages} if settings.ship_code else None
-                try:
-                    ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)
-                except ConnectionError as error:
-                    if settings.address == "auto" or os.environ.get("RAY_AUTH_MODE"):
-                        raise
-                    # Ray picks up a cluster's authentication token by itself only for address=auto.
-                    raise ConnectionError(
-                        f"{error}. If the cluster uses token authentication (the default of `ray start`), "
-                        "set RAY_AUTH_MODE=token with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, "
-                        "or run on a node of the cluster with ray.address=auto") from error
-        finally:
-            if handler is not None and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, handler)  # the run record's: SIGTERM stops the run cleanly
-    try:
+    with ExitStack() as started:
+        if connect:
+            if cfg.ray.address is None:
+                started.enter_context(Reaper())  # a SIGKILLed driver's cluster must not outlive it
+            connect_to_cluster(cfg)
+            started.callback(ray.shutdown)
         resources = ray.cluster_resources()
-        record.event("ray_cluster", address=settings.address, started_here=connect and settings.address is None,
+        record.event("ray_cluster", address=cfg.ray.address, started_here=connect and cfg.ray.address is None,
                      nodes=sum(node["Alive"] for node in ray.nodes()), cpus=resources.get("CPU", 0.0),
                      ray_version=ray.__version__)
         yield
+
+
+def connect_to_cluster(cfg: Any) -> None:
+    """``ray.init`` for the cluster ``cfg.ray`` names, or a new local one, keeping this process's SIGTERM handler."""
+    settings = cfg.ray
+    handler = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit
+    try:
+        if settings.address is None:
+            # address="local": a new cluster even when one runs on this machine (ray.init would join it)
+            ray.init(address="local", num_cpus=local_cluster_cpus(cfg), include_dashboard=False,
+                     logging_level=logging.WARNING)
+        else:
+            # the actors need only the algorithms package (their config is its dataclasses), shipped as a
+            # directory (a Ray Client driver, ray://, must pickle the runtime env: a module would not do)
+            packages = [str(Path(algorithms.__file__).parent)]
+            runtime_env = {"py_modules": packages} if settings.ship_code else None
+            try:
+                ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            except ConnectionError as error:
+                if settings.address == "auto" or os.environ.get("RAY_AUTH_MODE"):
+                    raise
+                # Ray picks up a cluster's authentication token by itself only for address=auto.
+                raise ConnectionError(
+                    f"{error}. If the cluster uses token authentication (the default of `ray start`), "
+                    "set RAY_AUTH_MODE=token with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, "
+                    "or run on a node of the cluster with ray.address=auto") from error
     finally:
-        if connect:
-            ray.shutdown()
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)  # the run record's: SIGTERM stops the run cleanly
 
 
 # --------------------------------------------------------------------------- actors

@@ -16,7 +16,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-from algorithms.envs import ObservationNormalizer, RewardScaler
+from algorithms.envs import ObservationNormalizer, RewardScaler, restore_envs, save_envs
 from algorithms.nets import ActorCritic
 
 
@@ -85,6 +85,12 @@ class Collector:
         self.episode_returns = np.zeros(self.num_envs, dtype=np.float64)
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.current_obs: np.ndarray | None = None
+        self._envs_savable = True  # until pickling them fails once
+
+    @property
+    def started(self) -> bool:
+        """Whether the envs are mid-episode: after :meth:`reset`, or after loading a state that saved them."""
+        return self.current_obs is not None
 
     def reset(self, seed: int) -> None:
         """Start fresh episodes in every env; env ``j`` is seeded with ``seed + j``."""
@@ -92,6 +98,8 @@ class Collector:
         self.current_obs = self._normalize(obs)
         self.episode_returns[:] = 0.0
         self.episode_lengths[:] = 0
+        if self.reward_scaler is not None:
+            self.reward_scaler.discounted_return[:] = 0.0
 
     def _normalize(self, obs: np.ndarray, update: bool = True) -> np.ndarray:
         if self.obs_normalizer is None:
@@ -138,16 +146,31 @@ class Collector:
         return self.n_steps * self.num_envs
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to continue sampling and normalizing where it left off."""
+        """What a checkpoint needs to continue sampling, normalizing and, when the envs can be saved, the
+        episodes in progress exactly where they are (``envs`` is None when they cannot)."""
         return {
             "rng": self.rng.bit_generator.state,
             "obs_normalizer": self.obs_normalizer.state_dict() if self.obs_normalizer else None,
             "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
+            "episodes_in_progress": {"returns": self.episode_returns.copy(), "lengths": self.episode_lengths.copy()},
+            "envs": self._saved_envs(),
         }
 
+    def _saved_envs(self) -> dict[str, Any] | None:
+        envs = save_envs(self.envs) if self._envs_savable and self.started else None
+        self._envs_savable = self._envs_savable and envs is not None
+        return None if envs is None else {"envs": envs, "current_obs": self.current_obs.copy()}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; the episodes in progress too when it saved the envs (then
+        :attr:`started`), else :meth:`reset` must start fresh ones."""
         self.rng.bit_generator.state = state["rng"]
         if self.obs_normalizer is not None:
             self.obs_normalizer.load_state_dict(state["obs_normalizer"])
         if self.reward_scaler is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if (saved := state.get("envs")) is not None:
+            restore_envs(self.envs, saved["envs"])
+            self.current_obs = saved["current_obs"].copy()
+            self.episode_returns[:] = state["episodes_in_progress"]["returns"]
+            self.episode_lengths[:] = state["episodes_in_progress"]["lengths"]

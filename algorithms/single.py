@@ -15,15 +15,14 @@ from algorithms.checkpoint import check_collectors, make_checkpoint, restore_mod
 from algorithms.envs import make_vector_env
 from algorithms.learner import (
     NonFiniteGuard,
-    build_collector,
     build_model,
     compute_gradients,
     learning_rate,
     make_optimizer,
-    reset_seed,
     restore_rng_state,
     rng_state,
     set_learning_rate,
+    start_collector,
 )
 from algorithms.protocol import Record, UpdateRow, record_episodes, record_update
 
@@ -36,15 +35,14 @@ def run(cfg: Any, record: Record) -> None:
     try:
         model = build_model(cfg, envs)
         optimizer = make_optimizer(model, algo)
-        collector = build_collector(cfg, envs, worker=0)
-        env_steps, version = 0, 0
+        env_steps, version, collector_state = 0, 0, None
         if (state := record.resume_state) is not None:
             restore_model(state, model, optimizer)
-            collector.load_state_dict(check_collectors(state, 1)[0])
+            collector_state = check_collectors(state, 1)[0]
             if state["rng"] is not None:
                 restore_rng_state(state["rng"])
             env_steps, version = state["env_steps"], state["policy_version"]
-        collector.reset(reset_seed(cfg, 0, num_envs, env_steps))
+        collector = start_collector(cfg, envs, 0, env_steps, collector_state)
 
         def checkpoint() -> dict[str, Any]:
             return make_checkpoint(model.state_dict(), optimizer.state_dict(), env_steps, version,

@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from algorithms.checkpoint import CheckpointError, CheckpointRefused, read_checkpoint, write_checkpoint, write_file
+from algorithms.checkpoint import (
+    CheckpointError,
+    CheckpointRefused,
+    dropped_partial_episodes,
+    read_checkpoint,
+    write_checkpoint,
+    write_file,
+)
 from experiments.blowup import BlowupWatch
 from experiments.columns import LOSS_STATS, METRIC_COLUMNS, RECORD_COLUMNS
 
@@ -264,6 +271,9 @@ class RunRecord:
             write_file(self._meta_reserve, bytes(META_RESERVE_BYTES))
         self._write_meta()
         self.event("resumed" if resuming else "started", env_steps=self.env_steps)
+        if resuming and (dropped := dropped_partial_episodes(self.resume_state)):
+            self.event("partial_episodes_dropped", env_steps=self.env_steps, episodes=dropped,
+                       reason="the envs' state could not be saved in the checkpoint; they start fresh episodes")
         self._open_wandb()
         self._open_progress()
         self._install_signal_handlers()
@@ -273,9 +283,12 @@ class RunRecord:
         """Record how the run ended (last rows, end event, meta.json), then close W&B and the progress bar."""
         self._restore_signal_handlers()
         if self.logs:
+            completed = self._outcome(exc)[0] == "completed"
             with contextlib.suppress(OSError), self._writing():  # a failure becomes the run's fault
                 self._write_due_row()
-                if self.env_steps > self._last_row[0]:  # the run's end, between two rows of the grid
+                # A completed run's last row is its end, even between two rows of the grid; a stopped or
+                # failed one ends at its last grid row (a resume carries the interval on from the checkpoint).
+                if completed and self.env_steps > self._last_row[0]:
                     self._write_metrics_row(self.wall_time())
                 self._flush()
         self.status, self.error = self._outcome(exc)

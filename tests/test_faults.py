@@ -1,12 +1,16 @@
 """Faults of training itself, injected for real: divergence (a NaN reward, a huge learning rate) in every
 schedule, and a SIGKILLed trainer of every multi-process schedule, resumed. Each must end with a true status,
-a clear message and a record that agrees with its checkpoint."""
+a clear message and a record that agrees with its checkpoint. The reaper that a Ray driver starts kills what
+the driver started when it is SIGKILLed, and nothing when it stops cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
+import time
 from collections import Counter
 
 import pytest
@@ -14,9 +18,10 @@ import torch
 
 from algorithms.checkpoint import read_checkpoint
 from algorithms.learner import NonFiniteUpdate
+from algorithms.reaper import POLL_S
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
-from tests.processes import ROOT, cli, events, shared_memory_entries, start_cli, wait_for_rows, worker_pids
+from tests.processes import ROOT, alive, cli, events, shared_memory_entries, start_cli, wait_for_rows, worker_pids
 
 NAN_ENV = "env.id=tests.exploding_env:NaNRewardCartPole-v0"
 FAST = ["total_env_steps=600", "checkpoint_interval=50", "log_interval=50"]
@@ -122,3 +127,33 @@ def test_a_finite_blowup_is_reported_once_as_a_warning_and_an_event(run_dir, cap
     assert [(entry["quantity"], entry["env_steps"]) for entry in warnings][:1] == [("value_loss", 1500)]
     assert warnings[0]["value"] > 10_000 * warnings[0]["median"]
     assert "warning: worker 0 at env step 1500: value_loss" in capsys.readouterr().err
+
+
+GUARDED = """
+import subprocess, sys, time
+from algorithms.reaper import Reaper
+reaper = Reaper().__enter__()
+child = subprocess.Popen(["sleep", "60"])
+print(child.pid, flush=True)
+if sys.argv[1] == "clean":
+    reaper.__exit__(None, None, None)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("end", ["sigkill", "clean"])
+def test_the_reaper_kills_what_a_sigkilled_process_started_and_only_then(end):
+    guarded = subprocess.Popen([sys.executable, "-c", GUARDED, end], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = int(guarded.stdout.readline())
+    time.sleep(2 * POLL_S)  # the reaper has noted the child
+    guarded.kill()
+    guarded.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert alive(child) == (end == "clean")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

@@ -448,3 +448,39 @@ def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path, algo
     if "algo=a2c" in algo:  # the last round brought the collectors' states: the run can resume
         assert len(saved["collectors"]) == 2
 
+
+
+@pytest.mark.slow
+def test_a_sigkilled_driver_leaves_no_ray_process_and_resumes(tmp_path):
+    """SIGKILL gives the driver no chance to stop its cluster: Ray's own processes must follow it, and the
+    run resumes from its last checkpoint with every policy version recorded once."""
+    run_dir, shared_memory_before = tmp_path / "run", shared_memory_entries()
+    args = [*PS, "algo.num_workers=2", "checkpoint_interval=1000", "quiet=true", "logger.wandb.mode=disabled",
+            f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    trainer = subprocess.Popen([sys.executable, "-m", "experiments.train", *args, "total_env_steps=10000000"],
+                               cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "checkpoints" / "last.pt").exists() and len(read_csv(run_dir / "metrics.csv")) > 3):
+            assert time.monotonic() < deadline and trainer.poll() is None
+            time.sleep(0.1)
+        started = descendants(trainer.pid)
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait(timeout=30)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert wait_gone(sorted(started)) == [], "orphan Ray processes"
+    assert shared_memory_entries() <= shared_memory_before
+    assert read_meta(run_dir)["status"] == "running"  # a SIGKILL leaves no chance to write more
+    total = (int(read_csv(run_dir / "metrics.csv")[-1]["env_steps"]) // 1000 + 2) * 1000
+    resumed = subprocess.run([sys.executable, "-m", "experiments.train", *args, "resume=true",
+                              f"total_env_steps={total}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = updates(run_dir)
+    assert [row["update"] for row in rows] == list(range(1, len(rows) + 1))
+    check_applied_versions(rows)
+    assert checkpoint(run_dir)["policy_version"] == len(rows)  # every update applied, each recorded once
