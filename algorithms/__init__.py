@@ -27,6 +27,9 @@ class Schedule:
     worker_processes: bool  # each worker is a process (or actor) of its own
     one_worker_in_process: bool = False  # with num_workers=1 the worker runs in the trainer process
     server_process: bool = False  # the trainer itself is busy serving parameters
+    # One process learns (computes the loss, applies gradients), so its model can sit on an accelerator
+    # (``device``); workers that learn in processes of their own, or share CPU memory, stay on the CPU.
+    learner_on_device: bool = False
 
     def load(self) -> Callable[[Any, Any], None]:
         module, _, function = self.entry.partition(":")
@@ -41,9 +44,9 @@ class Schedule:
 
 _ENTRIES = (
     Schedule("single", "serial", "local", "algorithms.single:run",
-             "one env, one process, one update per n_steps", worker_processes=False),
+             "one env, one process, one update per n_steps", worker_processes=False, learner_on_device=True),
     Schedule("a2c", "vector", "local", "algorithms.single:run",
-             "one learner steps num_envs envs in lockstep", worker_processes=False),
+             "one learner steps num_envs envs in lockstep", worker_processes=False, learner_on_device=True),
     Schedule("a2c", "workers", "local", "algorithms.a2c:run",
              "worker processes average their gradients at a shared-memory barrier", worker_processes=True),
     Schedule("a3c", "hogwild", "local", "algorithms.a3c:run_hogwild",
@@ -51,7 +54,7 @@ _ENTRIES = (
              one_worker_in_process=True),
     Schedule("a3c", "parameter_server", "local", "algorithms.a3c:run_parameter_server",
              "the trainer applies workers' gradients in arrival order", worker_processes=True,
-             one_worker_in_process=True, server_process=True),
+             one_worker_in_process=True, server_process=True, learner_on_device=True),
     Schedule("a2c", "workers", "ray", "algorithms.ray_backend:run_workers",
              "worker actors; a server actor is the barrier and applies the mean", worker_processes=True),
     Schedule("a3c", "parameter_server", "ray", "algorithms.ray_backend:run_parameter_server",

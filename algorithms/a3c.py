@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from algorithms.learner import LocalLearner, NonFiniteGuard, learning_rate, make_optimizer
+from algorithms.learner import LocalLearner, NonFiniteGuard, learner_device, learning_rate, make_optimizer
 from algorithms.parameter_server import ParameterServer, pipe_worker
 from algorithms.protocol import (
     EpisodeRow,
@@ -44,7 +44,7 @@ def run_hogwild(cfg: Any, record: Record) -> None:
 
 def run_parameter_server(cfg: Any, record: Record) -> None:
     torch.set_num_threads(cfg.torch_threads)
-    global_model = GlobalModel(cfg, record.resume_state, None, shared=False)
+    global_model = GlobalModel(cfg, record.resume_state, None, shared=False, device=learner_device(cfg))
     (serve_parameters if cfg.algo.num_workers > 1 else train_one_worker)(cfg, record, global_model)
 
 

@@ -119,7 +119,8 @@ def nonfinite_entry(part: Any, where: str = "") -> str | None:
 
 def read_checkpoint(path: Path) -> Checkpoint:
     try:
-        state = torch.load(path, weights_only=False)
+        # On the CPU whatever device wrote it: loading into the model then copies to the model's device.
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many kinds for a torn or foreign file
         message = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
         empty = path.exists() and path.stat().st_size == 0

@@ -53,10 +53,25 @@ class AlgoConfig:
 
 @dataclass
 class ModelConfig:
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])  # the MLP torso (flat observations)
+    activation: str = "tanh"  # the MLP torso's
     log_std_init: float = 0.0  # diagonal Gaussian heads only
     ortho_init: bool = True
+    cnn: str = "auto"  # image observations: auto (by frame size) | nature (84x84 frame stacks) | minatar (10x10xC)
+    share_torso: bool | None = None  # actor and critic share one torso; null: shared for CNNs, separate for MLPs
+
+
+@dataclass
+class AtariConfig:
+    """The standard Atari training stack (Mnih et al. 2015; Machado et al. 2018 for the evaluation notes)."""
+
+    noop_max: int = 30  # up to this many no-op actions at reset
+    frame_skip: int = 4  # each action repeated this many frames, the last two max-pooled
+    screen_size: int = 84  # grayscale frames resized to screen_size x screen_size
+    frame_stack: int = 4  # observations are the last frame_stack frames, channels first
+    episodic_life: bool = True  # training episodes end at a life loss (the recorded episode is the full game)
+    fire_reset: bool = True  # press FIRE after reset in games that need it to start
+    clip_rewards: bool = True  # train on the sign of the reward (the recorded return is the game score)
 
 
 @dataclass
@@ -65,6 +80,8 @@ class EnvConfig:
     id: str = MISSING  # gymnasium id
     kwargs: dict[str, Any] = field(default_factory=dict)
     max_episode_steps: int | None = None  # null keeps the registered limit
+    preprocessing: str = "none"  # none | minatar (channels-first uint8 grids) | atari (the stack in atari)
+    atari: AtariConfig = field(default_factory=AtariConfig)
     normalize_obs: bool = False
     normalize_reward: bool = False
     clip_obs: float = 10.0
@@ -98,6 +115,9 @@ class RunConfig:
     backend: str = "local"  # local: processes on this machine; ray: Ray actors (a2c workers, a3c parameter_server)
     ray: RayConfig = field(default_factory=RayConfig)
     torch_threads: int = 1  # per process; more only fights the other workers for cores
+    # Where the learner's model lives: cpu | cuda | cuda:N | auto (cuda when available). Only schedules whose
+    # learner is one process (single, a2c vector, the local a3c parameter server) use it; workers stay on CPU.
+    device: str = "cpu"
 
     @classmethod
     def from_config(cls, config: Any) -> RunConfig:

@@ -7,6 +7,11 @@ time-limit truncations. Observation and reward normalization are running statist
 learner (not env wrappers), so episode statistics always see raw rewards and the statistics travel
 in checkpoints.
 
+Preprocessing (``env.preprocessing``): ``none`` makes the registered env as it is; ``minatar`` turns MinAtar's
+10x10xC boolean grids into channels-first uint8; ``atari`` builds the Atari stack of ``algorithms.atari``
+(4x84x84 uint8 frame stacks). Image observations stay uint8 until the model scales them. MinAtar's and the
+ALE's ids are registered by :func:`make_env` itself, because spawned processes start with gymnasium's only.
+
 Saving: the envs of an in-process vector env are pickled whole (simulator state, generator and the
 wrappers' counters, such as the time limit's), so that a resumed single-process run continues its
 episodes exactly; envs in subprocesses or whose simulators cannot be pickled (Box2D, MuJoCo, ALE) are
@@ -27,6 +32,8 @@ import numpy as np
 from gymnasium.utils import EzPickle
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
+from algorithms.atari import wrap_atari
+
 
 def worker_seed(seed: int, worker: int, num_envs: int) -> int:
     """Seed of the first env of ``worker``; its env ``j`` gets this plus ``j``."""
@@ -34,11 +41,67 @@ def worker_seed(seed: int, worker: int, num_envs: int) -> int:
 
 
 def make_env(env_cfg: Any) -> gym.Env:
-    """One env from an EnvConfig (id, kwargs, optional episode-step limit)."""
-    kwargs = dict(env_cfg.kwargs)
+    """One env from an EnvConfig: the registered env (id, kwargs, optional episode-step limit), then the
+    preprocessing that ``env_cfg.preprocessing`` names."""
+    return ENV_BUILDERS[env_cfg.preprocessing](env_cfg)
+
+
+def make_registered_env(env_cfg: Any, **forced_kwargs: Any) -> gym.Env:
+    """The env as registered, made with ``env_cfg.kwargs`` (``forced_kwargs`` win) and the optional step limit."""
+    kwargs = {**env_cfg.kwargs, **forced_kwargs}
     if env_cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = env_cfg.max_episode_steps
     return gym.make(env_cfg.id, **kwargs)
+
+
+def make_minatar_env(env_cfg: Any) -> gym.Env:
+    register_minatar_envs()
+    return ChannelsFirst(make_registered_env(env_cfg))
+
+
+def make_atari_env(env_cfg: Any) -> gym.Env:
+    register_ale_envs()
+    # The preprocessing repeats each action; the ALE's own frame skip would multiply with it.
+    return wrap_atari(make_registered_env(env_cfg, frameskip=1), env_cfg.atari)
+
+
+ENV_BUILDERS = {"none": make_registered_env, "minatar": make_minatar_env, "atari": make_atari_env}
+# The preprocessing an env id needs, by the entry point it is registered with.
+PREPROCESSING_BY_ENTRY_POINT = {"minatar.gym:BaseEnv": "minatar", "ale_py.env:AtariEnv": "atari"}
+MINATAR_PROBE_ID = "MinAtar/Breakout-v1"  # registered with all the others, v0 and v1
+
+
+def register_minatar_envs() -> None:
+    """MinAtar's ids, once per process (registering them again warns). Importing MinAtar takes seconds (it
+    imports matplotlib), so only what needs its envs calls this."""
+    if MINATAR_PROBE_ID not in gym.registry:
+        import minatar.gym
+
+        minatar.gym.register_envs()
+
+
+def register_ale_envs() -> None:
+    """The ALE's ids (``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ...): importing ale_py registers them."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+
+
+def preprocessing_for(env_id: str) -> str:
+    """The ``env.preprocessing`` a registered env id needs: ``atari``, ``minatar`` or ``none``."""
+    return PREPROCESSING_BY_ENTRY_POINT.get(gym.spec(env_id).entry_point, "none")
+
+
+class ChannelsFirst(gym.ObservationWrapper):
+    """MinAtar's (10, 10, C) boolean grids as (C, 10, 10) uint8, the layout and dtype of the Atari frames."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        height, width, channels = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(0, 1, (channels, height, width), np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
 
 
 def make_vector_env(env_cfg: Any, num_envs: int, backend: str = "sync") -> VectorEnv:

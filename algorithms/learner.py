@@ -33,7 +33,16 @@ def build_model(cfg: Any, envs: VectorEnv) -> ActorCritic:
         activation=cfg.model.activation,
         log_std_init=cfg.model.log_std_init,
         ortho_init=cfg.model.ortho_init,
+        cnn=cfg.model.cnn,
+        share_torso=cfg.model.share_torso,
     )
+
+
+def learner_device(cfg: Any) -> torch.device:
+    """Where a one-process learner's model lives: ``cfg.device``, ``auto`` being CUDA when there is one."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
 
 
 def build_spaces_model(cfg: Any) -> ActorCritic:
@@ -67,26 +76,54 @@ class Adam(InPlaceZeroGrad, torch.optim.Adam):
     pass
 
 
+class RMSpropTF(InPlaceZeroGrad, torch.optim.Optimizer):
+    """RMSprop as TensorFlow computes it (Stable-Baselines3's ``RMSpropTFLike``, without momentum or centering):
+    ``square_avg = alpha * square_avg + (1 - alpha) * grad**2``, then ``param -= lr * grad / sqrt(square_avg + eps)``.
+
+    Unlike torch's RMSprop, ``eps`` is inside the square root and ``square_avg`` starts at ones (see
+    :func:`make_optimizer`). From zeros, torch's first step is about ``lr / sqrt(1 - alpha)`` per parameter
+    whatever the gradient's size (10 ``lr`` at ``alpha=0.99``); from ones it is about ``lr * grad``. Hyperparameters
+    tuned with TensorFlow, such as rl-baselines3-zoo's A2C on Atari, assume the latter.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, alpha: float, eps: float):
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state[param]
+                grad, square_avg = param.grad, state["square_avg"]
+                state["step"].add_(1)
+                square_avg.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
+                param.addcdiv_(grad, square_avg.add(group["eps"]).sqrt_(), value=-group["lr"])
+
+
 def make_optimizer(model: ActorCritic | torch.Tensor, algo: Any) -> torch.optim.Optimizer:
-    """RMSprop (the A3C paper's choice) or Adam over the model's flat parameters, state created now.
+    """RMSprop (the A3C paper's choice), TensorFlow-style RMSprop or Adam over the model's flat parameters,
+    state created now.
 
     Creating the state up front rather than lazily lets an asynchronous schedule place it in shared
-    memory before any worker starts, so all workers update one set of statistics (and, for Adam, one
-    step count). ``model`` may also be a flat parameter tensor itself: a handle on global parameters.
+    memory before any worker starts, so all workers update one set of statistics (and one step count).
+    ``model`` may also be a flat parameter tensor itself: a handle on global parameters.
     """
     params = [model if isinstance(model, torch.Tensor) else model.flat_params]
     if algo.optimizer == "rmsprop":
         optimizer = RMSprop(params, lr=algo.lr, alpha=algo.rmsprop_alpha, eps=algo.optimizer_eps, foreach=True)
-        buffers = ("square_avg",)
+        initial_buffers = {"square_avg": 0.0}
+    elif algo.optimizer == "rmsprop_tf":
+        optimizer = RMSpropTF(params, lr=algo.lr, alpha=algo.rmsprop_alpha, eps=algo.optimizer_eps)
+        initial_buffers = {"square_avg": 1.0}
     else:
         optimizer = Adam(params, lr=algo.lr, eps=algo.optimizer_eps, foreach=True)
-        buffers = ("exp_avg", "exp_avg_sq")
+        initial_buffers = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state[param]
             state["step"] = torch.zeros(())
-            for name in buffers:
-                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            for name, value in initial_buffers.items():
+                state[name] = torch.full_like(param, value)
     return optimizer
 
 
@@ -109,14 +146,15 @@ def reset_seed(cfg: Any, worker: int, num_envs: int, env_steps: int) -> int:
 
 def build_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0) -> Collector:
     """A collector over ``envs`` with the normalizers the env config asks for, sampling with the seed of a
-    worker (re)starting at ``env_steps`` (a resumed one then loads its saved generator)."""
+    worker (re)starting at ``env_steps`` (a resumed one then loads its saved generator). Atari's episodes are
+    the games its envs' ``RecordEpisodeStatistics`` reports, not the lives its training episodes end at."""
     env_cfg, num_envs = cfg.env, envs.num_envs
     obs_normalizer = (ObservationNormalizer(envs.single_observation_space.shape, env_cfg.clip_obs)
                       if env_cfg.normalize_obs else None)
     reward_scaler = (RewardScaler(num_envs, cfg.algo.gamma, env_cfg.clip_reward)
                      if env_cfg.normalize_reward else None)
     return Collector(envs, cfg.algo.n_steps, reset_seed(cfg, worker, num_envs, env_steps),
-                     obs_normalizer, reward_scaler)
+                     obs_normalizer, reward_scaler, episodes_from_info=env_cfg.preprocessing == "atari")
 
 
 def start_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0,
@@ -147,10 +185,14 @@ def compute_gradients(model: ActorCritic, rollout: Rollout, algo: Any) -> dict[s
         advantages_np = gae_advantages(rewards, values, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
                                        **bootstrap)
         returns_np = advantages_np + values
-    returns, advantages = torch.from_numpy(returns_np), torch.from_numpy(advantages_np).flatten()
+    device = model.device
+    returns = torch.from_numpy(returns_np).to(device)
+    advantages = torch.from_numpy(advantages_np).flatten().to(device)
     if algo.normalize_advantage:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    log_probs, entropy, values = model.evaluate(rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1))
+    # Observations cross to an accelerator as they are stored: uint8 frames a quarter of their float size.
+    log_probs, entropy, values = model.evaluate(rollout.obs.flatten(0, 1).to(device),
+                                                rollout.actions.flatten(0, 1).to(device))
     loss, parts = actor_critic_loss(log_probs, entropy, values, returns.flatten(), advantages,
                                     algo.value_coef, algo.entropy_coef)
     model.flat_grads.zero_()

@@ -2,8 +2,14 @@
 
 Storage is allocated once as numpy arrays with torch views over the same memory, so per step the env's
 outputs and the actor's numpy outputs are written into place, and the learner reads the whole batch
-as tensors without conversion. Acting runs in numpy without autograd; the learner recomputes
-log-probabilities and values for the whole batch with autograd once per update.
+as tensors without conversion. uint8 observations (image frames) stay uint8 there, a quarter of float32's
+size; the model scales them. Acting runs without autograd; the learner recomputes log-probabilities and
+values for the whole batch with autograd once per update.
+
+Episodes: by default an episode ends at every done, with the collector's own sums of raw rewards and
+steps. With ``episodes_from_info`` (Atari), a done may be a lost life while the recorded episode is the
+whole game: it is what gymnasium's ``RecordEpisodeStatistics``, wrapped below the episodic-life wrapper,
+reports in the vector env's info at a game over (its score and length; see :func:`game_overs`).
 """
 
 from __future__ import annotations
@@ -37,13 +43,31 @@ class Rollout:
 class Episode(NamedTuple):
     """An episode that ended during a rollout."""
 
-    ret: float  # undiscounted sum of raw rewards
+    ret: float  # undiscounted sum of raw rewards (the game score under episodes_from_info)
     length: int
     steps_into_rollout: int  # env steps (all envs together) from the rollout's start to this end
 
 
+def game_overs(info: dict[str, Any]) -> list[tuple[int, float, int]]:
+    """(env, return, length) of each episode ``RecordEpisodeStatistics`` reported in a vector env step's
+    ``info``. In same-step autoreset mode an ended env's last info moves to ``info["final_info"]`` and the
+    info of the reset that follows takes its place; a game can end in either (Atari's reset after a lost life
+    steps the game on). Both are batched over the envs: ``"episode"`` holds arrays ``"r"``, ``"l"`` and
+    ``"t"``, and ``"_episode"`` marks the envs that carry one."""
+    ended = []
+    for source in (info.get("final_info", {}), info):
+        if "episode" in source:
+            stats = source["episode"]
+            ended += [(i, stats["r"][i], stats["l"][i]) for i in np.flatnonzero(source["_episode"])]
+    return ended
+
+
 class Collector:
-    """Steps a vector env with a model ``n_steps`` at a time into preallocated storage."""
+    """Steps a vector env with a model ``n_steps`` at a time into preallocated storage.
+
+    ``episodes_from_info``: record episodes from ``RecordEpisodeStatistics`` in the env's info (see the
+    module's docstring) rather than at every done.
+    """
 
     def __init__(
         self,
@@ -52,8 +76,10 @@ class Collector:
         sampling_seed: int,
         obs_normalizer: ObservationNormalizer | None = None,
         reward_scaler: RewardScaler | None = None,
+        episodes_from_info: bool = False,
     ):
         self.envs = envs
+        self.episodes_from_info = episodes_from_info
         self.n_steps, self.num_envs = n_steps, envs.num_envs
         self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
         self.rng = np.random.default_rng(sampling_seed)
@@ -61,10 +87,11 @@ class Collector:
         self.discrete = isinstance(action_space, spaces.Discrete)
         if not self.discrete:
             self.action_low, self.action_high = action_space.low, action_space.high
-        obs_shape = envs.single_observation_space.shape
+        observation_space = envs.single_observation_space
         action_shape = () if self.discrete else action_space.shape
         size = (n_steps, self.num_envs)
-        self._obs = np.zeros(size + obs_shape, dtype=np.float32)
+        keeps_uint8 = observation_space.dtype == np.uint8 and obs_normalizer is None
+        self._obs = np.zeros(size + observation_space.shape, dtype=np.uint8 if keeps_uint8 else np.float32)
         self._actions = np.zeros(size + action_shape, dtype=np.int64 if self.discrete else np.float32)
         self._rewards = np.zeros(size, dtype=np.float32)
         self._terminated = np.zeros(size, dtype=np.float32)
@@ -103,7 +130,7 @@ class Collector:
 
     def _normalize(self, obs: np.ndarray, update: bool = True) -> np.ndarray:
         if self.obs_normalizer is None:
-            return obs.astype(np.float32, copy=False)
+            return obs.astype(self._obs.dtype, copy=False)
         return self.obs_normalizer(obs, update=update)
 
     def collect(self, model: ActorCritic) -> list[Episode]:
@@ -125,11 +152,7 @@ class Collector:
             self._truncated[t] = truncated
             self._truncation_values[t] = 0.0
             if dones.any():
-                for i in np.flatnonzero(dones):
-                    episodes.append(Episode(float(self.episode_returns[i]),
-                                            int(self.episode_lengths[i]), (t + 1) * self.num_envs))
-                self.episode_returns[dones] = 0.0
-                self.episode_lengths[dones] = 0
+                episodes += self._end_episodes(dones, info, (t + 1) * self.num_envs)
                 cut = np.flatnonzero(truncated & ~terminated)
                 if len(cut):
                     final_obs = np.stack([info["final_obs"][i] for i in cut])
@@ -140,6 +163,17 @@ class Collector:
             self.current_obs = self._normalize(next_obs)
         self._next_value[:] = model.predict_values(self.current_obs)
         return episodes
+
+    def _end_episodes(self, dones: np.ndarray, info: dict[str, Any], steps_into_rollout: int) -> list[Episode]:
+        """The episodes that ended at this step, whose sums in progress restart."""
+        if self.episodes_from_info:
+            ended = game_overs(info)
+        else:
+            ended = [(i, self.episode_returns[i], self.episode_lengths[i]) for i in np.flatnonzero(dones)]
+        envs = [i for i, _, _ in ended]
+        self.episode_returns[envs] = 0.0
+        self.episode_lengths[envs] = 0
+        return [Episode(float(ret), int(length), steps_into_rollout) for _, ret, length in ended]
 
     @property
     def steps_per_collect(self) -> int:

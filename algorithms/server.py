@@ -27,6 +27,7 @@ from algorithms.learner import (
 from algorithms.shared_memory import TRAINER, HolderLock, SharedCounters, SnapshotRing, share_optimizer_state
 
 LOCK_TIMEOUT_S = 10.0  # the trainer's own wait for the lock (checkpoints)
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -48,14 +49,17 @@ class GlobalModel:
     """The global parameters, optimizer, counters and snapshot ring of a run: created, resumed, checkpointed.
 
     ``shared=True`` (Hogwild worker processes) places them in shared memory with a :class:`HolderLock`;
-    otherwise one process owns them and there is no lock.
+    otherwise one process owns them, on ``device`` (a parameter server's accelerator), and there is no lock.
     """
 
-    def __init__(self, cfg: Any, resume_state: dict[str, Any] | None, context: Any, shared: bool):
+    def __init__(self, cfg: Any, resume_state: dict[str, Any] | None, context: Any, shared: bool,
+                 device: torch.device = CPU):
         algo = cfg.algo
         self.model = build_spaces_model(cfg)
         if shared:
             self.model.share_memory()
+        elif device != CPU:
+            self.model.place(device)
         self.optimizer = make_optimizer(self.model, algo)
         self.counters = SharedCounters()
         snapshots = None

@@ -17,6 +17,7 @@ from algorithms.learner import (
     NonFiniteGuard,
     build_model,
     compute_gradients,
+    learner_device,
     learning_rate,
     make_optimizer,
     restore_rng_state,
@@ -33,7 +34,7 @@ def run(cfg: Any, record: Record) -> None:
     algo, num_envs = cfg.algo, cfg.algo.num_envs
     envs = make_vector_env(cfg.env, num_envs, algo.vector_backend)
     try:
-        model = build_model(cfg, envs)
+        model = build_model(cfg, envs).place(learner_device(cfg))
         optimizer = make_optimizer(model, algo)
         env_steps, version, collector_state = 0, 0, None
         if (state := record.resume_state) is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,20 +23,28 @@ from functools import cache
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from algorithms import NoSuchSchedule, schedule_for
 from algorithms.config import RunConfig
 
-OPTIMIZERS = ("rmsprop", "adam")
+OPTIMIZERS = ("rmsprop", "adam", "rmsprop_tf")
 LR_SCHEDULES = ("constant", "linear")
 STALENESS_LR_SCALINGS = ("none", "inverse")
 VECTOR_BACKENDS = ("sync", "async")
 START_METHODS = ("spawn", "forkserver", "fork")
 ACTIVATIONS = ("tanh", "relu")
+CNN_TORSOS = ("auto", "nature", "minatar")
+NATURE_MIN_SIDE = 36  # algorithms.nets' (spelt out so that validating does not import torch)
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_FALLBACKS = ("offline", "fail")
 NONFINITE_POLICIES = ("fail", "skip_update")
+# What each env.preprocessing takes, as its error message says it.
+PREPROCESSING_TAKES = {
+    "none": "ids of envs with flat observations",
+    "minatar": "MinAtar ids such as MinAtar/Breakout-v1",
+    "atari": "ALE ids such as ALE/Pong-v5",
+}
 
 
 @dataclass
@@ -96,36 +105,72 @@ def _positive_int(key: str, value: int) -> None:
 
 
 @cache
-def env_spaces(env_id: str, kwargs_items: tuple) -> tuple[Any, Any]:
-    """Observation and action spaces of an env id (builds the env once, then caches)."""
-    import gymnasium as gym
+def env_spaces(env_yaml: str) -> tuple[Any, Any]:
+    """Observation and action spaces of the env an EnvConfig (as YAML, to be hashable) makes, preprocessing
+    included (builds the env once, then caches)."""
+    from algorithms.envs import make_env
 
-    env = gym.make(env_id, **dict(kwargs_items))
+    env = make_env(OmegaConf.create(env_yaml))
     try:
         return env.observation_space, env.action_space
     finally:
         env.close()
 
 
-def _validate_env(env: DictConfig) -> None:
-    import gymnasium as gym
-    from gymnasium import spaces
+def _validate_atari(env: DictConfig) -> None:
+    atari = env.atari
+    _require(atari.noop_max >= 0, "env.atari.noop_max", atari.noop_max, "must be >= 0 (0: no no-op starts)")
+    for key in ("frame_skip", "screen_size", "frame_stack"):
+        _positive_int(f"env.atari.{key}", atari[key])
+    if env.preprocessing != "atari":
+        return
+    _require(env.max_episode_steps is None, "env.max_episode_steps", env.max_episode_steps,
+             "would count emulator frames below the Atari preprocessing; set env.kwargs.max_num_frames_per_episode "
+             "(frames, 108000 by default) instead")
+    frameskip = env.kwargs.get("frameskip")
+    _require(frameskip is None, "env.kwargs.frameskip", frameskip,
+             "the Atari preprocessing repeats each action; set env.atari.frame_skip instead")
 
-    # gymnasium's "module:EnvId" form imports the module (which registers the env) before making it.
+
+def _registered_id(env: DictConfig) -> str:
+    """env.id without gymnasium's optional "module:" part (importing the module registers the env)."""
+    import gymnasium as gym
+
+    from algorithms.envs import register_ale_envs, register_minatar_envs
+
     module, _, name = env.id.rpartition(":")
     if module:
         try:
             importlib.import_module(module)
         except ImportError as error:
             raise ConfigError("env.id", env.id, f"cannot import module {module!r}: {error}") from error
+    # The ALE's ids are cheap to register, and then an ALE id is told which preprocessing it needs whatever
+    # env.preprocessing says; MinAtar's import takes seconds, so its ids only when something asks for them.
+    register_ale_envs()
+    if env.preprocessing == "minatar" or name.lower().startswith("minatar/"):
+        register_minatar_envs()
     ids = tuple(gym.registry.keys())
     if name not in ids:
         close = difflib.get_close_matches(name, ids, n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError("env.id", env.id, f"is not a registered gymnasium environment{hint}")
-    kwargs = tuple(sorted(dict(env.kwargs).items()))
+    return name
+
+
+def _validate_env(env: DictConfig) -> None:
+    from gymnasium import spaces
+
+    from algorithms.envs import preprocessing_for
+
+    _one_of("env.preprocessing", env.preprocessing, tuple(PREPROCESSING_TAKES))
+    _validate_atari(env)
+    if env.max_episode_steps is not None:
+        _positive_int("env.max_episode_steps", env.max_episode_steps)
+    needed = preprocessing_for(_registered_id(env))
+    _require(env.preprocessing == needed, "env.preprocessing", env.preprocessing,
+             f"takes {PREPROCESSING_TAKES[env.preprocessing]}; env.id={env.id} needs env.preprocessing={needed}")
     try:
-        observation_space, action_space = env_spaces(env.id, kwargs)
+        observation_space, action_space = env_spaces(OmegaConf.to_yaml(env, resolve=True))
     except Exception as error:  # missing extras, bad kwargs: the env's own words say why
         raise ConfigError("env.id", env.id, f"cannot be created: {error}") from error
     _require(
@@ -133,14 +178,13 @@ def _validate_env(env: DictConfig) -> None:
         "env.id", env.id,
         f"has action space {action_space}; the actor-critic supports Discrete and 1-D Box actions",
     )
+    flat = isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1
     _require(
-        isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1,
+        env.preprocessing != "none" or flat,
         "env.id", env.id,
         f"has observation space {observation_space}; the MLP actor-critic takes 1-D Box observations "
-        "(images need a convolutional torso, which this harness does not have yet)",
+        "(the CNN takes the frames of env.preprocessing=atari or minatar)",
     )
-    if env.max_episode_steps is not None:
-        _positive_int("env.max_episode_steps", env.max_episode_steps)
     for key in ("clip_obs", "clip_reward"):
         _require(env[key] > 0, f"env.{key}", env[key], "must be > 0")
 
@@ -204,6 +248,23 @@ def _validate_algo(algo: DictConfig) -> None:
                      f"controlled staleness is an a3c setting; algo={algo.name} applies every gradient fresh")
 
 
+def _validate_torso(model: DictConfig, env: DictConfig) -> None:
+    """The model's torso against the observations of ``env.preprocessing``: flat for none, else uint8 frames."""
+    _one_of("model.cnn", model.cnn, CNN_TORSOS)
+    if env.preprocessing == "none":
+        _require(model.share_torso is not True, "model.share_torso", model.share_torso,
+                 "flat observations get separate actor and critic MLPs; only a CNN torso (env.preprocessing=atari "
+                 "or minatar) can be shared")
+        return
+    _require(not env.normalize_obs, "env.normalize_obs", env.normalize_obs,
+             f"the frames of env.preprocessing={env.preprocessing} are scaled to [0, 1] inside the model; running "
+             "normalization would store them as float32 and normalize each pixel")
+    side = env.atari.screen_size if env.preprocessing == "atari" else 10  # MinAtar's grids are 10x10
+    _require(model.cnn != "nature" or side >= NATURE_MIN_SIDE, "model.cnn", model.cnn,
+             f"needs frames of at least {NATURE_MIN_SIDE}x{NATURE_MIN_SIDE} pixels; env.preprocessing="
+             f"{env.preprocessing} gives {side}x{side} (use auto or minatar)")
+
+
 def _validate_schedule(cfg: DictConfig) -> None:
     try:
         schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
@@ -232,6 +293,25 @@ def _validate_ray(cfg: DictConfig) -> None:
                  f"ray.cpus_per_worker={ray.cpus_per_worker} + ray.server_cpus={ray.server_cpus} = {needed:g} CPUs")
 
 
+def _validate_device(cfg: DictConfig) -> None:
+    """A device torch can name; an accelerator only for a schedule whose learner is one process, and only
+    where there is one (``auto`` falls back to the CPU instead)."""
+    device = cfg.device
+    _require(re.fullmatch(r"cpu|auto|cuda(:\d+)?", device) is not None, "device", device,
+             "must be cpu, cuda, cuda:N or auto")
+    if device in ("cpu", "auto"):
+        return
+    schedule = schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
+    _require(schedule.learner_on_device, "device", device,
+             f"algo={cfg.algo.name} algo.mode={cfg.algo.mode} backend={cfg.backend} learns in worker processes "
+             "that stay on the CPU; a device serves single, a2c vector and the local a3c parameter server")
+    import torch  # only for an accelerator: validation stays torch-free otherwise
+
+    index = int(device.partition(":")[2] or 0)
+    _require(torch.cuda.is_available() and index < torch.cuda.device_count(), "device", device,
+             f"this machine has {torch.cuda.device_count()} CUDA devices (device=auto uses one when there is)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every rule that types alone cannot express; raise ConfigError naming the key and value."""
     _validate_schedule(cfg)
@@ -249,9 +329,11 @@ def validate(cfg: DictConfig) -> None:
         _positive_int("cpu_budget", cfg.cpu_budget)
     if cfg.backend == "ray":
         _validate_ray(cfg)
+    _validate_device(cfg)
     _require(len(cfg.model.hidden_sizes) >= 1 and all(h >= 1 for h in cfg.model.hidden_sizes),
              "model.hidden_sizes", list(cfg.model.hidden_sizes), "must be a non-empty list of positive sizes")
     _one_of("model.activation", cfg.model.activation, ACTIVATIONS)
+    _validate_torso(cfg.model, cfg.env)
     _one_of("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     _one_of("logger.wandb.fallback", cfg.logger.wandb.fallback, WANDB_FALLBACKS)
 

@@ -152,7 +152,8 @@ def test_inverse_lr_scaling_divides_the_step_by_the_staleness():
 
 
 # --------------------------------------------------------------------------- one worker, in process
-@pytest.mark.parametrize(("mode", "optimizer"), [("hogwild", "rmsprop"), ("parameter_server", "adam")])
+@pytest.mark.parametrize(("mode", "optimizer"),
+                         [("hogwild", "rmsprop"), ("hogwild", "rmsprop_tf"), ("parameter_server", "adam")])
 def test_one_worker_gives_the_parameters_of_single(tmp_path, mode, optimizer):
     common = ["seed=3", "total_env_steps=1500", f"algo.optimizer={optimizer}"]
     train_run(tmp_path / "single", "algo=single", *common)
