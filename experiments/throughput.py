@@ -11,6 +11,10 @@ Run specs are ``ALGO[:MODE][:N[w]][:Me][:BACKEND]``: N workers, M envs per worke
     python -m experiments.throughput --env cartpole --runs single a2c:vector:8e a2c:workers:2w:1e \\
         a3c:hogwild:2w a3c:parameter_server:2w a3c:parameter_server:2w:ray --steps 200000
     python -m experiments.throughput --runs single a2c:workers:2w:1e --repeats 3 --against /tmp/old
+    python -m experiments.throughput --env atari_pong --runs a2c:vector:16e --steps 20000 --sb3
+
+``--sb3`` times Stable-Baselines3's A2C (``experiments.sb3_peer``) on each one-learner spec's settings right
+after it, over SB3's own Atari stack (``native``) or over our envs (``--sb3 ours``: only the learners differ).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from experiments.config import ConfigError, validate
 from experiments.record import git_state
 from experiments.train import CONFIG_DIR, train
 
+SB3_MODES = ("serial", "vector")  # one learner stepping its envs in lockstep: what SB3's A2C is
 SPEC_PART = re.compile(r"(?P<count>\d+)(?P<unit>w|workers?|e|envs?)?")
 
 
@@ -144,11 +149,14 @@ class Measurement:
     overall_sps: list[float] = field(default_factory=list)  # including start-up
     raw_sps: list[float] = field(default_factory=list)  # measured right before each repeat
     against_sps: list[float] = field(default_factory=list)  # in the --against checkout, right after each repeat
+    sb3_sps: list[float] = field(default_factory=list)  # Stable-Baselines3's A2C (--sb3), right after each repeat
 
     def summary(self) -> dict[str, Any]:
         steady, raw = statistics.median(self.steady_sps), statistics.median(self.raw_sps)
         against = statistics.median(self.against_sps) if self.against_sps else None
+        sb3 = statistics.median(self.sb3_sps) if self.sb3_sps else None
         return {**asdict(self), "steady_sps_median": steady, "raw_sps_median": raw,
+                "sb3_sps_median": sb3, "vs_sb3": None if sb3 is None else steady / sb3,
                 "fraction_of_raw": statistics.median(s / r for s, r in zip(self.steady_sps, self.raw_sps,
                                                                             strict=True)),
                 "against_sps_median": against, "vs_against": None if against is None else steady / against}
@@ -184,8 +192,10 @@ def compose_run(spec: RunSpec, env: str, steps: int, log_rows: int, extra: list[
 
 
 def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_seconds: float, warmup: float,
-            extra: list[str], keep: Path | None, against: OtherCheckout | None = None) -> list[Measurement]:
-    """Run every spec ``repeats`` times, each run followed by the same spec in ``against``'s checkout."""
+            extra: list[str], keep: Path | None, against: OtherCheckout | None = None,
+            sb3: str | None = None) -> list[Measurement]:
+    """Run every spec ``repeats`` times, each run followed by the same spec in ``against``'s checkout and, for
+    the one-learner A2C specs, by Stable-Baselines3's A2C on the same settings (``sb3``: whose envs)."""
     configs = [compose_run(spec, env, steps, log_rows=50, extra=extra) for spec in specs]
     for spec, cfg in zip(specs, configs, strict=True):  # every config checked before the first run
         try:
@@ -212,6 +222,12 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
                     result.against_sps.append(against.steady_rate(result.spec))
                     print(f"  {result.spec} repeat {repeat + 1}/{repeats} in {against.path}: "
                           f"{result.against_sps[-1]:,.0f} steps/s", file=sys.stderr, flush=True)
+                if sb3 is not None and result.mode in SB3_MODES:
+                    from experiments.sb3_peer import peer_steady_rate
+
+                    result.sb3_sps.append(peer_steady_rate(cfg, warmup, sb3))
+                    print(f"  {result.spec} repeat {repeat + 1}/{repeats} in Stable-Baselines3 ({sb3} envs): "
+                          f"{result.sb3_sps[-1]:,.0f} steps/s", file=sys.stderr, flush=True)
     return results
 
 
@@ -264,14 +280,17 @@ def local_ratio(result: Measurement, results: list[Measurement]) -> float | None
 
 
 def table(results: list[Measurement], against: str | None = None) -> str:
-    """One row per spec; ``against`` heads a last column: each rate over the ``--against`` checkout's."""
-    ratio_headers = ["vs local", *([against] if against else [])]
+    """One row per spec; ``against`` heads a column: each rate over the ``--against`` checkout's; with ``--sb3``
+    a last column has each rate over Stable-Baselines3's."""
+    with_sb3 = any(result.sb3_sps for result in results)
+    ratio_headers = ["vs local", *([against] if against else []), *(["vs SB3"] if with_sb3 else [])]
     header = (f"{'run':<36} {'workers':>7} {'envs':>5} {'steps/s':>10} {'raw env':>10} {'of raw':>7} "
               + " ".join(f"{name:>8}" for name in ratio_headers))
     lines = [header, "-" * len(header)]
     for result in results:
         summary = result.summary()
-        ratios = [local_ratio(result, results), *([summary["vs_against"]] if against else [])]
+        ratios = [local_ratio(result, results), *([summary["vs_against"]] if against else []),
+                  *([summary["vs_sb3"]] if with_sb3 else [])]
         lines.append(f"{result.spec:<36} {result.num_workers:>7} {result.num_envs:>5} "
                      f"{summary['steady_sps_median']:>10,.0f} {summary['raw_sps_median']:>10,.0f} "
                      f"{summary['fraction_of_raw']:>6.1%} "
@@ -306,6 +325,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--against", type=Path, metavar="DIR",
                         help="also measure every run with the benchmark of this checkout of another commit (e.g. "
                              "made with git worktree add DIR REV), right after it here; report the ratio")
+    parser.add_argument("--sb3", nargs="?", const="native", choices=("native", "ours"),
+                        help="also time Stable-Baselines3's A2C (a dev dependency) on each single and a2c:vector "
+                             "spec's settings, right after it: over SB3's own Atari stack (native, the default) or "
+                             "over our envs (ours: only the learners differ); report the ratio")
     args = parser.parse_args(argv)
     try:
         args.specs = [parse_spec(text) for text in args.runs]
@@ -329,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     against = other_checkout(args)
     started = machine()
     results = measure(args.specs, args.env, args.steps, args.repeats, args.raw_seconds, args.warmup, args.set,
-                      args.keep, against)
+                      args.keep, against, args.sb3)
     floor = None
     if any(spec.backend == "ray" for spec in args.specs):
         floor = ray_call_floor(compose_run(args.specs[0], args.env, args.steps, log_rows=50, extra=args.set))
@@ -339,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     if floor is not None:
         print(f"Ray actor-to-actor call round trip here: {floor['empty']:.2f} ms empty, {floor['parameters']:.2f} ms "
               f"with the model's {floor['parameter_bytes']:,} bytes of parameters each way")
+    if args.sb3 is not None:
+        print(f"vs SB3: steady rate here over Stable-Baselines3's A2C on the same settings ({args.sb3} envs), "
+              "timed right after each run here")
     if checkout is not None:
         dirty = " with uncommitted changes" if checkout["git_dirty"] else ""
         print(f"{against_header}: steady rate here over that of {checkout['dir']} (commit "
@@ -346,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"env": args.env, "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
                "overrides": args.set, "machine": started, "load_average_after": os.getloadavg(),
                "ray_call_round_trip_ms": floor,
-               "against": checkout,
+               "against": checkout, "sb3_envs": args.sb3,
                "runs": [{**result.summary(), "vs_local": local_ratio(result, results)} for result in results]}
     args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -50,3 +50,23 @@ def test_every_schedule_trains_on_the_pixel_suites(tmp_path, schedule, suite):
     assert any(name.endswith("0.weight") and tensor.dim() == 4 for name, tensor in model.items())  # a CNN learned
     if suite == "minatar":
         assert read_csv(run_dir / "episodes.csv"), "random MinAtar Breakout games end within the budget"
+
+
+@pytest.mark.slow
+def test_a2c_learns_minatar_breakout_far_above_a_random_policy(tmp_path):
+    """Two seeds of a2c vector (16 envs, the MinAtar paper's torso and settings) for 100k env steps, side by side.
+
+    A uniformly random policy scores 0.46 per game here (200 games, std 0.66). Measured on this 2-core machine:
+    the mean of the last 100 games reached 2.98 and 3.12 (seeds 0, 1); the threshold asks for three times random.
+    """
+    processes = {seed: subprocess.Popen(
+        cli("algo=a2c", "algo.num_envs=16", "env=minatar_breakout", f"seed={seed}", "total_env_steps=100000",
+            "log_interval=10000", "quiet=true", "logger.wandb.mode=disabled", f"hydra.run.dir={tmp_path}/s{seed}"),
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True) for seed in (0, 1)}
+    for seed, process in processes.items():
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+        last_100 = [float(row["return"]) for row in read_csv(tmp_path / f"s{seed}" / "episodes.csv")[-100:]]
+        print(f"seed {seed}: mean return of the last 100 games {sum(last_100) / 100:.2f}")
+        assert sum(last_100) / 100 >= 1.4, f"seed {seed}: last 100 games {sum(last_100) / 100:.2f}"

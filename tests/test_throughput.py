@@ -85,3 +85,15 @@ def test_against_needs_a_checkout_of_this_project(tmp_path, capsys):
         main(["--runs", "single", "--against", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "not a checkout of this project" in capsys.readouterr().err
+
+
+def test_benchmark_times_stable_baselines3_on_the_one_learner_specs(tmp_path, capsys):
+    pytest.importorskip("stable_baselines3")
+    path = tmp_path / "throughput.json"
+    main(["--env", "minatar_breakout", "--runs", "a2c:vector:2e", "--steps", "600", "--raw-seconds", "0.1",
+          "--sb3", "ours", "--json", str(path)])
+    result = json.loads(path.read_text())
+    (run,) = result["runs"]
+    assert result["sb3_envs"] == "ours" and len(run["sb3_sps"]) == 1 and run["sb3_sps"][0] > 0
+    assert run["vs_sb3"] == pytest.approx(run["steady_sps_median"] / run["sb3_sps_median"])
+    assert "vs SB3" in capsys.readouterr().out

@@ -1,0 +1,111 @@
+"""Stable-Baselines3's A2C on one of our run configs: the peer that ``experiments.throughput --sb3`` measures.
+
+The peer gets what our learner gets: the same number of envs stepped in lockstep, the same hyperparameters
+and optimizer (``rmsprop_tf`` is SB3's ``RMSpropTFLike``), the same network (separate MLPs; the Nature CNN;
+for MinAtar the paper's torso as a features extractor, over frames already in [0, 1]) and one torch thread.
+Its envs are ours (``algorithms.envs.make_env``), except on Atari by default, where they are SB3's own
+``AtariWrapper`` and ``VecFrameStack`` with the same settings, as its users run them (``envs_from="ours"``
+leaves only the learners' difference). Its steady rate is timed past a warm-up, as ours is read from metrics
+rows past the same fraction of the run. Stable-Baselines3 is a development dependency: this module imports
+it when a peer is built.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from algorithms.envs import make_env
+from algorithms.nets import cnn_kind, cnn_torso
+
+
+def minatar_extractor() -> type:
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class MinAtarExtractor(BaseFeaturesExtractor):
+        """The MinAtar paper's torso, as our ``model.cnn=minatar``."""
+
+        def __init__(self, observation_space: Any):
+            super().__init__(observation_space, features_dim=128)
+            self.torso = cnn_torso("minatar", observation_space.shape)
+
+        def forward(self, observations: torch.Tensor) -> torch.Tensor:
+            return self.torso(observations)
+
+    return MinAtarExtractor
+
+
+def policy_for(cfg: Any, observation_space: Any) -> tuple[str, dict[str, Any]]:
+    """SB3's policy name and keyword arguments for our model config over ``observation_space``."""
+    kwargs: dict[str, Any] = {"ortho_init": cfg.model.ortho_init}
+    if cfg.algo.optimizer == "rmsprop_tf":
+        from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+        kwargs.update(optimizer_class=RMSpropTFLike,
+                      optimizer_kwargs={"alpha": cfg.algo.rmsprop_alpha, "eps": cfg.algo.optimizer_eps})
+    if len(observation_space.shape) != 3:
+        activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[cfg.model.activation]
+        hidden = list(cfg.model.hidden_sizes)
+        return "MlpPolicy", {**kwargs, "net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": activation}
+    if cnn_kind(cfg.model.cnn, observation_space.shape) == "minatar":  # frames of 0s and 1s: nothing to scale
+        kwargs.update(features_extractor_class=minatar_extractor(), normalize_images=False)
+    return "CnnPolicy", kwargs
+
+
+def sb3_atari_envs(cfg: Any) -> Any:
+    """SB3's own Atari stack (``AtariWrapper``, ``VecFrameStack``) with our ``env.atari`` settings: what an SB3
+    user runs. Its ``AtariWrapper`` clips rewards and ends training episodes at lost lives as ours does."""
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    from algorithms.envs import register_ale_envs
+
+    register_ale_envs()
+    atari = cfg.env.atari
+    wrapper = {"noop_max": atari.noop_max, "frame_skip": atari.frame_skip, "screen_size": atari.screen_size,
+               "terminal_on_life_loss": atari.episodic_life, "clip_reward": atari.clip_rewards}
+    envs = make_atari_env(cfg.env.id, n_envs=cfg.algo.num_envs, seed=cfg.seed, wrapper_kwargs=wrapper,
+                          env_kwargs={**cfg.env.kwargs, "frameskip": 1})  # the wrapper skips frames
+    return VecFrameStack(envs, atari.frame_stack)
+
+
+PEER_ENVS = ("native", "ours")  # SB3's own Atari stack, or ours (which leaves only the learners' difference)
+
+
+def build_peer(cfg: Any, envs_from: str = "native") -> Any:
+    """SB3's A2C for the a2c-vector (or single) run ``cfg`` describes, over SB3's own Atari stack (``native``,
+    on Atari only) or over the envs our run steps (``ours``)."""
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    algo = cfg.algo
+    envs = (sb3_atari_envs(cfg) if envs_from == "native" and cfg.env.preprocessing == "atari"
+            else DummyVecEnv([partial(make_env, cfg.env) for _ in range(algo.num_envs)]))
+    policy, policy_kwargs = policy_for(cfg, envs.observation_space)
+    lr = algo.lr if algo.lr_schedule == "constant" else (lambda remaining: remaining * algo.lr)
+    return A2C(policy, envs, learning_rate=lr, n_steps=algo.n_steps, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
+               ent_coef=algo.entropy_coef, vf_coef=algo.value_coef, max_grad_norm=algo.max_grad_norm,
+               rms_prop_eps=algo.optimizer_eps, use_rms_prop=algo.optimizer != "adam",
+               normalize_advantage=algo.normalize_advantage, policy_kwargs=policy_kwargs, seed=cfg.seed,
+               device="cpu", verbose=0)
+
+
+def peer_steady_rate(cfg: Any, warmup: float, envs_from: str = "native") -> float:
+    """Env steps per second of SB3's A2C over ``cfg.total_env_steps``, timed past the first ``warmup`` of them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        peer = build_peer(cfg, envs_from)
+        warm = int(cfg.total_env_steps * warmup)
+        peer.learn(total_timesteps=warm)
+        started = time.perf_counter()
+        peer.learn(total_timesteps=cfg.total_env_steps - warm, reset_num_timesteps=False)
+        steps = peer.num_timesteps - warm
+        peer.env.close()
+        return steps / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
