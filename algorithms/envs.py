@@ -101,7 +101,7 @@ class ChannelsFirst(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Box(0, 1, (channels, height, width), np.uint8)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
+        return np.ascontiguousarray(observation.transpose(2, 0, 1), dtype=np.uint8)
 
 
 def make_vector_env(env_cfg: Any, num_envs: int, backend: str = "sync") -> VectorEnv:

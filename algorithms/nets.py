@@ -64,18 +64,30 @@ def cnn_kind(cnn: str, obs_shape: tuple[int, ...]) -> str:
     return cnn
 
 
-def cnn_torso(kind: str, obs_shape: tuple[int, ...]) -> nn.Sequential:
+class CNNTorso(nn.Module):
+    """Convolutions, each followed by a ReLU, then a ReLU linear layer over their flattened output."""
+
+    def __init__(self, obs_shape: tuple[int, ...], convolutions: list[tuple[int, int, int]], width: int):
+        super().__init__()
+        channels, side = obs_shape[0], np.array(obs_shape[1:])
+        self.convolutions = nn.ModuleList()
+        for out_channels, kernel, stride in convolutions:
+            self.convolutions.append(nn.Conv2d(channels, out_channels, kernel, stride))
+            channels, side = out_channels, (side - kernel) // stride + 1
+        self.linear = nn.Linear(channels * int(np.prod(side)), width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Functional calls, as in MLPTorso: acting runs a batch of a few frames, where calling each module
+        # costs about as much as MinAtar's convolution itself.
+        for conv in self.convolutions:
+            x = torch.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride))
+        return torch.relu(F.linear(x.flatten(1), self.linear.weight, self.linear.bias))
+
+
+def cnn_torso(kind: str, obs_shape: tuple[int, ...]) -> CNNTorso:
     """The ``kind`` CNN torso (see :data:`CNN_TORSOS`) over channels-first frames of ``obs_shape``."""
     convolutions, width = CNN_TORSOS[kind]
-    layers: list[nn.Module] = []
-    channels = obs_shape[0]
-    for out_channels, kernel, stride in convolutions:
-        layers += [nn.Conv2d(channels, out_channels, kernel, stride), nn.ReLU()]
-        channels = out_channels
-    layers.append(nn.Flatten())
-    with torch.no_grad():
-        flat_size = nn.Sequential(*layers)(torch.zeros(1, *obs_shape)).shape[1]
-    return nn.Sequential(*layers, nn.Linear(flat_size, width), nn.ReLU())
+    return CNNTorso(obs_shape, convolutions, width)
 
 
 def orthogonal_init(module: nn.Module, gain: float) -> None:

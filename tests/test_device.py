@@ -46,7 +46,7 @@ def test_placing_a_model_keeps_one_flat_buffer_and_its_values():
     model.place(torch.device("cpu"))
     assert torch.equal(model.flat_params, before)
     assert all(param.data_ptr() >= model.flat_params.data_ptr() for param in model.parameters())
-    model.torso[0].weight.data.add_(1.0)  # a layer's parameter is a view of the flat buffer
+    model.torso.convolutions[0].weight.data.add_(1.0)  # a layer's parameter is a view of the flat buffer
     assert not torch.equal(model.flat_params, before)
 
 

@@ -39,7 +39,7 @@ def frames(observation_space: spaces.Box, batch: int, seed: int = 0) -> np.ndarr
                          [(ATARI, 8, NATURE_PARAMS), (MINATAR, 3, MINATAR_PARAMS)])
 def test_auto_picks_the_cnn_by_frame_size_and_shares_it(observation_space, kernel, torso_params):
     model = cnn_model(observation_space)
-    assert model.torso[0].kernel_size == (kernel, kernel)
+    assert model.torso.convolutions[0].kernel_size == (kernel, kernel)
     assert sum(p.numel() for p in model.torso.parameters()) == torso_params
     logits, values = model(torch.from_numpy(frames(observation_space, 5)))
     assert logits.shape == (5, ACTIONS.n) and values.shape == (5,)
@@ -187,7 +187,7 @@ def test_episodes_from_info_are_whole_games_not_lives():
 def test_cnn_orthogonal_init_has_sb3_gains():
     torch.manual_seed(0)
     model = ActorCritic(MINATAR, ACTIONS, [64, 64])
-    convolution, linear = model.torso[0], model.torso[3]
+    convolution, linear = model.torso.convolutions[0], model.torso.linear
     for layer, gain in ((convolution, 2**0.5), (linear, 2**0.5), (model.policy_head, 0.01), (model.value_head, 1.0)):
         weight = layer.weight.detach().flatten(1)  # every layer here has fewer rows than columns
         torch.testing.assert_close(weight @ weight.T, gain**2 * torch.eye(len(weight)), atol=1e-5, rtol=1e-5)

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import read_csv, read_meta
+from tests.conftest import read_csv, read_meta, train_run
 from tests.processes import ROOT, cli
 from tests.test_ray import WORKERS as RAY_WORKERS
 
@@ -70,3 +70,18 @@ def test_a2c_learns_minatar_breakout_far_above_a_random_policy(tmp_path):
         last_100 = [float(row["return"]) for row in read_csv(tmp_path / f"s{seed}" / "episodes.csv")[-100:]]
         print(f"seed {seed}: mean return of the last 100 games {sum(last_100) / 100:.2f}")
         assert sum(last_100) / 100 >= 1.4, f"seed {seed}: last 100 games {sum(last_100) / 100:.2f}"
+
+
+def test_one_worker_of_every_schedule_gives_single_s_cnn_parameters(tmp_path):
+    """The backbone of the harness's claims holds for the CNN over uint8 MinAtar frames: with one worker and
+    one seed, a2c vector (one env), Hogwild and the parameter server end with single's parameters, bit for bit."""
+    common = ["env=minatar_breakout", "seed=4", "total_env_steps=300", "log_interval=100"]
+    train_run(tmp_path / "single", "algo=single", *common)
+    single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for name, schedule in (("vector", ["algo=a2c", "algo.num_envs=1"]),
+                           ("hogwild", ["algo=a3c", "algo.num_workers=1"]),
+                           ("parameter_server", ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=1"])):
+        train_run(tmp_path / name, *schedule, *common)
+        other = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)["model"]
+        assert any(tensor.dim() == 4 for tensor in other.values())
+        assert all(torch.equal(single[key], other[key]) for key in single), name
