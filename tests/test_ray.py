@@ -37,6 +37,7 @@ ray = pytest.importorskip("ray")
 from algorithms.learner import NonFiniteUpdate  # noqa: E402
 from algorithms.protocol import Push, to_wire  # noqa: E402
 from algorithms.ray_backend import SynchronousServer  # noqa: E402  (needs ray)
+from algorithms.reaper import descendants  # noqa: E402
 from algorithms.rollout import Episode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -398,23 +399,9 @@ def test_throughput_measures_both_backends_in_one_run(cluster, tmp_path, capsys)
 
 
 # --------------------------------------------------------------------------- the command line, its own cluster
-def descendants(root: int) -> set[int]:
+def live_descendants(root: int) -> set[int]:
     """Every live process below ``root`` in the process tree."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return {pid for pid in found if alive(pid)}
+    return {pid for pid in descendants(root) if alive(pid)}
 
 
 @pytest.mark.slow
@@ -431,7 +418,7 @@ def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path, algo
         while not ((run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > 2):
             assert time.monotonic() < deadline and trainer.poll() is None, trainer.communicate()[0]
             time.sleep(0.1)
-        started = descendants(trainer.pid)
+        started = live_descendants(trainer.pid)
         assert len(started) >= 4  # this run's cluster: GCS, raylet, the server and worker actors at least
         os.killpg(trainer.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         assert trainer.wait(timeout=90) == 130, trainer.communicate()[0]
@@ -466,7 +453,7 @@ def test_a_sigkilled_driver_leaves_no_ray_process_and_resumes(tmp_path):
         while not ((run_dir / "checkpoints" / "last.pt").exists() and len(read_csv(run_dir / "metrics.csv")) > 3):
             assert time.monotonic() < deadline and trainer.poll() is None
             time.sleep(0.1)
-        started = descendants(trainer.pid)
+        started = live_descendants(trainer.pid)
         os.kill(trainer.pid, signal.SIGKILL)
         trainer.wait(timeout=30)
     finally:
