@@ -56,3 +56,11 @@ def test_the_cuda_learner_matches_the_cpu_learner_on_one_batch_of_each_torso():
 
     for name, (space, actions) in BATCHES.items():
         assert compare_one_batch(name, space, actions)["ok"], name
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU")
+def test_the_gpu_check_says_in_one_line_that_it_needs_a_gpu(capsys):
+    from experiments.gpu_check import main
+
+    assert main([]) == 2
+    assert capsys.readouterr().err == "error: no CUDA device here; this check needs one\n"
