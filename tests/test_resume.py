@@ -77,6 +77,9 @@ SETTINGS = {
     # a2c vector with normalized observations and rewards: their running statistics and discounted returns.
     "a2c_vector_normalized": ["algo=a2c", "algo.mode=vector", "algo.num_envs=4", "env=pendulum",
                               "total_env_steps=1600", "log_interval=320", "checkpoint_interval=640"],
+    # a2c vector on MinAtar: the CNN over uint8 grids, sticky actions and difficulty ramping in the envs' state.
+    "a2c_vector_minatar": ["algo=a2c", "algo.mode=vector", "algo.num_envs=2", "env=minatar_breakout",
+                           "total_env_steps=600", "log_interval=100", "checkpoint_interval=250"],
 }
 
 
