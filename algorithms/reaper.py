@@ -25,27 +25,28 @@ GRACE_S = 3.0
 DONE = b"done"
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when it no longer exists."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, parent, ...), or None when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    # The command name (field 2) may hold spaces and parentheses: the fields start after its last ')'.
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when it no longer exists."""
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def descendants(root: int) -> dict[int, int]:
     """Every process below ``root`` in the process tree, with its start time."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat[stat.rindex(")") + 2:].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
+        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     found: dict[int, int] = {}
     todo = [root]
     while todo:

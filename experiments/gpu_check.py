@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from algorithms.checkpoint import nonfinite_entry
 from algorithms.config import AlgoConfig
 from algorithms.learner import compute_gradients
 from algorithms.nets import ActorCritic
@@ -83,8 +84,7 @@ def timed_run(overrides: list[str], device: str, run_dir: Path) -> dict[str, Any
     done = subprocess.run(command, capture_output=True, text=True)
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
     checkpoint = run_dir / "checkpoints" / "last.pt"
-    finite = checkpoint.exists() and all(
-        bool(torch.isfinite(tensor).all()) for tensor in torch.load(checkpoint, weights_only=False)["model"].values())
+    finite = checkpoint.exists() and nonfinite_entry(torch.load(checkpoint, weights_only=False)["model"]) is None
     return {"status": meta.get("status", f"exit {done.returncode}: {done.stderr.strip()[-300:]}"),
             "sps": (meta.get("final") or {}).get("sps"), "finite": finite, "seconds": time.monotonic() - started}
 
