@@ -35,9 +35,13 @@ class Schedule:
         module, _, function = self.entry.partition(":")
         return getattr(importlib.import_module(module), function)
 
+    def trains_in_trainer(self, num_workers: int) -> bool:
+        """Whether the whole training loop runs in the trainer process."""
+        return not self.worker_processes or (self.one_worker_in_process and num_workers == 1)
+
     def busy_processes(self, num_workers: int, per_worker: int = 1) -> int:
         """CPU-bound processes a run keeps busy; ``per_worker`` counts a worker's env subprocesses too."""
-        if not self.worker_processes or (self.one_worker_in_process and num_workers == 1):
+        if self.trains_in_trainer(num_workers):
             return per_worker
         return num_workers * per_worker + int(self.server_process)
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from algorithms.checkpoint import check_collectors, make_checkpoint, restore_model
+from algorithms.evaluation import EvalSnapshot, next_evaluation_at, take_snapshot
 from algorithms.learner import (
     LocalLearner,
     NonFiniteGuard,
@@ -63,6 +64,7 @@ def synchronous_worker(cfg: Any, worker: int, conn: connection.Connection, start
         if states is not None:
             restore_model(states, model, optimizer)
         version, env_steps = start.version, start.env_steps
+        evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)  # the record's rule
         steps_per_update = algo.num_workers * learner.steps
         guard = NonFiniteGuard(algo, worker, can_skip=False)  # every replica must take the same step
         while env_steps < cfg.total_env_steps:  # true until the last update but when resuming a completed run
@@ -85,6 +87,9 @@ def synchronous_worker(cfg: Any, worker: int, conn: connection.Connection, start
             updates.append(UpdateRow(env_steps, version, version, True, lr, **stats, wait_time=wait_time,
                                      checkpoint=checkpoint))
             version += 1
+            if worker == 0 and env_steps >= evaluation_at:  # the replicas are identical: one sends the policy
+                conn.send(take_snapshot(model.flat_params, env_steps, version, learner.collector.obs_normalizer))
+                evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)
             if checkpoint:
                 send_checkpoint_part(conn, worker, learner, optimizer, version, env_steps)
             if stop:
@@ -214,8 +219,11 @@ def run(cfg: Any, record: Record) -> None:
         try:
             supervisor.start_all()
             while supervisor.running():
-                for worker, part in supervisor.messages(POLL_S):
-                    log.add_snapshot(worker, part)
+                for worker, message in supervisor.messages(POLL_S):
+                    if isinstance(message, EvalSnapshot):
+                        record.evaluate(message)
+                    else:
+                        log.add_snapshot(worker, message)
                 if record.stop_requested:
                     exchange.request_stop()
                 supervisor.handle_exits(finishing=False)

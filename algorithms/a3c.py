@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from algorithms.evaluation import take_snapshot
 from algorithms.learner import LocalLearner, NonFiniteGuard, learner_device, learning_rate, make_optimizer
 from algorithms.parameter_server import ParameterServer, pipe_worker
 from algorithms.protocol import (
@@ -125,6 +126,9 @@ def train_one_worker(cfg: Any, record: Record, global_model: GlobalModel) -> Non
             row, episodes = worker.step()
             record_episodes(record, 0, int(row.env_steps) - worker.learner.steps, episodes)
             record_update(record, 0, row)
+            if record.evaluation_due(counters.env_steps):
+                record.evaluate(take_snapshot(worker.state.params, counters.env_steps, counters.version,
+                                              collector.obs_normalizer))
             if record.checkpoint_due(counters.env_steps):
                 record.save_checkpoint(checkpoint())
     finally:
@@ -145,9 +149,12 @@ def hogwild_worker(cfg: Any, worker: int, conn: connection.Connection, env_steps
                                        episode.length))
         updates.append(row)
 
+    publish = state.obs_statistics is not None and worker == 0  # for the trainer's evaluations
     try:
         while not counters.stop and counters.env_steps < cfg.total_env_steps:
             hogwild.step(report)
+            if publish:
+                state.obs_statistics.publish(hogwild.learner.collector.obs_normalizer.state_dict())
     finally:
         hogwild.close()
 
@@ -193,6 +200,7 @@ def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
                 if record.stop_requested:
                     counters.request_stop()
                 supervisor.handle_exits(finishing=counters.stop or counters.env_steps >= cfg.total_env_steps)
+                evaluate_if_due(cfg, record, global_model, workers_done=False)
                 if record.checkpoint_due(counters.env_steps):
                     checkpoint()
                 supervisor.check_stall()
@@ -202,6 +210,19 @@ def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
             for worker in tables:  # a worker terminated inside the lock must not block the checkpoint
                 lock.free_if_held_by(worker)
             checkpoint()
+    evaluate_if_due(cfg, record, global_model, workers_done=True)
+
+
+def evaluate_if_due(cfg: Any, record: Record, global_model: GlobalModel, workers_done: bool) -> None:
+    """Hand the record the global parameters to evaluate, with worker 0's observation statistics, when an
+    evaluation is due; the final one once the workers are done (others may still apply their last updates)."""
+    counters = global_model.counters
+    final = counters.env_steps >= cfg.total_env_steps
+    if record.evaluation_due(counters.env_steps) and (workers_done or not final):
+        with global_model.frozen():
+            snapshot = take_snapshot(global_model.model.flat_params, counters.env_steps, counters.version,
+                                     global_model.obs_statistics)
+        record.evaluate(snapshot)
 
 
 # --------------------------------------------------------------------------- parameter server
@@ -224,9 +245,11 @@ def serve_parameters(cfg: Any, record: Record, global_model: GlobalModel) -> Non
                         supervisor.send(worker, server.reply())
                 server.stop = record.stop_requested
                 supervisor.handle_exits(finishing=server.finishing())
+                evaluate_if_due(cfg, record, global_model, workers_done=False)
                 if record.checkpoint_due(counters.env_steps):
                     record.save_checkpoint(global_model.checkpoint())
                 supervisor.check_stall()
         finally:
             processes.stop()
             record.save_checkpoint(global_model.checkpoint())
+    evaluate_if_due(cfg, record, global_model, workers_done=True)

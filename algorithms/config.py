@@ -90,6 +90,16 @@ class EnvConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation episodes, played apart from training (``algorithms.evaluation``) into ``evals.csv``."""
+
+    interval: int | None = None  # env steps between evaluations; null: only the final one, at the end of the run
+    episodes: int = 10  # per evaluation; 0 turns evaluation off, the final one too
+    deterministic: bool = True  # the most probable action (discrete) or the mean (continuous); false: sampled
+    num_envs: int = 1  # envs played in lockstep, each playing an equal share of the episodes
+
+
+@dataclass
 class RayConfig:
     """Where and how ``backend=ray`` runs its actors (see docs/ray.md)."""
 
@@ -114,6 +124,7 @@ class RunConfig:
     checkpoint_interval: int = 50_000  # env steps between checkpoints
     backend: str = "local"  # local: processes on this machine; ray: Ray actors (a2c workers, a3c parameter_server)
     ray: RayConfig = field(default_factory=RayConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     torch_threads: int = 1  # per process; more only fights the other workers for cores
     # Where the learner's model lives: cpu | cuda | cuda:N | auto (cuda when available). Only schedules whose
     # learner is one process (single, a2c vector, the local a3c parameter server) use it; workers stay on CPU.

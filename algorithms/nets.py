@@ -117,7 +117,7 @@ class ActorCritic(nn.Module):
         share_torso: bool | None = None,
     ):
         super().__init__()
-        shape = observation_space.shape
+        shape = self.observation_shape = observation_space.shape
         self.image = len(shape) == 3
         self.shares_torso = self.image if share_torso is None else share_torso
         if self.shares_torso and not self.image:
@@ -229,23 +229,29 @@ class ActorCritic(nn.Module):
             x = self.numpy_activation(x @ weight + bias)
         return x
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Sample actions for a batch of observations; return them with the state values (numpy)."""
+    def act(self, obs: np.ndarray, rng: np.random.Generator,
+            deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Sample actions for a batch of observations (or, ``deterministic``, take the most probable action or
+        the Gaussian mean); return them with the state values (numpy)."""
         if not self.numpy_acting:
-            return self._act_in_torch(obs, rng)
+            return self._act_in_torch(obs, rng, deterministic)
         actor, critic, (policy_w, policy_b), (value_w, value_b), log_std = self._numpy_views()
         obs = obs.reshape(len(obs), -1)
         policy_out = self._numpy_torso(actor, obs) @ policy_w + policy_b
         values = (self._numpy_torso(critic, obs) @ value_w + value_b)[:, 0]
-        return self._sample(policy_out, log_std, rng), values
+        return self._sample(policy_out, log_std, rng, deterministic), values
 
     @torch.no_grad()
-    def _act_in_torch(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _act_in_torch(self, obs: np.ndarray, rng: np.random.Generator,
+                      deterministic: bool) -> tuple[np.ndarray, np.ndarray]:
         policy_out, values = self(torch.from_numpy(obs).to(self.device))
         log_std = None if self.discrete else self.log_std.cpu().numpy()
-        return self._sample(policy_out.cpu().numpy(), log_std, rng), values.cpu().numpy()
+        return self._sample(policy_out.cpu().numpy(), log_std, rng, deterministic), values.cpu().numpy()
 
-    def _sample(self, policy_out: np.ndarray, log_std: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    def _sample(self, policy_out: np.ndarray, log_std: np.ndarray | None, rng: np.random.Generator,
+                deterministic: bool) -> np.ndarray:
+        if deterministic:
+            return np.argmax(policy_out, axis=1) if self.discrete else policy_out.astype(np.float32)
         if self.discrete:
             # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample, without normalising.
             uniform = rng.random(policy_out.shape)

@@ -34,7 +34,19 @@ def parameter_server_worker(learner: LocalLearner, server: ServerLink) -> None:
         episodes, stats = learner.learn()
         collector_state = learner.collector.state_dict() if reply.send_collector_state else None
         reply = server.push(Push(learner.worker, reply.version, to_wire(learner.model.flat_grads), stats, episodes,
-                                 learner.steps, collector_state, time.monotonic()))
+                                 learner.steps, collector_state, time.monotonic(), evaluation_statistics(learner)))
+
+
+def evaluation_statistics(learner: LocalLearner) -> dict[str, Any] | None:
+    """Worker 0's observation statistics, which the server keeps for evaluating the global parameters."""
+    normalizer = learner.collector.obs_normalizer
+    return normalizer.state_dict() if normalizer is not None and learner.worker == 0 else None
+
+
+def keep_statistics(global_model: GlobalModel, push: Push) -> None:
+    """The observation statistics a push carries, for the server's evaluations."""
+    if push.obs_statistics is not None and global_model.obs_statistics is not None:
+        global_model.obs_statistics.publish(push.obs_statistics)
 
 
 class PipeLink:
@@ -91,6 +103,7 @@ class ParameterServer:
         """Record the push's episodes, apply its gradient at the current version, advance the counters and
         record the update."""
         cfg, model, counters = self.cfg, self.global_model, self.global_model.counters
+        keep_statistics(model, push)
         env_steps, version = counters.env_steps, counters.version
         for episode in push.episodes:
             self.record.episode(push.worker, env_steps + episode.steps_into_rollout, episode.ret, episode.length)

@@ -33,6 +33,10 @@ class Record(Protocol):
 
     def event(self, kind: str, **fields: Any) -> None: ...
 
+    def evaluation_due(self, env_steps: int) -> bool: ...
+
+    def evaluate(self, snapshot: Any) -> None: ...  # an algorithms.evaluation.EvalSnapshot
+
     def checkpoint_due(self, env_steps: int) -> bool: ...
 
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
@@ -105,6 +109,7 @@ class Push(NamedTuple):
     steps: int  # env steps of the rollout
     collector_state: dict[str, Any] | None  # sent when the server asked for it (a checkpoint follows)
     sent_at: float
+    obs_statistics: dict[str, Any] | None = None  # worker 0's observation statistics (normalize_obs), for evaluation
 
 
 class Reply(NamedTuple):

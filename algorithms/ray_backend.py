@@ -30,6 +30,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 import algorithms
 from algorithms.a2c import SyncLog, checkpoint_crossed
 from algorithms.checkpoint import check_collectors
+from algorithms.evaluation import next_evaluation_at, take_snapshot
 from algorithms.learner import (
     LocalLearner,
     NonFiniteGuard,
@@ -38,7 +39,7 @@ from algorithms.learner import (
     learning_rate,
     set_learning_rate,
 )
-from algorithms.parameter_server import ParameterServer, parameter_server_worker
+from algorithms.parameter_server import ParameterServer, keep_statistics, parameter_server_worker
 from algorithms.protocol import EpisodeRow, Push, Record, Reply, UpdateRow, from_wire, to_wire
 from algorithms.reaper import Reaper
 from algorithms.server import GlobalModel
@@ -140,14 +141,14 @@ class RayWorker:
 class RecordCall(NamedTuple):
     """One call a server actor made on the run record, to be replayed by the driver."""
 
-    method: str  # episode, update, event or save_checkpoint
+    method: str  # episode, update, event, evaluate or save_checkpoint
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
 
 class RecordBuffer:
-    """The run record as a server actor sees it: its ``episode``, ``update``, ``event`` and ``save_checkpoint`` calls,
-    kept in order for the driver to replay into the real record."""
+    """The run record as a server actor sees it: its ``episode``, ``update``, ``event``, ``evaluate`` and
+    ``save_checkpoint`` calls, kept in order for the driver to replay into the real record."""
 
     def __init__(self) -> None:
         self.calls: list[RecordCall] = []
@@ -160,6 +161,9 @@ class RecordBuffer:
 
     def event(self, *args: Any, **kwargs: Any) -> None:
         self.calls.append(RecordCall("event", args, kwargs))
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append(RecordCall("evaluate", args, kwargs))
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.calls.append(RecordCall("save_checkpoint", (state,), {}))
@@ -190,6 +194,8 @@ class ParameterServerActor:
         self.server = ParameterServer(cfg, self.rows, self.global_model)
         self.diverged: str | None = None  # a NonFiniteUpdate's message: the driver fails the run with it
         self.next_checkpoint_at = next_checkpoint_at(self.global_model.counters.env_steps, cfg.checkpoint_interval)
+        self.next_evaluation_at = next_evaluation_at(self.global_model.counters.env_steps, cfg.eval,
+                                                     cfg.total_env_steps)
 
     def counters(self) -> tuple[int, int]:
         counters = self.global_model.counters
@@ -215,10 +221,22 @@ class ParameterServerActor:
         """The record calls since the last drain and the env steps; they end with a checkpoint when the run
         has crossed ``checkpoint_interval`` since the last one (the local server's rule) or is ending."""
         env_steps = self.global_model.counters.env_steps
+        self.offer_evaluation(ending)
         if ending or env_steps >= self.next_checkpoint_at:
             self.rows.save_checkpoint(self.global_model.checkpoint())
             self.next_checkpoint_at = next_checkpoint_at(env_steps, self.cfg.checkpoint_interval)
         return Drained(self.rows.take(), env_steps, self.diverged)
+
+    def offer_evaluation(self, ending: bool) -> None:
+        """The global parameters for the driver's record to evaluate, when the run has reached an evaluation's
+        env step (the record's rule, checked at every drain); the final one when the run is ending (other workers
+        may still push their last gradients before)."""
+        counters = self.global_model.counters
+        final = counters.env_steps >= self.cfg.total_env_steps
+        if counters.env_steps >= self.next_evaluation_at and (ending or not final):
+            self.rows.evaluate(take_snapshot(self.global_model.model.flat_params, counters.env_steps,
+                                             counters.version, self.global_model.obs_statistics))
+            self.next_evaluation_at = next_evaluation_at(counters.env_steps, self.cfg.eval, self.cfg.total_env_steps)
 
 
 class Drained(NamedTuple):
@@ -295,6 +313,7 @@ class SynchronousServer(ParameterServerActor):
                 raise RuntimeError(f"worker {push.worker} pushed a gradient of round {push.version_at_sync} during "
                                    f"round {current.version}")
             self.gradients[push.worker].copy_(from_wire(push.gradient))
+            keep_statistics(self.global_model, push)
             current.pushes[push.worker] = (time.perf_counter(), push)
             # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
             env_steps = self.global_model.counters.env_steps
@@ -346,6 +365,7 @@ class SynchronousServer(ParameterServerActor):
         with self.condition:
             if ending:
                 self.log.record_rest()
+            self.offer_evaluation(ending)
             return Drained(self.rows.take(), self.global_model.counters.env_steps, self.diverged)
 
 

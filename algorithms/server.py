@@ -24,7 +24,14 @@ from algorithms.learner import (
     rng_state,
     set_learning_rate,
 )
-from algorithms.shared_memory import TRAINER, HolderLock, SharedCounters, SnapshotRing, share_optimizer_state
+from algorithms.shared_memory import (
+    TRAINER,
+    HolderLock,
+    ObsStatistics,
+    SharedCounters,
+    SnapshotRing,
+    share_optimizer_state,
+)
 
 LOCK_TIMEOUT_S = 10.0  # the trainer's own wait for the lock (checkpoints)
 CPU = torch.device("cpu")
@@ -40,6 +47,7 @@ class GlobalState:
     counters: SharedCounters
     lock: HolderLock | None  # None when one process owns the model: nothing to serialize
     snapshots: SnapshotRing | None
+    obs_statistics: ObsStatistics | None  # worker 0 publishes its observation statistics here (env.normalize_obs)
 
     def locked(self, holder: int) -> contextlib.AbstractContextManager[None]:
         return self.lock.held(holder) if self.lock is not None else contextlib.nullcontext()
@@ -81,9 +89,14 @@ class GlobalModel:
             self.optimizer.state[self.model.flat_params])
         if shared and self.snapshots is not None:
             self.snapshots.share_memory_()
+        # Evaluation normalizes observations as worker 0 does; its statistics are not part of the checkpoint.
+        self.obs_statistics = ObsStatistics(self.model.observation_shape) if cfg.env.normalize_obs else None
+        if shared and self.obs_statistics is not None:
+            self.obs_statistics.share_memory_()
 
     def state(self) -> GlobalState:
-        return GlobalState(self.model.flat_params, self.optimizer_state, self.counters, self.lock, self.snapshots)
+        return GlobalState(self.model.flat_params, self.optimizer_state, self.counters, self.lock, self.snapshots,
+                           self.obs_statistics)
 
     def params_for_worker(self) -> tuple[int, torch.Tensor]:
         """The version a worker syncs to (``delay`` behind the current one, if set) and its parameters."""

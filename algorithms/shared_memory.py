@@ -2,13 +2,15 @@
 
 Optimizer statistics (:func:`share_optimizer_state`), the run's counters (:class:`SharedCounters`), a
 lock whose holder is known (:class:`HolderLock`), recent parameter versions for controlled staleness
-(:class:`SnapshotRing`), rows a worker reports without a system call (:class:`SharedRows`) and the
-synchronous workers' meeting point (:class:`GradientExchange`). Each pickles into a spawned worker as
+(:class:`SnapshotRing`), a worker's observation statistics for evaluation (:class:`ObsStatistics`), rows a
+worker reports without a system call (:class:`SharedRows`) and the synchronous workers' meeting point
+(:class:`GradientExchange`). Each pickles into a spawned worker as
 handles to the same memory.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -169,6 +171,33 @@ class SnapshotRing:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.slots.copy_(state["slots"])
         self.first_version = state["first_version"]
+
+
+class ObsStatistics:
+    """A worker's observation-normalization statistics (an ``ObservationNormalizer`` state: mean, variance, count)
+    where the trainer can read them to evaluate the global parameters: Hogwild's worker 0 publishes its own here
+    after each update (in shared memory), a parameter server stores those worker 0 pushes. A read while the worker
+    writes may mix two consecutive updates' statistics, which evaluation tolerates."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape, self.size = tuple(shape), math.prod(shape)
+        self.values = torch.zeros(2 * self.size + 1, dtype=torch.float64)
+        self.publish({"mean": np.zeros(self.shape), "var": np.ones(self.shape), "count": 1e-4})  # nothing seen yet
+
+    def share_memory_(self) -> ObsStatistics:
+        self.values.share_memory_()
+        return self
+
+    def publish(self, state: dict[str, Any]) -> None:
+        size = self.size
+        self.values[:size] = torch.from_numpy(np.asarray(state["mean"], dtype=np.float64).reshape(-1))
+        self.values[size:2 * size] = torch.from_numpy(np.asarray(state["var"], dtype=np.float64).reshape(-1))
+        self.values[2 * size] = float(state["count"])
+
+    def state_dict(self) -> dict[str, Any]:
+        values, size = self.values.numpy().copy(), self.size
+        return {"mean": values[:size].reshape(self.shape), "var": values[size:2 * size].reshape(self.shape),
+                "count": float(values[2 * size])}
 
 
 class SharedRows(Generic[Row]):

@@ -13,6 +13,7 @@ import torch
 
 from algorithms.checkpoint import check_collectors, make_checkpoint, restore_model
 from algorithms.envs import make_vector_env
+from algorithms.evaluation import take_snapshot
 from algorithms.learner import (
     NonFiniteGuard,
     build_model,
@@ -63,6 +64,8 @@ def run(cfg: Any, record: Record) -> None:
                 guard.check_parameters(model.flat_params, version, env_steps)
             record_update(record, 0, UpdateRow(env_steps, version, version, applied, lr, **stats))
             version += applied
+            if record.evaluation_due(env_steps):
+                record.evaluate(take_snapshot(model.flat_params, env_steps, version, collector.obs_normalizer))
             if record.checkpoint_due(env_steps):
                 record.save_checkpoint(checkpoint())
         record.save_checkpoint(checkpoint())

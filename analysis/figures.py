@@ -107,16 +107,18 @@ def _env_titles(frame: pd.DataFrame, env_ids: Mapping[str, str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- learning curves
-def plot_curves(metrics: pd.DataFrame, aggregated: pd.DataFrame, series: Sequence[str], x: str, estimator: str,
-                confidence: float, thresholds: Mapping[str, float], env_ids: Mapping[str, str]) -> Figure:
+def plot_curves(returns: pd.DataFrame, aggregated: pd.DataFrame, series: Sequence[str], x: str, estimator: str,
+                confidence: float, thresholds: Mapping[str, float], env_ids: Mapping[str, str],
+                ylabel: str) -> Figure:
     """Return vs ``x`` (env steps or wall-clock seconds), one panel per env, one line per condition.
 
+    ``returns`` are the runs' logged returns (training metrics or evaluations) and ``ylabel`` says which;
     ``aggregated`` comes from :func:`analysis.stats.aggregate_curves`; ``series`` are its condition
     columns other than ``env_name``. The thick line is the estimate over seeds and the band its bootstrap
     CI, drawn where every seed has data; each run's logged points are drawn as a thin faint line, so a
     condition whose seeds share no range is still visible.
     """
-    logged = metrics.dropna(subset=["return_mean"])
+    logged = returns.dropna(subset=["return_mean"])
     if logged.empty:
         raise NoData("no run has finished an episode")
     envs = sorted(logged["env_name"].unique())
@@ -135,14 +137,17 @@ def plot_curves(metrics: pd.DataFrame, aggregated: pd.DataFrame, series: Sequenc
             colour = palette[condition["schedule"]]
             style = _variant_style(env_runs, series, condition)
             for _, run in runs.groupby("run_id", sort=True):
-                ax.plot(run[x], run["return_mean"], color=colour, linestyle=style, linewidth=0.6, alpha=0.35)
+                ax.plot(run[x], run["return_mean"], color=colour, linestyle=style, linewidth=0.6, alpha=0.35,
+                        marker=_lone_point(run))
             line = env_rows.merge(pd.DataFrame([condition]), on=list(series))
             label = f"{condition_label(series, keys)} ({_seeds(seed_counts[keys])})"
-            (handle,) = ax.plot(line[x], line["estimate"], color=colour, linestyle=style, linewidth=2, label=label)
-            ax.fill_between(line[x], line["low"], line["high"], color=colour, alpha=0.2, linewidth=0)
+            (handle,) = ax.plot(line[x], line["estimate"], color=colour, linestyle=style, linewidth=2, label=label,
+                                marker=_lone_point(line))
             handles.setdefault(label, handle)
             if line.empty:
                 unshared.append(keys)
+            else:  # when no condition has a shared point, the empty frame's columns are objects, which no band takes
+                ax.fill_between(line[x], line["low"], line["high"], color=colour, alpha=0.2, linewidth=0)
         if unshared:
             total = env_runs.groupby(list(series), dropna=False).ngroups
             ax.text(0.98, 0.03, f"{len(unshared)} of {total} conditions: seeds share no range,\nsingle runs only",
@@ -153,11 +158,17 @@ def plot_curves(metrics: pd.DataFrame, aggregated: pd.DataFrame, series: Sequenc
                         xycoords=("axes fraction", "data"),
                         va="bottom", fontsize="small", color="0.3")
         ax.set_xlabel(CURVE_AXES[x])
-        ax.set_ylabel("mean episode return")
+        ax.set_ylabel(ylabel)
         ax.set_xlim(left=0)
     _legend_below(fig, list(handles.values()),
                   f"{estimator_name(estimator)} over seeds (thin: single runs), band: {confidence:.0%} bootstrap CI")
     return fig
+
+
+def _lone_point(points: pd.DataFrame) -> str | None:
+    """A marker for a line of a single point, which the line alone would not show (e.g. a run evaluated only at
+    its end)."""
+    return "o" if len(points) == 1 else None
 
 
 def _variant_style(env_rows: pd.DataFrame, series: Sequence[str], condition: dict) -> str:
@@ -241,8 +252,9 @@ def _worker_axis(ax: plt.Axes, workers: pd.Series) -> None:
     ax.set_xlabel("workers")
 
 
-def plot_return_vs_staleness(summary: pd.DataFrame, env_ids: Mapping[str, str]) -> Figure:
-    """Final return against mean staleness, one point per run; colour: schedule, marker: worker count."""
+def plot_return_vs_staleness(summary: pd.DataFrame, env_ids: Mapping[str, str], ylabel: str) -> Figure:
+    """Final return (``ylabel`` says which) against mean staleness, one point per run; colour: schedule,
+    marker: worker count."""
     data = summary.dropna(subset=["staleness_mean", "final_return"])
     if data.empty:
         raise NoData("no multi-worker run has both a final return and recorded staleness")
@@ -256,7 +268,7 @@ def plot_return_vs_staleness(summary: pd.DataFrame, env_ids: Mapping[str, str]) 
             ax.scatter(runs["staleness_mean"], runs["final_return"], color=palette[schedule], marker=marker_of[count],
                        s=36, alpha=0.8, edgecolors="white", linewidths=0.5)
         ax.set_xlabel("mean staleness (policy versions behind)")
-        ax.set_ylabel("final mean episode return")
+        ax.set_ylabel(ylabel)
         ax.set_xlim(-0.05 * max(1.0, env_rows["staleness_mean"].max()), None)
         ax.set_xlim(right=max(ax.get_xlim()[1], 1.0))
     handles = [Patch(color=palette[name], label=name) for name in sorted(data["schedule"].unique())]

@@ -1,14 +1,15 @@
 """Run directories (or a W&B project) -> tidy pandas frames.
 
 A run directory is what ``experiments.record.RunRecord`` writes: ``meta.json``, ``metrics.csv``,
-``episodes.csv``, ``updates.csv`` and, when launched through Hydra, ``.hydra/config.yaml`` and
-``.hydra/overrides.yaml``. :func:`load_runs` accepts one run directory, a multirun sweep or any tree
-of them: a directory holding any of those files is a run, and so is an empty folder among a sweep's
-runs (a job killed before it wrote anything). A run that cannot be trusted is skipped with a
-:class:`SkippedRunWarning` naming the run and the reason, and listed in :attr:`RunSet.skipped`, so
-that a report can count it: a missing, empty, unreadable, non-UTF-8, truncated or corrupted file, a
-header that does not match the run-record contract, duplicate rows, a status other than ``completed``,
-and a run with the condition and seed of an earlier run (a copy, or a rerun), so that no seed counts twice.
+``episodes.csv``, ``updates.csv``, ``evals.csv`` (absent from runs recorded before evaluation existed) and,
+when launched through Hydra, ``.hydra/config.yaml`` and ``.hydra/overrides.yaml``. :func:`load_runs` accepts
+one run directory, a multirun sweep or any tree of them: a directory holding any of those files is a run, and
+so is an empty folder among a sweep's runs (a job killed before it wrote anything). A run that cannot be
+trusted is skipped with a :class:`SkippedRunWarning` naming the run and the reason, and listed in
+:attr:`RunSet.skipped`, so that a report can count it: a missing, empty, unreadable, non-UTF-8, truncated or
+corrupted file, a header that does not match the run-record contract, duplicate rows, a status other than
+``completed``, and a run with the condition and seed of an earlier run (a copy, or a rerun), so that no seed
+counts twice.
 
 Every frame carries the run's identifying columns (:data:`RUN_COLUMNS` plus the swept overrides), so
 that it can be grouped or plotted without joins.
@@ -23,14 +24,14 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from experiments.columns import EPISODE_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
+from experiments.columns import EPISODE_COLUMNS, EVAL_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
 
 # Columns that identify a run and its experimental condition in every frame.
 RUN_COLUMNS = ("run_id", "env_name", "env_id", "algo", "mode", "schedule", "num_workers", "num_envs", "seed")
@@ -46,7 +47,14 @@ RECORD_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "metrics": (("env_steps", "wall_time", "return_mean"), ("env_steps",)),
     "episodes": (("env_steps", "wall_time", "worker", "return", "length"), None),
     "updates": (("update", "wall_time", "env_steps", "worker", "staleness", "applied", "wait_time"), ("update",)),
+    "evals": (("env_steps", "wall_time", "episodes", "return_mean", "deterministic", "returns", "lengths"),
+              ("env_steps",)),
 }
+# evals.csv came with evaluation: a run recorded before it has none, and one with evaluation off
+# (eval.episodes=0) only its header. Either way the run has no evaluations, which only --metric eval needs.
+# Its ``returns`` and ``lengths`` list each evaluation episode's value, space-separated.
+OPTIONAL_RECORD_FILES = {"evals"}
+EPISODE_LISTS = ("returns", "lengths")
 # Override keys already described by a meta.json column, and keys that are not experimental factors.
 META_OVERRIDE_KEYS = {"seed", "algo", "env", "algo.name", "algo.mode", "algo.num_workers", "algo.num_envs",
                       "env.id", "env.name", "schedule", "experiment", "suite"}
@@ -85,6 +93,7 @@ class RunData:
     solved_return: float | None
     frames: dict[str, pd.DataFrame]
     config: dict[str, Any] | None = None  # the experimental factors of the resolved config, flattened
+    no_evaluations: str | None = None  # why the run has no evaluations; None when it has some
 
 
 @dataclass
@@ -95,8 +104,10 @@ class RunSet:
     metrics: pd.DataFrame
     episodes: pd.DataFrame
     updates: pd.DataFrame
+    evals: pd.DataFrame
     swept: list[str] = field(default_factory=list)  # override keys that take several values
     skipped: list[SkippedRun] = field(default_factory=list)
+    no_evaluations: dict[str, str] = field(default_factory=dict)  # run -> why it has no evaluations
 
     @property
     def labels(self) -> list[str]:
@@ -113,9 +124,15 @@ class RunSet:
         if not envs:
             return self
         keep = set(self.runs.loc[self.runs.env_name.isin(envs) | self.runs.env_id.isin(envs), "run_id"])
-        return RunSet(*(frame[frame.run_id.isin(keep)].reset_index(drop=True)
-                        for frame in (self.runs, self.metrics, self.episodes, self.updates)),
-                      swept=self.swept, skipped=self.skipped)
+        return self.only(keep)
+
+    def only(self, keep: set[str], left_out: Iterable[SkippedRun] = ()) -> RunSet:
+        """The runs in ``keep``; ``left_out`` lists runs dropped for a reason, to be counted with ``skipped``."""
+        frames = {name: getattr(self, name) for name in ("runs", *RECORD_FILES)}
+        return replace(self, **{name: frame[frame.run_id.isin(keep)].reset_index(drop=True)
+                                for name, frame in frames.items()},
+                       skipped=[*self.skipped, *left_out],
+                       no_evaluations={run: why for run, why in self.no_evaluations.items() if run in keep})
 
 
 # --------------------------------------------------------------------------- local run directories
@@ -179,16 +196,56 @@ def read_run_dir(run_dir: Path, run_id: str) -> RunData:
         raise BrokenRun("the directory is empty: a job killed before it wrote its record, or a stray folder")
     meta = _read_meta(run_dir)
     frames = {name: read_record_csv(run_dir / f"{name}.csv", columns, key)
-              for name, (columns, key) in RECORD_FILES.items()}
+              for name, (columns, key) in RECORD_FILES.items() if name not in OPTIONAL_RECORD_FILES}
     if frames["metrics"].empty:
         raise BrokenRun("metrics.csv has a header but no rows")
+    frames["evals"], no_evaluations = _read_evals(run_dir)
     config = _read_yaml(run_dir, ".hydra/config.yaml", dict)
     overrides = _read_yaml(run_dir, ".hydra/overrides.yaml", list) or meta.get("overrides") or []
     if not isinstance(overrides, list):
         raise BrokenRun(f"meta.json overrides is {overrides!r}, not a list")
     factors = None if config is None else _factors(config)
     return RunData(run_id, meta, parse_overrides(overrides), _solved_return(factors, ".hydra/config.yaml"),
-                   frames, factors)
+                   frames, factors, no_evaluations)
+
+
+def _read_evals(run_dir: Path) -> tuple[pd.DataFrame, str | None]:
+    """The run's evaluations, each episode list a tuple of floats, and why there are none when there are none."""
+    columns, key = RECORD_FILES["evals"]
+    if not (run_dir / "evals.csv").exists():
+        return pd.DataFrame(columns=list(EVAL_COLUMNS)), "no evals.csv (recorded before runs were evaluated)"
+    frame = read_record_csv(run_dir / "evals.csv", columns, key, text_columns=("deterministic", *EPISODE_LISTS))
+    if frame.empty:
+        return frame, "evals.csv has a header but no rows (evaluation off: eval.episodes=0)"
+    frame["deterministic"] = _flags(frame["deterministic"], "evals.csv")
+    for column in EPISODE_LISTS:
+        frame[column] = _episode_lists(frame, column)
+    return frame, None
+
+
+def _flags(cells: pd.Series, name: str) -> pd.Series:
+    """A column the record writes as Python's True or False."""
+    words = cells.astype(str)
+    bad = ~words.isin(["True", "False"])
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise BrokenRun(f"{name} line {row + 2} column {cells.name} is not True or False: {cells.iloc[row]!r}")
+    return words.eq("True")
+
+
+def _episode_lists(frame: pd.DataFrame, column: str) -> list[tuple[float, ...]]:
+    """Each row's space-separated list of ``episodes`` numbers, checked, as a tuple of floats."""
+    lists = []
+    for row, (cell, episodes) in enumerate(zip(frame[column], frame["episodes"], strict=True)):
+        try:
+            values = tuple(float(value) for value in cell.split())
+        except (AttributeError, ValueError):  # AttributeError: an empty cell (NaN)
+            values = None
+        if values is None or len(values) != episodes:
+            raise BrokenRun(f"evals.csv line {row + 2} column {column} is not a list of {episodes:g} numbers: "
+                            f"{cell!r}")
+        lists.append(values)
+    return lists
 
 
 def _read_text(path: Path, name: str) -> str:
@@ -247,8 +304,12 @@ def _check_status(meta: dict[str, Any]) -> None:
     raise BrokenRun(reasons.get(status, f"unknown status {status!r} in meta.json"))
 
 
-def read_record_csv(path: Path, columns: Sequence[str], key: Sequence[str] | None) -> pd.DataFrame:
-    """Read one run-record CSV, checking it against the contract; raise :class:`BrokenRun` if it breaks it."""
+def read_record_csv(path: Path, columns: Sequence[str], key: Sequence[str] | None,
+                    text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read one run-record CSV, checking it against the contract; raise :class:`BrokenRun` if it breaks it.
+
+    Every column holds numbers except ``text_columns``, which are read as text for the caller to check.
+    """
     name = path.name
     text = _read_text(path, name)
     if not text:
@@ -269,10 +330,10 @@ def read_record_csv(path: Path, columns: Sequence[str], key: Sequence[str] | Non
                    if line.count(",") != len(header) - 1)
         raise BrokenRun(f"{name} line {bad} has the wrong number of fields (truncated or corrupted)")
     try:
-        frame = pd.read_csv(io.StringIO(text))
+        frame = pd.read_csv(io.StringIO(text), dtype=dict.fromkeys(text_columns, str) or None)
     except ValueError as error:  # pandas' ParserError, e.g. a stray quote
         raise BrokenRun(f"{name} cannot be parsed as CSV ({error})") from error
-    _check_numbers(frame, name)
+    _check_numbers(frame.drop(columns=list(text_columns)), name)
     repeated = frame.duplicated(subset=list(key) if key else None)
     if repeated.any():
         what = f"{', '.join(key)} " if key else ""
@@ -378,7 +439,8 @@ def _config_differences(run: RunData, other: RunData) -> list[str]:
 
 
 def _same_record(run: RunData, other: RunData) -> bool:
-    return all(run.frames[name].equals(other.frames[name]) for name in RECORD_FILES)
+    return run.no_evaluations == other.no_evaluations and all(
+        run.frames[name].equals(other.frames[name]) for name in RECORD_FILES)
 
 
 # --------------------------------------------------------------------------- combining runs
@@ -393,7 +455,7 @@ def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
             "num_workers": int(meta["num_workers"]), "num_envs": int(meta["num_envs"]), "seed": int(meta["seed"]),
             "solved_return": math.nan if run.solved_return is None else run.solved_return,
             "total_env_steps": meta.get("total_env_steps"), "start_time": meta.get("start_time"),
-            "git_commit": meta.get("git_commit"), **run.overrides,
+            "git_commit": meta.get("git_commit"), "eval_interval": _eval_interval(run.config), **run.overrides,
         })
     runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "solved_return"] if not rows else None)
     override_keys = sorted({key for run in loaded for key in run.overrides})
@@ -407,15 +469,27 @@ def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
         parts = [run.frames[name].assign(run_id=run.run_id) for run in loaded if not run.frames[name].empty]
         frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*columns, "run_id"])
         frames[name] = frame.merge(runs[label_columns], on="run_id", how="left")
-    return RunSet(runs, frames["metrics"], frames["episodes"], frames["updates"], swept, skipped)
+    no_evaluations = {run.run_id: run.no_evaluations for run in loaded if run.no_evaluations}
+    return RunSet(runs, **frames, swept=swept, skipped=skipped, no_evaluations=no_evaluations)
+
+
+def _eval_interval(config: dict[str, Any] | None) -> float:
+    """The config's ``eval.interval`` in env steps: infinite when null (only the final evaluation), NaN when the
+    run has no config to say."""
+    if config is None or "eval.interval" not in config:
+        return math.nan
+    interval = config["eval.interval"]
+    if interval is None:
+        return math.inf
+    return float(interval) if isinstance(interval, int | float) and not isinstance(interval, bool) else math.nan
 
 
 # --------------------------------------------------------------------------- Weights & Biases
 def load_wandb(project: str, entity: str | None = None, filters: dict[str, Any] | None = None) -> RunSet:
     """Load the finished runs of a W&B project (needs network access and a W&B login).
 
-    The mirror holds the metrics only, so ``episodes`` and ``updates`` come back empty and the figures
-    that need them are skipped. Local run directories remain the source of truth.
+    The mirror holds the metrics only, so ``episodes``, ``updates`` and ``evals`` come back empty and the
+    figures that need them are skipped. Local run directories remain the source of truth.
     """
     import wandb
 
@@ -445,6 +519,8 @@ def _read_wandb_run(run: Any, run_id: str) -> RunData:
     metrics = history[present].dropna(subset=["env_steps"]).sort_values("env_steps")
     frames = {"metrics": metrics.reset_index(drop=True),
               "episodes": pd.DataFrame(columns=list(EPISODE_COLUMNS)),
-              "updates": pd.DataFrame(columns=list(UPDATE_COLUMNS))}
+              "updates": pd.DataFrame(columns=list(UPDATE_COLUMNS)),
+              "evals": pd.DataFrame(columns=list(EVAL_COLUMNS))}
     factors = _factors(config)
-    return RunData(run_id, meta, {}, _solved_return(factors, "W&B config"), frames, factors)
+    return RunData(run_id, meta, {}, _solved_return(factors, "W&B config"), frames, factors,
+                   "loaded from W&B, whose mirror holds the metrics only")

@@ -5,6 +5,8 @@
 writes ``DIR/figures/*.png|pdf``, ``DIR/tables/*.md|tex`` and ``DIR/report.md`` (figures embedded as
 images, tables inline, skipped runs and skipped figures listed with their reasons), then prints where
 the report is. Thresholds default to each env's ``env.solved_return`` from the runs' Hydra configs.
+``--metric eval`` makes every return curve, return table and threshold read the evaluation episodes'
+return (``evals.csv``) instead of the training episodes' (``metrics.csv``); the report says which.
 """
 
 from __future__ import annotations
@@ -21,26 +23,46 @@ import pandas as pd
 
 from analysis import figures, stats
 from analysis.figures import DEFAULT_DPI
-from analysis.load import RunSet, SkippedRunWarning, load_runs, load_wandb
+from analysis.load import RunSet, SkippedRun, SkippedRunWarning, load_runs, load_wandb
 
 FIGURES = ("return_vs_steps", "return_vs_time", "staleness_distribution", "staleness_vs_workers",
            "return_vs_staleness", "throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers")
+# Captions name the return they show: {returns} is the metric with how it is measured, {name} its name.
 CAPTIONS = {
-    "return_vs_steps": "Sample efficiency: return (mean over each run's most recent episodes, the config's "
-                       "return_window) against environment steps.",
-    "return_vs_time": "Return against wall-clock seconds. A condition's curve ends where its shortest run ends, "
-                      "so every point averages the same seeds.",
+    "return_vs_steps": "Sample efficiency: {returns} against environment steps.",
+    "return_vs_time": "Return against wall-clock seconds: {returns}. A condition's curve ends where its shortest "
+                      "run ends, so every point averages the same seeds.",
     "staleness_distribution": "Distribution (ECDF) of gradient staleness, per worker count, for multi-worker "
                               "schedules.",
     "staleness_vs_workers": "Mean gradient staleness per run against the number of workers.",
-    "return_vs_staleness": "Final return against mean gradient staleness, one point per multi-worker run.",
+    "return_vs_staleness": "Final {name} against mean gradient staleness, one point per multi-worker run.",
     "throughput_vs_workers": "Environment steps per second (from the first to the last logged interval) "
                              "against the number of workers.",
-    "speedup_vs_workers": "Speedup in wall-clock time to threshold over the 1-worker runs of the same schedule; "
-                          "dashed: ideal linear speedup. Runs that never reached the threshold are left out.",
+    "speedup_vs_workers": "Speedup in wall-clock time to threshold (in {name}) over the 1-worker runs of the same "
+                          "schedule; dashed: ideal linear speedup. Runs that never reached the threshold are left "
+                          "out.",
     "barrier_wait_vs_workers": "Share of worker time spent waiting at the synchronisation barrier, for "
                                "synchronous multi-worker schedules.",
 }
+
+
+METRICS = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class ReturnMetric:
+    """The return that every curve, return table and threshold uses, in the report's words."""
+
+    option: str  # the --metric value
+    name: str
+    detail: str  # how it is measured
+    final: str  # which value is a run's final return
+    crossing: str  # which value reaches a threshold first
+    axis: str  # the y-axis label of the return curves
+
+    @property
+    def described(self) -> str:
+        return f"{self.name} ({self.detail})"
 
 
 @dataclass
@@ -53,6 +75,7 @@ class ReportOptions:
     confidence: float = stats.DEFAULT_CONFIDENCE
     budget_seconds: float | None = None
     dpi: int = DEFAULT_DPI
+    metric: str = "train"  # one of METRICS
 
 
 @dataclass
@@ -64,6 +87,8 @@ class Analysis:
     thresholds: dict[str, float]
     summary: pd.DataFrame
     env_ids: dict[str, str]
+    returns: pd.DataFrame  # the rows the return measures come from: runset.metrics or runset.evals
+    metric: ReturnMetric
 
     @property
     def series(self) -> list[str]:
@@ -82,11 +107,55 @@ class Analysis:
 
 
 def analyse(runset: RunSet, options: ReportOptions) -> Analysis:
+    """Statistics of ``runset`` (as :func:`runs_for_metric` leaves it) for the report's figures and tables."""
     runset = runset.select(options.envs)
+    returns = runset.evals if options.metric == "eval" else runset.metrics
     thresholds = {**stats.thresholds_from_runs(runset.runs), **options.thresholds}
-    summary = stats.run_summary(runset.metrics, runset.updates, runset.labels, thresholds)
+    summary = stats.run_summary(runset.metrics, runset.updates, runset.labels, thresholds, returns)
     env_ids = dict(runset.runs[["env_name", "env_id"]].drop_duplicates().itertuples(index=False))
-    return Analysis(runset, options, thresholds, summary, env_ids)
+    return Analysis(runset, options, thresholds, summary, env_ids, returns, return_metric(options.metric, runset))
+
+
+def runs_for_metric(runset: RunSet, metric: str) -> RunSet:
+    """The runs that have the return ``metric`` reads. Under eval a run without evaluations is skipped, with
+    why it has none, rather than counted as having no return; applied twice it skips nothing more."""
+    if metric == "train":
+        return runset
+    lacking = [SkippedRun(run, f"no evaluations, which --metric eval reads: {why}")
+               for run, why in runset.no_evaluations.items()]
+    return runset.only(set(runset.runs["run_id"]) - set(runset.no_evaluations), lacking)
+
+
+def return_metric(option: str, runset: RunSet) -> ReturnMetric:
+    if option == "train":
+        return ReturnMetric(option, "training return", "mean of the most recent return_window training episodes",
+                            final="at the end of training",
+                            crossing="the first logged interval whose return reaches the threshold",
+                            axis="training return")
+    return ReturnMetric(option, "evaluation return", _evaluation_detail(runset),
+                        final="at each run's last evaluation (its final one)",
+                        crossing="the first evaluation whose mean return reaches the threshold",
+                        axis="evaluation return")
+
+
+def _evaluation_detail(runset: RunSet) -> str:
+    """E.g. ``mean of 10 deterministic evaluation episodes every 5,000 env steps``, from the runs analysed."""
+    evals = runset.evals
+    if evals.empty:
+        return "no run has evaluations"
+    episodes = " or ".join(f"{count:g}" for count in sorted(evals["episodes"].unique()))
+    kinds = " or ".join(sorted({"deterministic" if flag else "sampled-action" for flag in evals["deterministic"]}))
+    intervals = runset.runs.loc[runset.runs["run_id"].isin(evals["run_id"]), "eval_interval"]
+    schedules = " or ".join(sorted({_evaluation_schedule(interval) for interval in intervals}))
+    return f"mean of {episodes} {kinds} evaluation episodes {schedules}"
+
+
+def _evaluation_schedule(interval: float) -> str:
+    if math.isnan(interval):
+        return "at an interval no .hydra/config.yaml records"
+    if math.isinf(interval):
+        return "at the end of training only"
+    return f"every {interval:,.0f} env steps"
 
 
 # --------------------------------------------------------------------------- figures
@@ -98,11 +167,11 @@ def _multi_worker_schedules(summary: pd.DataFrame) -> pd.Series:
 def _curves(x: str) -> Callable[[Analysis], figures.Figure]:
     def draw(analysis: Analysis) -> figures.Figure:
         opts = analysis.options
-        curves = stats.interpolate_curves(analysis.runset.metrics, analysis.runset.labels, x=x)
+        curves = stats.interpolate_curves(analysis.returns, analysis.runset.labels, x=x)
         aggregated = stats.aggregate_curves(curves, analysis.runset.conditions, x=x, estimator=opts.estimator,
                                             confidence=opts.confidence)
-        return figures.plot_curves(analysis.runset.metrics, aggregated, analysis.series, x, opts.estimator,
-                                   opts.confidence, analysis.thresholds, analysis.env_ids)
+        return figures.plot_curves(analysis.returns, aggregated, analysis.series, x, opts.estimator,
+                                   opts.confidence, analysis.thresholds, analysis.env_ids, analysis.metric.axis)
 
     return draw
 
@@ -138,7 +207,7 @@ def _return_vs_staleness(analysis: Analysis) -> figures.Figure:
     summary = analysis.summary[_multi_worker_schedules(analysis.summary)]
     if summary.empty:
         raise figures.NoData("no multi-worker runs")
-    return figures.plot_return_vs_staleness(summary, analysis.env_ids)
+    return figures.plot_return_vs_staleness(summary, analysis.env_ids, f"final {analysis.metric.axis}")
 
 
 def _speedup(analysis: Analysis) -> figures.Figure:
@@ -248,7 +317,7 @@ def build_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         "dropped gradients (max over seeds)": [f"{value:.1%}" if not math.isnan(value) else "–"
                                                for value in worst["dropped_share"]]})
 
-    improvement = stats.probability_of_improvement(analysis.runset.metrics, conditions, opts.budget_seconds,
+    improvement = stats.probability_of_improvement(analysis.returns, conditions, opts.budget_seconds,
                                                    opts.confidence)
     tables["probability_of_improvement"] = pd.DataFrame({
         "env": improvement["env_name"], "X": improvement["x"], "Y": improvement["y"],
@@ -284,15 +353,20 @@ def latex_table(table: pd.DataFrame, caption: str, label: str) -> str:
     ]) + "\n"
 
 
+# As CAPTIONS, plus {final} and {crossing}: which value is final, and which reaches the threshold first.
 TABLE_CAPTIONS = {
-    "final_return": "Final return (mean of the most recent episodes at the end of training) over seeds.",
-    "time_to_threshold": "Time to threshold: the first logged interval whose return reaches the threshold; "
-                         "estimates over the seeds that reached it.",
+    "final_return": "Final {returns} over seeds, {final}.",
+    "time_to_threshold": "Time to threshold in {returns}: {crossing}; estimates over the seeds that reached it.",
     "throughput": "Environment steps per second from the first to the last logged interval.",
     "staleness": "Gradient staleness (policy versions between a worker's sync and the update's apply).",
-    "probability_of_improvement": "Probability that a run of X has a higher return than a run of Y at the "
+    "probability_of_improvement": "Probability that a run of X has a higher {returns} than a run of Y at the "
                                   "same wall-clock budget (ties count one half).",
 }
+
+
+def caption(template: str, metric: ReturnMetric) -> str:
+    return template.format(returns=metric.described, name=metric.name, final=metric.final,
+                           crossing=metric.crossing)
 
 
 # --------------------------------------------------------------------------- the report
@@ -326,12 +400,15 @@ def _runs_section(analysis: Analysis, runset: RunSet) -> list[str]:
 
 def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Sequence[str]) -> Path:
     """Write every selected figure, every table and ``report.md`` into ``out``; return the report's path."""
+    runset = runs_for_metric(runset, options.metric)
     analysis = analyse(runset, options)
+    metric = analysis.metric
     out.mkdir(parents=True, exist_ok=True)
     runs = analysis.runset.runs
     lines = ["# Sync vs async RL: analysis report", "",
              f"Sources: {', '.join(f'`{source}`' for source in sources)}  ",
              f"Runs analysed: {len(runs)}; runs skipped: {len(runset.skipped)}  ",
+             f"Return (`--metric {metric.option}`): {metric.name}, {metric.detail}  ",
              f"Estimator over seeds: {figures.estimator_name(options.estimator)} with {options.confidence:.0%} "
              "percentile bootstrap "
              f"confidence intervals (scipy.stats.bootstrap)  ",
@@ -351,15 +428,16 @@ def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Seq
             continue
         png, pdf = figures.save_figure(fig, out / "figures", name, dpi=options.dpi)
         lines += [f"![{name}]({png.relative_to(out).as_posix()})", "",
-                  f"{CAPTIONS[name]} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
+                  f"{caption(CAPTIONS[name], metric)} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
 
     lines += ["## Tables", ""]
     tables_dir = out / "tables"
     tables_dir.mkdir(exist_ok=True)
     for name, table in build_tables(analysis).items():
+        table_caption = caption(TABLE_CAPTIONS[name], metric)
         (tables_dir / f"{name}.md").write_text(markdown_table(table))
-        (tables_dir / f"{name}.tex").write_text(latex_table(table, TABLE_CAPTIONS[name], name))
-        lines += [f"### {name.replace('_', ' ')}", "", TABLE_CAPTIONS[name], "", markdown_table(table),
+        (tables_dir / f"{name}.tex").write_text(latex_table(table, table_caption, name))
+        lines += [f"### {name.replace('_', ' ')}", "", table_caption, "", markdown_table(table),
                   f"LaTeX: [tables/{name}.tex](tables/{name}.tex)", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
@@ -401,7 +479,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dpi", type=int, default=DEFAULT_DPI,
                         help=f"resolution of the PNG figures (default {DEFAULT_DPI}; 100 keeps them small "
                              "enough to commit)")
+    parser.add_argument("--metric", default="train", metavar="{train,eval}",
+                        help="the return of every curve, return table and threshold: train (default), the "
+                             "training episodes' (metrics.csv), or eval, the evaluation episodes' (evals.csv)")
     args = parser.parse_args(argv)
+    if args.metric not in METRICS:  # one line, without the usage, as the project's commands answer a bad value
+        parser.exit(2, f"{parser.prog}: error: --metric {args.metric!r}: expected train or eval\n")
     if args.dpi < 1:
         parser.error(f"--dpi must be positive, got {args.dpi}")
     if not args.runs and not args.wandb_project:
@@ -409,26 +492,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _no_evaluations(runset: RunSet, options: ReportOptions) -> str | None:
+    """Why ``--metric eval`` has nothing to read: there are runs to analyse and none has evaluations."""
+    selected = runset.select(options.envs)
+    if options.metric != "eval" or selected.runs.empty or len(selected.no_evaluations) < len(selected.runs):
+        return None
+    return (f"--metric eval: none of the {len(selected.runs)} runs analysed has evaluations (no evals.csv, or "
+            "one with only its header: eval.episodes=0); use --metric train, or runs trained with evaluation on")
+
+
+def _load(args: argparse.Namespace) -> tuple[RunSet, list[str]]:
+    """The runs of the command's sources, and the sources' names for the report."""
+    if args.wandb_project:
+        source = f"wandb:{args.wandb_entity + '/' if args.wandb_entity else ''}{args.wandb_project}"
+        return load_wandb(args.wandb_project, args.wandb_entity), [source]
+    with warnings.catch_warnings():  # listed once in main, without a warning's source line
+        warnings.simplefilter("ignore", SkippedRunWarning)
+        return load_runs(args.runs), [str(path) for path in args.runs]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.wandb_project:
-        runset = load_wandb(args.wandb_project, args.wandb_entity)
-        sources = [f"wandb:{args.wandb_entity + '/' if args.wandb_entity else ''}{args.wandb_project}"]
-    else:
-        try:
-            with warnings.catch_warnings():  # listed once below, without a warning's source line
-                warnings.simplefilter("ignore", SkippedRunWarning)
-                runset = load_runs(args.runs)
-        except (FileNotFoundError, NotADirectoryError) as error:
-            print(f"svrl-report: {error}", file=sys.stderr)
-            return 2
-        for skipped in runset.skipped:
-            print(f"skipping run {skipped.run}: {skipped.reason}", file=sys.stderr)
-        sources = [str(path) for path in args.runs]
+    try:
+        runset, sources = _load(args)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        print(f"svrl-report: {error}", file=sys.stderr)
+        return 2
     options = ReportOptions(envs=args.envs, thresholds=dict(args.threshold),
                             x_axes=("env_steps", "wall_time") if args.x == "both" else (args.x,),
                             figures=tuple(args.figures), estimator=args.estimator, confidence=args.confidence,
-                            budget_seconds=args.budget_seconds, dpi=args.dpi)
+                            budget_seconds=args.budget_seconds, dpi=args.dpi, metric=args.metric)
+    no_evaluations = _no_evaluations(runset, options)
+    if no_evaluations:
+        print(f"svrl-report: {no_evaluations}", file=sys.stderr)
+        return 2
+    runset = runs_for_metric(runset, options.metric)
+    if not args.wandb_project:  # W&B's skipped runs were warned about as they loaded
+        for skipped in runset.skipped:
+            print(f"skipping run {skipped.run}: {skipped.reason}", file=sys.stderr)
     report = write_report(runset, args.out, options, sources)
     print(f"report: {report.resolve()}")
     empty = _nothing_to_analyse(runset, options)

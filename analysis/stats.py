@@ -108,15 +108,18 @@ RUN_MEASURES = ("final_return", "env_steps", "wall_time", "steps_per_second", "t
 
 
 def run_summary(metrics: pd.DataFrame, updates: pd.DataFrame, labels: Sequence[str],
-                thresholds: Mapping[str, float]) -> pd.DataFrame:
+                thresholds: Mapping[str, float], returns: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per run (its identifying columns ``labels``) with final return, steps/s, time-to-threshold,
     staleness and barrier-wait measures.
 
-    - ``final_return``: ``return_mean`` of the last metrics row that has one.
+    ``returns`` holds the rows (``env_steps``, ``wall_time``, ``return_mean``) the return measures come from:
+    ``metrics`` (the training return) by default, or the evaluations (``evals``).
+
+    - ``final_return``: ``return_mean`` of the last ``returns`` row that has one.
     - ``steps_per_second``: env steps per second between the first and last metrics rows, which leaves out
       process start-up before the first interval (the whole run when there is a single row).
-    - ``threshold``, ``steps_to_threshold``, ``seconds_to_threshold``: the first logged row whose
-      ``return_mean`` reaches the env's threshold (NaN if none does; resolution: the log interval).
+    - ``threshold``, ``steps_to_threshold``, ``seconds_to_threshold``: the first ``returns`` row whose
+      ``return_mean`` reaches the env's threshold (NaN if none does; resolution: the log or evaluation interval).
     - ``staleness_mean``/``_max``/``_p95``, ``dropped_share``: over every gradient in ``updates.csv``.
     - ``barrier_wait_share``: the total time workers waited (``wait_time``) divided by the time the workers
       that produced updates were available: distinct workers x the run's wall-clock span.
@@ -124,18 +127,13 @@ def run_summary(metrics: pd.DataFrame, updates: pd.DataFrame, labels: Sequence[s
     if metrics.empty:
         return pd.DataFrame(columns=[*labels, *RUN_MEASURES])
     per_run = metrics.groupby("run_id", sort=True)[[column for column in labels if column != "run_id"]].first()
-    ordered = metrics.sort_values(["run_id", "env_steps"])
-    by_run = ordered.groupby("run_id", sort=True)
-    per_run["final_return"] = by_run["return_mean"].last()  # GroupBy.last skips NaN: the last row with a return
+    by_run = metrics.sort_values(["run_id", "env_steps"]).groupby("run_id", sort=True)
     first, last = by_run[["env_steps", "wall_time"]].first(), by_run[["env_steps", "wall_time"]].last()
     per_run["env_steps"], per_run["wall_time"] = last["env_steps"], last["wall_time"]
     steady = (last["env_steps"] - first["env_steps"]) / (last["wall_time"] - first["wall_time"])
     per_run["steps_per_second"] = steady.where(by_run.size() > 1, last["env_steps"] / last["wall_time"])
     per_run["threshold"] = per_run["env_name"].map(lambda env: thresholds.get(env, np.nan)).astype(float)
-    reached = ordered[ordered["return_mean"] >= ordered["env_name"].map(thresholds).astype(float)]
-    first = reached.groupby("run_id", sort=True).first()
-    per_run["steps_to_threshold"] = first["env_steps"].reindex(per_run.index).astype(float)
-    per_run["seconds_to_threshold"] = first["wall_time"].reindex(per_run.index).astype(float)
+    _return_measures(per_run, metrics if returns is None else returns, thresholds)
     # Runs loaded from W&B have no updates.csv: their staleness and waits are unknown (NaN), not zero.
     grads = updates.astype({"staleness": float, "applied": float, "wait_time": float, "wall_time": float}).groupby(
         "run_id", sort=True)
@@ -147,6 +145,17 @@ def run_summary(metrics: pd.DataFrame, updates: pd.DataFrame, labels: Sequence[s
     span = span.where(span > 0)  # a single update spans no time: the share is undefined
     per_run["barrier_wait_share"] = grads["wait_time"].sum() / (grads["worker"].nunique() * span)
     return per_run.reset_index()
+
+
+def _return_measures(per_run: pd.DataFrame, returns: pd.DataFrame, thresholds: Mapping[str, float]) -> None:
+    """Add ``final_return``, ``steps_to_threshold`` and ``seconds_to_threshold`` from ``returns`` to ``per_run``."""
+    ordered = returns.sort_values(["run_id", "env_steps"])
+    # GroupBy.last skips NaN: the last row with a return; a run without rows in ``returns`` gets NaN.
+    per_run["final_return"] = ordered.groupby("run_id", sort=True)["return_mean"].last().reindex(per_run.index)
+    reached = ordered[ordered["return_mean"] >= ordered["env_name"].map(thresholds).astype(float)]
+    first = reached.groupby("run_id", sort=True).first()
+    per_run["steps_to_threshold"] = first["env_steps"].reindex(per_run.index).astype(float)
+    per_run["seconds_to_threshold"] = first["wall_time"].reindex(per_run.index).astype(float)
 
 
 def thresholds_from_runs(runs: pd.DataFrame) -> dict[str, float]:

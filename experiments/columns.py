@@ -18,5 +18,15 @@ UPDATE_COLUMNS = (
     "update", "wall_time", "env_steps", "worker",
     "version_at_sync", "version_at_apply", "staleness", "applied", "wait_time", "lr",
 )
+# One row per evaluation (evals.csv): the policy of ``policy_version`` at ``env_steps`` played ``episodes`` evaluation
+# episodes; ``returns`` and ``lengths`` list each episode's, space-separated, in the order they were played.
+# ``wall_time`` is training time when the evaluation started; ``eval_seconds`` is what it took (never part of
+# ``wall_time``).
+EVAL_COLUMNS = (
+    "env_steps", "wall_time", "policy_version", "episodes",
+    "return_mean", "return_std", "return_min", "return_max", "length_mean",
+    "deterministic", "eval_seconds", "returns", "lengths",
+)
 # Each CSV file of a run directory (``<name>.csv``) and its header.
-RECORD_COLUMNS = {"metrics": METRIC_COLUMNS, "episodes": EPISODE_COLUMNS, "updates": UPDATE_COLUMNS}
+RECORD_COLUMNS = {"metrics": METRIC_COLUMNS, "episodes": EPISODE_COLUMNS, "updates": UPDATE_COLUMNS,
+                  "evals": EVAL_COLUMNS}

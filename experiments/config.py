@@ -293,6 +293,14 @@ def _validate_ray(cfg: DictConfig) -> None:
                  f"ray.cpus_per_worker={ray.cpus_per_worker} + ray.server_cpus={ray.server_cpus} = {needed:g} CPUs")
 
 
+def _validate_eval(cfg: DictConfig) -> None:
+    evaluation = cfg.eval
+    if evaluation.interval is not None:
+        _positive_int("eval.interval", evaluation.interval)
+    _require(evaluation.episodes >= 0, "eval.episodes", evaluation.episodes, "must be >= 0 (0: no evaluation)")
+    _positive_int("eval.num_envs", evaluation.num_envs)
+
+
 def _validate_device(cfg: DictConfig) -> None:
     """A device torch can name; an accelerator only for a schedule whose learner is one process, and only
     where there is one (``auto`` falls back to the CPU instead)."""
@@ -330,6 +338,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.backend == "ray":
         _validate_ray(cfg)
     _validate_device(cfg)
+    _validate_eval(cfg)
     _require(len(cfg.model.hidden_sizes) >= 1 and all(h >= 1 for h in cfg.model.hidden_sizes),
              "model.hidden_sizes", list(cfg.model.hidden_sizes), "must be a non-empty list of positive sizes")
     _one_of("model.activation", cfg.model.activation, ACTIVATIONS)

@@ -2,14 +2,15 @@
 
 A run directory holds ``meta.json`` (status and provenance), ``metrics.csv`` (one row per logging
 interval), ``episodes.csv`` (every finished episode), ``updates.csv`` (every applied or dropped
-gradient, with its policy versions and staleness), ``events.jsonl`` (resumes, worker failures and
+gradient, with its policy versions and staleness), ``evals.csv`` (every evaluation, see
+``experiments.evaluations``), ``events.jsonl`` (resumes, worker failures and
 restarts, interrupts), ``checkpoints/last.pt`` (and ``prev.pt``, the one before) and, unless disabled,
 ``wandb/`` mirroring the metrics. The CSV files' columns are listed in ``experiments.columns``.
 
 Local files are the source of truth. They are appended in whole lines and flushed as the run goes, so a
 killed run keeps everything up to its last interval, and no failure (a full disk included) leaves a torn
 line or ``meta.json`` at ``running``. Algorithms talk to the record only through ``episode``, ``update``,
-``event`` and the checkpoint calls (see ``algorithms.protocol.Record``); the record derives every
+``event``, the evaluation calls and the checkpoint calls (see ``algorithms.protocol.Record``); the record derives every
 aggregate. docs/design.md says how it keeps the metrics grid, resumes and fails.
 """
 
@@ -45,10 +46,13 @@ from algorithms.checkpoint import (
     write_checkpoint,
     write_file,
 )
+from algorithms.evaluation import EvalSnapshot
 from experiments.blowup import BlowupWatch
-from experiments.columns import LOSS_STATS, METRIC_COLUMNS, RECORD_COLUMNS
+from experiments.columns import EVAL_COLUMNS, LOSS_STATS, METRIC_COLUMNS, RECORD_COLUMNS
+from experiments.evaluations import Evaluations, Row
 
-RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas")
+RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas", "mujoco", "ale-py",
+                     "minatar")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Kept free while the run lives, so that its final status still fits on a full disk: far more than meta.json.
 META_RESERVE_BYTES = 256 * 1024
@@ -210,6 +214,9 @@ class RunRecord:
         self._next_checkpoint_at = cfg.checkpoint_interval
         self._lr = float("nan")
         self._wandb_id: str | None = None
+        self._evaluations: Evaluations | None = None
+        self._evaluation_error: Exception | None = None  # a failed evaluation fails the run
+        self._last_eval: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- opening and closing
     def __enter__(self) -> RunRecord:
@@ -267,6 +274,7 @@ class RunRecord:
         for name, columns in RECORD_COLUMNS.items():  # one at a time: a failure closes those already open
             self.logs[name] = CsvLog(self.run_dir / f"{name}.csv", columns, append=resuming)
         self.events = LineLog(self.run_dir / "events.jsonl", append=resuming)
+        self._evaluations = Evaluations(self.cfg, self.env_steps)
         with self._writing():
             write_file(self._meta_reserve, bytes(META_RESERVE_BYTES))
         self._write_meta()
@@ -285,6 +293,7 @@ class RunRecord:
         if self.logs:
             completed = self._outcome(exc)[0] == "completed"
             with contextlib.suppress(OSError), self._writing():  # a failure becomes the run's fault
+                self._close_evaluations(completed)
                 self._write_due_row()
                 # A completed run's last row is its end, even between two rows of the grid; a stopped or
                 # failed one ends at its last grid row (a resume carries the interval on from the checkpoint).
@@ -301,7 +310,7 @@ class RunRecord:
 
     def _outcome(self, exc: BaseException | None) -> tuple[str, str | None]:
         """Status and error: the record's own failed write first, then what the run raised, then a stop."""
-        failure = self._fault or (None if isinstance(exc, KeyboardInterrupt) else exc)
+        failure = self._fault or (None if isinstance(exc, KeyboardInterrupt) else exc) or self._evaluation_error
         if failure is not None:
             return "failed", str(failure) if isinstance(failure, RunFailed) else f"{type(failure).__name__}: {failure}"
         return ("interrupted" if exc is not None or self.stop_requested else "completed"), None
@@ -417,6 +426,7 @@ class RunRecord:
                 ("metrics.csv", lambda row: int(row["env_steps"]) <= last_row),
                 ("episodes.csv", lambda row: int(row["env_steps"]) <= steps),
                 ("updates.csv", lambda row: int(row["update"]) <= updates),
+                ("evals.csv", lambda row: int(row["env_steps"]) <= steps),
             ):
                 if (self.run_dir / name).exists():
                     _keep_rows(self.run_dir / name, keep)
@@ -430,7 +440,9 @@ class RunRecord:
 
     # ----------------------------------------------------------------- what algorithms call
     def wall_time(self) -> float:
-        return time.monotonic() - self._start + self._wall_offset
+        """Seconds of training: since the start, before a resume too, less the time training waited for evaluations."""
+        paused = self._evaluations.paused_seconds if self._evaluations is not None else 0.0
+        return time.monotonic() - self._start + self._wall_offset - paused
 
     def episode(self, worker: int, env_steps: int, ret: float, length: int) -> None:
         self._write_due_row(env_steps)
@@ -457,6 +469,8 @@ class RunRecord:
             if name in stats:
                 interval.setdefault(name, []).append(stats[name])
         self._warn_blowups(worker, env_steps, stats)
+        if self._evaluations is not None:
+            self._write_evals(self._evaluations.finished())
         self._lr = lr
         self.env_steps = max(self.env_steps, env_steps)
         if self._row_due_at is None and self.env_steps >= self._next_log_at:
@@ -483,6 +497,34 @@ class RunRecord:
     def _write_event(self, entry: dict[str, Any]) -> None:
         self.events.add(json.dumps(entry, default=str) + "\n")
         self.events.flush()
+
+    def evaluation_due(self, env_steps: int) -> bool:
+        return self._evaluations is not None and self._evaluations.due(env_steps)
+
+    def evaluate(self, snapshot: EvalSnapshot) -> None:
+        """Evaluate the policy of ``snapshot`` (see ``experiments.evaluations`` for where and when its row appears)."""
+        self._write_evals(self._evaluations.evaluate(snapshot, self.wall_time()))
+
+    def _write_evals(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        with self._writing():
+            for row in rows:
+                self.logs["evals"].write(row)
+            self.logs["evals"].flush()
+        for row in rows:
+            self._last_eval = dict(zip(EVAL_COLUMNS, row, strict=True))
+            self._log_wandb_eval(self._last_eval)
+
+    def _close_evaluations(self, completed: bool) -> None:
+        if self._evaluations is None:
+            return
+        try:
+            rows = self._evaluations.close(completed)
+        except Exception as error:  # the evaluation's own failure, raised from its thread
+            self._evaluation_error = error
+            return
+        self._write_evals(rows)
 
     def checkpoint_due(self, env_steps: int) -> bool:
         return env_steps >= self._next_checkpoint_at
@@ -566,12 +608,18 @@ class RunRecord:
             "return_mean": float(np.mean(returns)) if returns else None,
             "return_window": len(returns),
             "sps": self.env_steps / max(wall, 1e-9),
+            "eval": None if self._last_eval is None else {
+                name: self._last_eval[name] for name in ("env_steps", "policy_version", "episodes", "return_mean",
+                                                         "return_std", "deterministic")},
         }
 
     def summary_line(self) -> str:
         final = self.summary()
         ret = "no finished episode" if final["return_mean"] is None else (
             f"return_mean {final['return_mean']:.1f} over the last {final['return_window']} episodes")
+        if (evaluation := final["eval"]) is not None:
+            ret += (f"; evaluation at {evaluation['env_steps']} env steps: return_mean {evaluation['return_mean']:.1f} "
+                    f"over {evaluation['episodes']} episodes")
         error = f" ({self.error})" if self.error else ""
         return (f"{self.status}{error}: {self.cfg.algo.name}/{self.cfg.algo.mode} on {self.cfg.env.id}, "
                 f"seed {self.cfg.seed}: {final['env_steps']} env steps in {final['wall_time']:.1f}s "
@@ -643,6 +691,11 @@ class RunRecord:
         edges = np.arange(staleness.max() + 2) - 0.5
         payload["staleness_hist"] = wandb.Histogram(np_histogram=np.histogram(staleness, bins=edges))
         self.wandb_run.log(payload)
+
+    def _log_wandb_eval(self, row: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.log({"env_steps": row["env_steps"], **{
+                f"eval/{name}": row[name] for name in ("return_mean", "return_std", "length_mean", "eval_seconds")}})
 
     def _close_wandb(self) -> None:
         if self.wandb_run is not None:

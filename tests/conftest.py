@@ -14,8 +14,8 @@ import experiments.config  # noqa: F401  (registers the schema in Hydra's Config
 from experiments.train import train
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-# Fast, silent runs unless a test asks otherwise.
-TEST_DEFAULTS = ["quiet=true", "logger.wandb.mode=disabled"]
+# Fast, silent runs, without evaluation episodes, unless a test asks otherwise.
+TEST_DEFAULTS = ["quiet=true", "logger.wandb.mode=disabled", "eval.episodes=0"]
 
 
 def compose_config(*overrides: str) -> DictConfig:

@@ -9,6 +9,7 @@ their metrics are the real metrics of the copied run.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -22,7 +23,7 @@ import yaml
 
 from analysis import figures, report, stats
 from analysis.load import RECORD_FILES, SkippedRun, SkippedRunWarning, load_runs, parse_overrides
-from experiments.columns import RECORD_COLUMNS
+from experiments.columns import EVAL_COLUMNS, RECORD_COLUMNS
 from tests.conftest import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +80,28 @@ def relabelled(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def metric_rows(run_dir: Path) -> list[dict[str, float]]:
     return [{key: float(value) if value else math.nan for key, value in row.items()}
             for row in read_csv(run_dir / "metrics.csv")]
+
+
+def write_evals(run_dir: Path, evaluations: list[tuple[int, float, list[float]]], **cells: str) -> None:
+    """Replace the run's evals.csv by these evaluations (env step, training seconds, each episode's return), every
+    episode as long as its return (CartPole's reward is 1 a step); ``cells`` overwrite columns of every row."""
+    with (run_dir / "evals.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, EVAL_COLUMNS)
+        writer.writeheader()
+        for version, (env_steps, wall_time, returns) in enumerate(evaluations):
+            episodes = " ".join(f"{value:g}" for value in returns)
+            mean = float(np.mean(returns))
+            writer.writerow({
+                "env_steps": env_steps, "wall_time": wall_time, "policy_version": version, "episodes": len(returns),
+                "return_mean": mean, "return_std": float(np.std(returns)), "return_min": min(returns),
+                "return_max": max(returns), "length_mean": mean, "deterministic": True, "eval_seconds": 0.25,
+                "returns": episodes, "lengths": episodes, **cells})
+
+
+def without_evals(run_dir: Path) -> Path:
+    """The run as recorded before evaluation existed."""
+    (run_dir / "evals.csv").unlink(missing_ok=True)
+    return run_dir
 
 
 # --------------------------------------------------------------------------- loading
@@ -256,6 +279,15 @@ BREAKERS = {
                               ".hydra/config.yaml is not UTF-8 text (byte 0xe9 at offset 16)"),
     "overrides.yaml not a list": (_write_bytes(".hydra/overrides.yaml", b"seed: 1\n"),
                                   ".hydra/overrides.yaml holds a dict, not a list"),
+    # evals.csv: each episode's return listed, and the kind of action, checked.
+    "evals returns not numbers": (lambda run: write_evals(run, [(1000, 1.0, [10, 30])], returns="10 x"),
+                                  "evals.csv line 2 column returns is not a list of 2 numbers: '10 x'"),
+    "evals lengths missing one": (lambda run: write_evals(run, [(1000, 1.0, [10, 30])], lengths="10"),
+                                  "evals.csv line 2 column lengths is not a list of 2 numbers: '10'"),
+    "evals deterministic not a flag": (lambda run: write_evals(run, [(1000, 1.0, [10])], deterministic="maybe"),
+                                       "evals.csv line 2 column deterministic is not True or False: 'maybe'"),
+    "duplicate evals rows": (lambda run: write_evals(run, [(1000, 1.0, [10]), (1000, 1.5, [20])]),
+                             "evals.csv has 1 duplicate rows (repeated env_steps values)"),
 }
 
 
@@ -299,6 +331,8 @@ def test_empty_folders_among_a_sweeps_runs_are_counted_and_other_folders_ignored
 def _change_wall_times(run: Path, factor: float) -> None:
     """What a rerun of the same config and seed on another machine changes: the wall-clock columns."""
     for name in RECORD_FILES:
+        if not (run / f"{name}.csv").exists():  # evals.csv of a run recorded before evaluation existed
+            continue
         lines = (run / f"{name}.csv").read_text().splitlines()
         column = lines[0].split(",").index("wall_time")
         rows = [_set_field(line, column, str(float(line.split(",")[column]) * factor)) for line in lines[1:]]
@@ -570,3 +604,151 @@ def test_a_schedule_keeps_its_colour_whatever_else_is_plotted():
     crowded = figures.schedule_palette(["single/serial", "a3c/hogwild", "a2c/vector", "new/mode"])
     assert alone["a3c/hogwild"] == crowded["a3c/hogwild"]
     assert len({crowded[name] for name in ("single/serial", "a3c/hogwild", "a2c/vector", "new/mode")}) == 4
+
+
+# --------------------------------------------------------------------------- --metric eval
+# Evaluations of two CartPole seeds of single/serial and one of a3c/hogwild. With threshold 55, seed 1 first
+# reaches it at 2000 steps (2.0 s) and seed 2 at 1000 (1.5 s); their final evaluations return 50 and 90. At 2.0 s
+# seed 1 returns 60, seed 2 60 (70 at 1.5 s, 30 at 3.5 s) and the a3c run 50 (0 at 1.0 s, 100 at 3.0 s).
+EVALUATIONS = {
+    "single1": [(1000, 1.0, [10, 30]), (2000, 2.0, [50, 70]), (3000, 3.0, [40, 60])],
+    "single2": [(1000, 1.5, [60, 80]), (2000, 3.5, [20, 40]), (3000, 5.0, [80, 100])],
+    "async1": [(1000, 1.0, [0, 0]), (3000, 3.0, [100, 100])],
+}
+
+
+@pytest.fixture
+def evaluated(sweep: Path, tmp_path: Path) -> Path:
+    """Runs whose evaluations are EVALUATIONS, every 1000 env steps by their config."""
+    runs = tmp_path / "runs"
+    for name, evaluations in EVALUATIONS.items():
+        relabel = {"algo": "a3c", "mode": "hogwild"} if name.startswith("async") else {}
+        run = copy_run(run_of(sweep, "cartpole", int(name[-1])), runs / name, **relabel)
+        write_evals(run, evaluations)
+        _edit_config(run, lambda config: config.setdefault("eval", {}).update(interval=1000))
+    return runs
+
+
+def report_tables(runs: Path, out: Path, *options: str) -> dict[str, str]:
+    """Run the report command on ``runs`` (thresholds at 55, means over seeds); return its tables by name."""
+    assert report.main([str(runs), "--out", str(out), "--figures", "return_vs_steps", "--threshold", "cartpole=55",
+                        "--estimator", "mean", *options]) == 0
+    return {name: (out / "tables" / f"{name}.md").read_text() for name in TABLES}
+
+
+def test_evaluations_are_read_back_with_each_episodes_values(evaluated: Path, sweep: Path):
+    without_evals(copy_run(run_of(sweep, "cartpole", 3), evaluated / "old"))
+    write_evals(copy_run(run_of(sweep, "acrobot", 3), evaluated / "off"), [])
+    runset = load_runs(evaluated)
+    assert runset.skipped == []
+    rows = runset.evals[runset.evals.run_id == "runs/single2"]
+    assert list(rows["env_steps"]) == [1000, 2000, 3000]
+    assert list(rows["wall_time"]) == [1.5, 3.5, 5.0]
+    assert list(rows["return_mean"]) == [70.0, 30.0, 90.0]
+    assert list(rows["returns"]) == [(60.0, 80.0), (20.0, 40.0), (80.0, 100.0)]
+    assert list(rows["lengths"]) == list(rows["returns"])
+    assert list(rows["deterministic"]) == [True, True, True]
+    assert set(rows["seed"]) == {2} and set(rows["schedule"]) == {"single/serial"}
+    assert len(runset.evals) == 8
+    assert runset.runs.set_index("run_id").loc["runs/single1", "eval_interval"] == 1000
+    assert runset.no_evaluations == {
+        "runs/off": "evals.csv has a header but no rows (evaluation off: eval.episodes=0)",
+        "runs/old": "no evals.csv (recorded before runs were evaluated)"}
+
+
+def test_metric_eval_takes_final_return_threshold_and_improvement_from_the_evaluations(evaluated: Path, tmp_path: Path):
+    runset = load_runs(evaluated)
+    summary = stats.run_summary(runset.metrics, runset.updates, runset.labels, {"cartpole": 55.0},
+                                returns=runset.evals).set_index("run_id")
+    assert list(summary["final_return"]) == [100.0, 50.0, 90.0]  # async1, single1, single2
+    assert list(summary["steps_to_threshold"]) == [3000.0, 2000.0, 1000.0]
+    assert list(summary["seconds_to_threshold"]) == [3.0, 2.0, 1.5]
+    # Throughput is training's, whichever return is analysed.
+    assert summary["steps_per_second"].equals(
+        stats.run_summary(runset.metrics, runset.updates, runset.labels, {}).set_index("run_id")["steps_per_second"])
+
+    tables = report_tables(evaluated, tmp_path / "eval", "--metric", "eval", "--budget-seconds", "2")
+    assert "| cartpole | single/serial | 1 | 2 | 70.0 [50.0, 90.0] |" in tables["final_return"]
+    assert "| cartpole | a3c/hogwild | 1 | 1 | 100.0 |" in tables["final_return"]
+    assert "| cartpole | single/serial | 1 | 55 | 2/2 | 1,500 [1,000, 2,000] | 1.75 [1.5, 2] |" in tables[
+        "time_to_threshold"]
+    # At 2 s every single/serial run returns 60 and the a3c run 50: a3c never wins.
+    assert "| cartpole | a3c/hogwild, 1 worker | single/serial, 1 worker | 2 | 0 | 1/2 |" in tables[
+        "probability_of_improvement"]
+
+    # The default reads the training return of metrics.csv, as if no run had evaluations.
+    train = report_tables(evaluated, tmp_path / "train")
+    final = np.mean([metric_rows(evaluated / name)[-1]["return_mean"] for name in ("single1", "single2")])
+    assert f"| cartpole | single/serial | 1 | 2 | {report._number(final)} [" in train["final_return"]
+    for run in evaluated.iterdir():
+        without_evals(run)
+    assert report_tables(evaluated, tmp_path / "no-evals") == train
+
+
+def test_the_report_says_which_return_it_used(evaluated: Path, tmp_path: Path):
+    import matplotlib.pyplot as plt
+
+    evaluation = "evaluation return (mean of 2 deterministic evaluation episodes every 1,000 env steps)"
+    training = "training return (mean of the most recent return_window training episodes)"
+    for metric, returns in (("eval", evaluation), ("train", training)):
+        report_tables(evaluated, tmp_path / metric, "--metric", metric)
+        text = (tmp_path / metric / "report.md").read_text()
+        name, detail = returns.removesuffix(")").split(" (")
+        assert f"Return (`--metric {metric}`): {name}, {detail}  \n" in text
+        assert f"Sample efficiency: {returns} against environment steps. ([PDF]" in text
+        assert f"Final {returns} over seeds, " in text
+        assert f"Time to threshold in {returns}: " in text
+        assert f"higher {returns} than a run of Y" in text
+        latex = (tmp_path / metric / "tables" / "final_return.tex").read_text()
+        assert "\\caption{Final " + returns.replace("_", "\\_") + " over seeds, " in latex
+    assert "at each run's last evaluation (its final one)" in (tmp_path / "eval" / "report.md").read_text()
+
+    trained = [row["return_mean"] for row in metric_rows(evaluated / "single1") if not math.isnan(row["return_mean"])]
+    for metric, label, single1 in (("eval", "evaluation return", [20.0, 60.0, 50.0]),
+                                   ("train", "training return", trained)):
+        options = report.ReportOptions(metric=metric)
+        fig = report.DRAW["return_vs_steps"](report.analyse(report.runs_for_metric(load_runs(evaluated), metric),
+                                                             options))
+        (ax,) = fig.axes
+        assert ax.get_ylabel() == label
+        assert any(list(line.get_ydata()) == pytest.approx(single1) for line in ax.lines)  # the run's thin line
+        plt.close(fig)
+
+
+def test_a_run_without_evaluations_is_skipped_under_eval_and_analysed_under_train(
+        evaluated: Path, sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    old = without_evals(copy_run(run_of(sweep, "cartpole", 3), evaluated / "old"))
+    write_evals(copy_run(run_of(sweep, "acrobot", 3), evaluated / "off"), [])
+    reasons = {"off": "evals.csv has a header but no rows (evaluation off: eval.episodes=0)",
+               "old": "no evals.csv (recorded before runs were evaluated)"}
+    report_tables(evaluated, tmp_path / "eval", "--metric", "eval")
+    err = capsys.readouterr().err
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "Runs analysed: 3; runs skipped: 2" in text
+    for run, reason in reasons.items():
+        assert f"- `runs/{run}`: no evaluations, which --metric eval reads: {reason}" in text
+        assert f"skipping run runs/{run}: no evaluations, which --metric eval reads: {reason}" in err
+    assert "acrobot" not in (tmp_path / "eval" / "tables" / "final_return.md").read_text()
+
+    report_tables(evaluated, tmp_path / "train")
+    assert "Runs analysed: 5; runs skipped: 0" in (tmp_path / "train" / "report.md").read_text()
+    assert "| cartpole | single/serial | 1 | 3 |" in (tmp_path / "train" / "tables" / "final_return.md").read_text()
+
+    # No run with evaluations: nothing for --metric eval to read, said in one line, no report.
+    for name in EVALUATIONS:
+        shutil.rmtree(evaluated / name)
+    assert old.exists()
+    assert report.main([str(evaluated), "--out", str(tmp_path / "none"), "--metric", "eval"]) == 2
+    assert capsys.readouterr().err == (
+        "svrl-report: --metric eval: none of the 2 runs analysed has evaluations (no evals.csv, or one with only its "
+        "header: eval.episodes=0); use --metric train, or runs trained with evaluation on\n")
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_bad_metric_is_refused_in_one_line_naming_the_option(sweep: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_:
+        report.main([str(sweep), "--out", str(tmp_path / "out"), "--metric", "evaluation"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "svrl-report: error: --metric 'evaluation': expected train or eval\n"
+    assert not (tmp_path / "out").exists()

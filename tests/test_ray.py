@@ -246,9 +246,12 @@ def test_two_worker_actors_give_the_local_backends_synchronous_run(cluster, tmp_
     common = ["algo=a2c", "algo.mode=workers", "algo.num_envs=1", "algo.num_workers=2", "seed=1",
               "total_env_steps=1000", "checkpoint_interval=300", "log_interval=500"]
     train_run(tmp_path / "local", *common)
-    record = train_run(tmp_path / "ray", *common, "backend=ray")
+    # evaluated at the end (in the driver's background thread), which leaves the training as it is
+    record = train_run(tmp_path / "ray", *common, "backend=ray", "eval.episodes=2")
     assert record.status == "completed" and record.policy_version == 100 and record.updates == 200
     assert_same_training(tmp_path / "local", tmp_path / "ray")
+    (final,) = read_csv(tmp_path / "ray" / "evals.csv")
+    assert (final["env_steps"], final["policy_version"], final["episodes"]) == ("1000", "100", "2")
     assert len(checkpoint(tmp_path / "ray")["collectors"]) == 2
     local, rows = updates(tmp_path / "local"), updates(tmp_path / "ray")
     keys = ("update", "env_steps", "worker", "version_at_sync", "version_at_apply", "staleness", "applied", "lr")
@@ -279,8 +282,12 @@ def test_a_resumed_synchronous_run_gives_the_local_backends_resumed_run(cluster,
 
 
 def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cluster, run_dir):
-    record = train_run(run_dir, *PS, "algo.num_workers=2", "algo.staleness.delay=1", "total_env_steps=2000")
+    # Acrobot normalizes observations: worker 0's statistics travel with its pushes to the evaluations
+    record = train_run(run_dir, *PS, "algo.num_workers=2", "algo.staleness.delay=1", "total_env_steps=2000",
+                       "env=acrobot", "eval.episodes=2", "eval.interval=1000")
     assert record.status == "completed" and record.env_steps >= 2000
+    evaluations = read_csv(run_dir / "evals.csv")
+    assert len(evaluations) == 2 and int(evaluations[-1]["policy_version"]) == record.policy_version
     rows = updates(run_dir)
     check_two_workers_delayed_by_one(rows)
     metrics = read_csv(run_dir / "metrics.csv")
