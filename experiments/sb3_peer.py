@@ -2,7 +2,8 @@
 
 The peer gets what our learner gets: the same number of envs stepped in lockstep, the same hyperparameters
 and optimizer (``rmsprop_tf`` is SB3's ``RMSpropTFLike``), the same network (separate MLPs; the Nature CNN;
-for MinAtar the paper's torso as a features extractor, over frames already in [0, 1]) and one torch thread.
+for MinAtar the paper's torso as a features extractor, over frames already in [0, 1]), ``VecNormalize`` where the
+env normalizes observations or rewards, and one torch thread.
 Its envs are ours (``algorithms.envs.make_env``), except on Atari by default, where they are SB3's own
 ``AtariWrapper`` and ``VecFrameStack`` with the same settings, as its users run them (``envs_from="ours"``
 leaves only the learners' difference). Its steady rate is timed past a warm-up, as ours is read from metrics
@@ -82,9 +83,14 @@ def build_peer(cfg: Any, envs_from: str = "native") -> Any:
     from stable_baselines3 import A2C
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    algo = cfg.algo
-    envs = (sb3_atari_envs(cfg) if envs_from == "native" and cfg.env.preprocessing == "atari"
-            else DummyVecEnv([partial(make_env, cfg.env) for _ in range(algo.num_envs)]))
+    algo, env_cfg = cfg.algo, cfg.env
+    envs = (sb3_atari_envs(cfg) if envs_from == "native" and env_cfg.preprocessing == "atari"
+            else DummyVecEnv([partial(make_env, env_cfg) for _ in range(algo.num_envs)]))
+    if env_cfg.normalize_obs or env_cfg.normalize_reward:  # what our collector's normalizers do, the zoo's way
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        envs = VecNormalize(envs, norm_obs=env_cfg.normalize_obs, norm_reward=env_cfg.normalize_reward,
+                            clip_obs=env_cfg.clip_obs, clip_reward=env_cfg.clip_reward, gamma=algo.gamma)
     policy, policy_kwargs = policy_for(cfg, envs.observation_space)
     lr = algo.lr if algo.lr_schedule == "constant" else (lambda remaining: remaining * algo.lr)
     return A2C(policy, envs, learning_rate=lr, n_steps=algo.n_steps, gamma=algo.gamma, gae_lambda=algo.gae_lambda,

@@ -1,0 +1,153 @@
+"""This harness's A2C next to Stable-Baselines3's, on deterministic evaluation returns, against rl-baselines3-zoo.
+
+For every env and seed, on the zoo's settings (the env file's values, the zoo's ``n_envs`` and ``n_timesteps``):
+
+- ours: ``algo=a2c`` (vector mode, the zoo's number of envs) trained in this process into a run directory,
+  evaluated at its end by its own ``eval.*`` (deterministic, ``--episodes`` episodes);
+- SB3's: ``experiments.sb3_peer.build_peer`` on the same config over the same envs (``VecNormalize`` where the
+  env file normalizes), trained the same env steps, evaluated by ``evaluate_policy`` on as many deterministic
+  episodes of a fresh env with the training statistics frozen, as the zoo evaluates.
+
+It prints a Markdown table (mean and standard deviation over seeds of each run's evaluation mean, next to the zoo's
+published score) and writes it with every run's numbers as JSON to ``--out``. Stable-Baselines3 is a development
+dependency.
+
+    python -m experiments.compare_sb3 --env cartpole acrobot lunarlander halfcheetah --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from experiments.config import ConfigError, validate
+from experiments.train import CONFIG_DIR, train
+
+
+class ZooScore(NamedTuple):
+    """rl-baselines3-zoo's A2C: its benchmark.md score (deterministic evaluation), budget and hyperparams/a2c.yml's
+    n_envs (1 where the entry sets none)."""
+
+    env_id: str
+    mean: float
+    std: float
+    steps: int
+    num_envs: int
+
+
+ZOO_A2C = {
+    "cartpole": ZooScore("CartPole-v1", 500.0, 0.0, 500_000, 8),
+    "acrobot": ZooScore("Acrobot-v1", -83.353, 17.213, 500_000, 16),
+    "lunarlander": ZooScore("LunarLander-v2", 155.751, 80.419, 200_000, 8),
+    "halfcheetah": ZooScore("HalfCheetah-v3", 3041.174, 157.265, 1_000_000, 1),
+}
+
+
+def compose_zoo_run(env: str, seed: int, steps: int, episodes: int) -> DictConfig:
+    zoo = ZOO_A2C[env]
+    overrides = ["algo=a2c", f"algo.num_envs={zoo.num_envs}", f"env={env}", f"seed={seed}", f"total_env_steps={steps}",
+                 f"checkpoint_interval={steps}", f"eval.episodes={episodes}", "eval.deterministic=true",
+                 "logger.wandb.mode=disabled", "quiet=true"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        raise SystemExit(f"error: {env} seed {seed}: {error}") from error
+    return cfg
+
+
+def our_evaluation(cfg: DictConfig, run_dir: Path) -> float:
+    record = train(cfg, str(run_dir))
+    if record.status != "completed":
+        raise SystemExit(f"error: our run in {run_dir} ended {record.status}: {record.error}")
+    with (run_dir / "evals.csv").open(newline="") as handle:
+        return float(list(csv.DictReader(handle))[-1]["return_mean"])
+
+
+def sb3_evaluation(cfg: DictConfig) -> float:
+    """SB3's A2C trained on ``cfg`` and evaluated as the zoo does."""
+    import torch
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from algorithms.envs import make_env
+    from experiments.sb3_peer import build_peer
+
+    torch.set_num_threads(cfg.torch_threads)
+    peer = build_peer(cfg, envs_from="ours")
+    peer.learn(total_timesteps=cfg.total_env_steps)
+    eval_env = DummyVecEnv([lambda: Monitor(make_env(cfg.env))])  # Monitor: the raw returns, as the zoo's
+    if isinstance(peer.get_env(), VecNormalize):
+        eval_env = VecNormalize(eval_env, training=False, norm_obs=cfg.env.normalize_obs, norm_reward=False,
+                                clip_obs=cfg.env.clip_obs)
+        eval_env.obs_rms = peer.get_env().obs_rms
+    eval_env.seed(cfg.seed + 1_000_000_000)  # apart from training's seeds, as our evaluation is
+    mean, _ = evaluate_policy(peer, eval_env, n_eval_episodes=cfg.eval.episodes, deterministic=True)
+    eval_env.close()
+    peer.get_env().close()
+    return float(mean)
+
+
+def spread(values: list[float]) -> str:
+    deviation = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {deviation:.1f}"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| env | env steps | seeds | ours (A2C) | Stable-Baselines3 A2C | rl-baselines3-zoo A2C |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for env, result in results.items():
+        zoo = ZOO_A2C[env]
+        lines.append(f"| {env} | {result['steps']:,} | {len(result['ours'])} | {spread(result['ours'])} | "
+                     f"{spread(result['sb3'])} | {zoo.mean:.1f} ± {zoo.std:.1f} ({zoo.env_id}, {zoo.steps:,} steps) |")
+    return "\n".join(lines)
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.compare_sb3", description=__doc__.splitlines()[0])
+    parser.add_argument("--env", nargs="+", choices=sorted(ZOO_A2C), default=sorted(ZOO_A2C))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="env steps of every run (default: the zoo's)")
+    parser.add_argument("--episodes", type=int, default=10, help="deterministic evaluation episodes per run")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare_sb3"), help="run directories and results")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps {args.steps}: must be a positive number of env steps")
+    if args.episodes < 1:
+        parser.error(f"--episodes {args.episodes}: must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    configs = {(env, seed): compose_zoo_run(env, seed, args.steps or ZOO_A2C[env].steps, args.episodes)
+               for env in args.env for seed in args.seeds}  # every config checked before the first run
+    results: dict[str, dict[str, Any]] = {}
+    for (env, seed), cfg in configs.items():
+        result = results.setdefault(env, {"steps": cfg.total_env_steps, "ours": [], "sb3": [], "seconds": []})
+        started = time.monotonic()
+        result["ours"].append(our_evaluation(cfg, args.out / f"{env}_s{seed}"))
+        result["sb3"].append(sb3_evaluation(cfg))
+        result["seconds"].append(time.monotonic() - started)
+        print(f"  {env} seed {seed}: ours {result['ours'][-1]:.1f}, SB3 {result['sb3'][-1]:.1f} "
+              f"({result['seconds'][-1]:.0f} s)", file=sys.stderr, flush=True)
+    print(table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"episodes": args.episodes, "seeds": args.seeds,
+                                                       "results": results}, indent=2))
+    (args.out / "results.md").write_text(table(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
