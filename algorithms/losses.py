@@ -95,6 +95,51 @@ def gae_advantages(
     return advantages
 
 
+def vtrace(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    log_rhos: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    truncation_values: np.ndarray,
+    next_value: np.ndarray,
+    gamma: float,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    trace_lambda: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """V-trace targets and policy-gradient advantages for a rollout acted by a behaviour policy mu and learned by
+    pi (Espeholt et al., 2018, IMPALA, section 4), with ``log_rhos = log pi(a_t|x_t) - log mu(a_t|x_t)``.
+
+    rho_t = min(rho_bar, pi/mu), c_t = trace_lambda * min(c_bar, pi/mu) (the paper's remark 2 for lambda), and
+    delta_t = rho_t * (r_t + gamma * V'_t - V(x_t)), where V'_t is 0 after termination, V(s_final) after
+    truncation, else V(x_{t+1}) (values[t+1], or next_value at t = T-1). The targets
+    v_t = V(x_t) + delta_t + gamma * c_t * (1 - done_t) * (v_{t+1} - V(x_{t+1})) cut the traces at every episode
+    end, and the advantages are rho_t * (r_t + gamma * v'_t - V(x_t)), with v'_t the target after step t: 0 after
+    termination, V(s_final) after truncation, else v_{t+1} (next_value at t = T-1).
+
+    On-policy (every log_rho 0) with rho_bar, c_bar >= 1 the targets are GAE(trace_lambda)'s returns
+    (:func:`gae_advantages` plus the values), and with trace_lambda = 1 :func:`n_step_returns`; the advantages are
+    then the n-step returns minus the values. Returns (targets, advantages), both [T, N].
+    """
+    num_steps = _check_shapes(rewards=rewards, values=values, log_rhos=log_rhos, terminated=terminated,
+                              truncated=truncated, truncation_values=truncation_values, next_value=next_value)
+    continuing, cut_value = _episode_masks(terminated, truncated, truncation_values)
+    ratios = np.exp(log_rhos)
+    rhos, cs = np.minimum(rho_bar, ratios), trace_lambda * np.minimum(c_bar, ratios)
+    next_state_values = np.concatenate([values[1:], next_value[None]])
+    deltas = rhos * (rewards + gamma * (next_state_values * continuing + cut_value) - values)
+    corrections = np.empty_like(rewards)  # v_t - V(x_t)
+    following = np.zeros_like(next_value)
+    for t in reversed(range(num_steps)):
+        following = deltas[t] + gamma * cs[t] * continuing[t] * following
+        corrections[t] = following
+    targets = values + corrections
+    next_targets = np.concatenate([targets[1:], next_value[None]])
+    advantages = rhos * (rewards + gamma * (next_targets * continuing + cut_value) - values)
+    return targets, advantages
+
+
 def actor_critic_loss(
     log_probs: torch.Tensor,
     entropy: torch.Tensor,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.losses import actor_critic_loss, gae_advantages, n_step_returns
+from algorithms.losses import actor_critic_loss, gae_advantages, n_step_returns, vtrace
 
 GAMMA = 0.9
 # Two envs, three steps. Env 0 ends no episode. Env 1 terminates at step 0 and is truncated by a
@@ -54,6 +54,59 @@ def test_gae_with_lambda_one_equals_n_step_advantages():
 def test_gae_with_lambda_zero_is_one_step_td_error():
     advantages = gae_advantages(REWARDS, VALUES, gamma=GAMMA, gae_lambda=0.0, **BOOTSTRAP)
     np.testing.assert_allclose(advantages[:, 0], [1.7, 2.6, 8.0], rtol=1e-5)
+
+
+def test_vtrace_matches_hand_computed_values_off_policy():
+    # Env 0 ends no episode; pi/mu = 2, 0.5, 1, so rho = c = 1, 0.5, 1 (rho_bar = c_bar = 1).
+    # TD errors 1.7, 2.6, 8; deltas 1.7, 1.3, 8; v - V: 8, 1.3 + .9*.5*8 = 4.9, 1.7 + .9*4.9 = 6.11.
+    # Advantages: 1*(1 + .9*7.9 - 2) = 6.11, .5*(2 + .9*12 - 3) = 4.9, 1*(3 + .9*10 - 4) = 8.
+    # Env 1 is on-policy (every ratio 1): its episode ends cut the traces, as n-step returns do.
+    log_rhos = np.log(np.array([[2.0, 1.0], [0.5, 1.0], [1.0, 1.0]], dtype=np.float32))
+    targets, advantages = vtrace(REWARDS, VALUES, log_rhos, gamma=GAMMA, **BOOTSTRAP)
+    returns = n_step_returns(REWARDS, gamma=GAMMA, **BOOTSTRAP)
+    np.testing.assert_allclose(targets[:, 0], [8.11, 7.9, 12.0], rtol=1e-5)
+    np.testing.assert_allclose(advantages[:, 0], [6.11, 4.9, 8.0], rtol=1e-5)
+    np.testing.assert_allclose(targets[:, 1], returns[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(advantages[:, 1], returns[:, 1] - VALUES[:, 1], rtol=1e-5)
+
+
+def vtrace_by_its_definition(rewards, values, log_rhos, next_value, gamma, rho_bar, c_bar):
+    """Espeholt et al.'s sum for rollouts that end no episode:
+    v_s = V(x_s) + sum_t gamma^(t-s) (prod_{s<=i<t} c_i) rho_t (r_t + gamma V(x_t+1) - V(x_t))."""
+    ratios, steps = np.exp(log_rhos), len(rewards)
+    rhos, cs = np.minimum(rho_bar, ratios), np.minimum(c_bar, ratios)
+    following_values = np.concatenate([values[1:], next_value[None]])
+    deltas = rhos * (rewards + gamma * following_values - values)
+    targets = values.astype(np.float64).copy()
+    for s in range(steps):
+        for t in range(s, steps):
+            targets[s] += gamma ** (t - s) * np.prod(cs[s:t], axis=0) * deltas[t]
+    return targets
+
+
+@pytest.mark.parametrize(("rho_bar", "c_bar"), [(1.0, 1.0), (0.8, 0.5), (2.0, 1.5)])
+def test_vtrace_equals_its_definition_for_any_ratios(rho_bar, c_bar):
+    rng = np.random.default_rng(0)
+    shape = (6, 3)
+    rewards, values = rng.normal(size=shape), rng.normal(size=shape)
+    log_rhos, next_value = rng.normal(scale=0.7, size=shape), rng.normal(size=3)
+    no_end = np.zeros(shape)
+    targets, _ = vtrace(rewards, values, log_rhos, no_end, no_end, no_end, next_value, gamma=GAMMA, rho_bar=rho_bar,
+                        c_bar=c_bar)
+    expected = vtrace_by_its_definition(rewards, values, log_rhos, next_value, GAMMA, rho_bar, c_bar)
+    np.testing.assert_allclose(targets, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("trace_lambda", [1.0, 0.8, 0.0])
+def test_on_policy_vtrace_is_gae_and_with_lambda_one_the_n_step_returns(trace_lambda):
+    on_policy = np.zeros_like(REWARDS)
+    targets, advantages = vtrace(REWARDS, VALUES, on_policy, gamma=GAMMA, trace_lambda=trace_lambda, **BOOTSTRAP)
+    gae = gae_advantages(REWARDS, VALUES, gamma=GAMMA, gae_lambda=trace_lambda, **BOOTSTRAP)
+    np.testing.assert_allclose(targets, gae + VALUES, rtol=1e-5)
+    if trace_lambda == 1.0:
+        returns = n_step_returns(REWARDS, gamma=GAMMA, **BOOTSTRAP)
+        np.testing.assert_allclose(targets, returns, rtol=1e-5)
+        np.testing.assert_allclose(advantages, returns - VALUES, rtol=1e-5)
 
 
 def test_shape_mismatch_is_rejected():
