@@ -22,7 +22,7 @@ BUDGET = 400  # env steps per run: 20 or more random Hopper episodes, however th
 # How many collectors' states each schedule's checkpoint keeps: the one-process schedules and each synchronous
 # worker keep theirs; Hogwild's and the parameter server's worker processes keep their statistics to themselves.
 CHECKPOINTED_COLLECTORS = {"single": 1, "a2c-vector": 1, "a2c-workers": 2, "a3c-hogwild": 0,
-                           "a3c-parameter-server": 0, "ray-a2c-workers": 2}
+                           "a3c-parameter-server": 0, "ray-a2c-workers": 2, "ray-a3c-parameter-server": 0}
 INITIAL_COUNT = RunningMeanStd().count  # the statistics' prior count, before any observation
 
 

@@ -11,6 +11,7 @@ import torch
 
 from tests.conftest import read_csv, read_meta, train_run
 from tests.processes import ROOT, cli
+from tests.test_ray import PS as RAY_PS
 from tests.test_ray import WORKERS as RAY_WORKERS
 
 SCHEDULES = {
@@ -20,10 +21,12 @@ SCHEDULES = {
     "a3c-hogwild": ["algo=a3c", "algo.num_workers=2"],
     "a3c-parameter-server": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2"],
     "ray-a2c-workers": [*RAY_WORKERS, "algo.num_workers=2", "ray.num_cpus=2"],
+    "ray-a3c-parameter-server": [*RAY_PS, "algo.num_workers=2", "ray.num_cpus=2"],
 }
-SUITES = {  # env, env steps: MinAtar Breakout's random games end within about 10 steps; Pong's take thousands
-    "minatar": ("minatar_breakout", 200),
-    "atari": ("atari_pong", 60),
+SUITES = {  # env, env steps, evaluation games at the end: MinAtar Breakout's random games end within about 10
+    # steps; Pong's take a thousand and more
+    "minatar": ("minatar_breakout", 200, 10),
+    "atari": ("atari_pong", 60, 1),
 }
 
 
@@ -36,10 +39,11 @@ CASES = [*[(name, "minatar") for name in SCHEDULES], *[(name, "atari") for name 
 @pytest.mark.parametrize(("schedule", "suite"), [
     pytest.param(*case, marks=pytest.mark.slow) if case[0].startswith("ray") else case for case in CASES])
 def test_every_schedule_trains_on_the_pixel_suites(tmp_path, schedule, suite):
-    env, steps = SUITES[suite]
+    env, steps, games = SUITES[suite]
     run_dir = tmp_path / "run"
     done = subprocess.run(cli(*SCHEDULES[schedule], f"env={env}", f"total_env_steps={steps}", "log_interval=20",
-                              "quiet=true", "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}"),
+                              f"eval.episodes={games}", "quiet=true", "logger.wandb.mode=disabled",
+                              f"hydra.run.dir={run_dir}"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
@@ -50,6 +54,8 @@ def test_every_schedule_trains_on_the_pixel_suites(tmp_path, schedule, suite):
     assert any(name.endswith("0.weight") and tensor.dim() == 4 for name, tensor in model.items())  # a CNN learned
     if suite == "minatar":
         assert read_csv(run_dir / "episodes.csv"), "random MinAtar Breakout games end within the budget"
+    (final,) = read_csv(run_dir / "evals.csv")  # whole games, with the score (Pong: -21 to 21)
+    assert int(final["episodes"]) == games and -21 <= float(final["return_mean"]) <= 21
 
 
 @pytest.mark.slow
