@@ -64,6 +64,12 @@ _ENTRIES = (
     Schedule("a3c", "parameter_server", "ray", "algorithms.ray_backend:run_parameter_server",
              "worker actors; a server actor applies gradients in arrival order", worker_processes=True,
              server_process=True),
+    Schedule("a2c", "workers", "simulated", "algorithms.simulated:run_synchronous",
+             "virtual workers on a virtual clock meet at a barrier each round", worker_processes=False),
+    Schedule("a3c", "hogwild", "simulated", "algorithms.simulated:run_hogwild",
+             "virtual workers on a virtual clock step the parameters one at a time", worker_processes=False),
+    Schedule("a3c", "parameter_server", "simulated", "algorithms.simulated:run_parameter_server",
+             "virtual workers on a virtual clock; their pushes queue at the server", worker_processes=False),
 )
 SCHEDULES: dict[tuple[str, str, str], Schedule] = {(s.algo, s.mode, s.backend): s for s in _ENTRIES}
 
@@ -78,6 +84,11 @@ MISSING_REASONS: dict[tuple[str, str, str], tuple[str, str]] = {
     ("a2c", "vector", "ray"): (
         "algo.mode", "mode=vector is a one-process schedule; with backend=ray use algo.mode=workers (worker "
         "actors whose gradients are averaged at a barrier)"),
+    ("single", "serial", "simulated"): (
+        "backend", "algo=single has no workers to simulate; backend=simulated runs algo=a2c algo.mode=workers and "
+        "algo=a3c"),
+    ("a2c", "vector", "simulated"): (
+        "algo.mode", "mode=vector has no workers to simulate; with backend=simulated use algo.mode=workers"),
 }
 
 

@@ -31,7 +31,7 @@ from algorithms.protocol import (
     record_update,
 )
 from algorithms.rollout import Episode
-from algorithms.server import GlobalModel, GlobalState, apply_gradient
+from algorithms.server import GlobalModel, GlobalState, apply_gradient, evaluate_if_due
 from algorithms.shared_memory import SharedRows, attach_optimizer_state
 from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
 
@@ -211,18 +211,6 @@ def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
                 lock.free_if_held_by(worker)
             checkpoint()
     evaluate_if_due(cfg, record, global_model, workers_done=True)
-
-
-def evaluate_if_due(cfg: Any, record: Record, global_model: GlobalModel, workers_done: bool) -> None:
-    """Hand the record the global parameters to evaluate, with worker 0's observation statistics, when an
-    evaluation is due; the final one once the workers are done (others may still apply their last updates)."""
-    counters = global_model.counters
-    final = counters.env_steps >= cfg.total_env_steps
-    if record.evaluation_due(counters.env_steps) and (workers_done or not final):
-        with global_model.frozen():
-            snapshot = take_snapshot(global_model.model.flat_params, counters.env_steps, counters.version,
-                                     global_model.obs_statistics)
-        record.evaluate(snapshot)
 
 
 # --------------------------------------------------------------------------- parameter server

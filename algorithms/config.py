@@ -100,6 +100,29 @@ class EvalConfig:
 
 
 @dataclass
+class SimConfig:
+    """The cost model of ``backend=simulated``: how long each action of a virtual worker takes, in virtual seconds.
+
+    Only time is modelled; every rollout, gradient and update is computed for real. A worker's task (collect one
+    rollout and compute its gradient) costs ``n_steps * num_envs * env_step_s + n_steps * forward_s + backward_s``,
+    times its speed factor, a log-normal jitter and, with probability ``straggler_fraction``, ``straggler_slowdown``.
+    A message costs ``message_s + bytes * byte_s + latency_s``; the server applies one gradient at a time
+    (``apply_s`` each: pushes queue). The defaults are rough figures for CartPole's MLP on a 2 GHz core."""
+
+    env_step_s: float = 1.0e-5  # one env step of one env
+    forward_s: float = 5.0e-5  # one acting forward pass over a worker's envs
+    backward_s: float = 5.0e-4  # the loss, its gradient and the clipping, for one rollout
+    message_s: float = 1.0e-4  # fixed cost of sending one message (parameters or a gradient)
+    byte_s: float = 1.0e-9  # per byte of a message (1 GB/s)
+    latency_s: float = 0.0  # fixed one-way network latency of a message
+    apply_s: float = 2.0e-4  # the server's optimizer step with one gradient (or the mean of a round)
+    worker_speeds: list[float] | None = None  # per-worker slowness factors (1: nominal), cycled; null: all 1
+    jitter_sigma: float = 0.0  # sigma of the log-normal factor drawn for every task (0: none)
+    straggler_fraction: float = 0.0  # probability that a task is a straggler's
+    straggler_slowdown: float = 1.0  # how many times longer a straggler's task takes
+
+
+@dataclass
 class RayConfig:
     """Where and how ``backend=ray`` runs its actors (see docs/ray.md)."""
 
@@ -122,9 +145,12 @@ class RunConfig:
     seed: int = 0
     total_env_steps: int = 100_000
     checkpoint_interval: int = 50_000  # env steps between checkpoints
-    backend: str = "local"  # local: processes on this machine; ray: Ray actors (a2c workers, a3c parameter_server)
+    # local: processes on this machine; ray: Ray actors (a2c workers, a3c parameter_server); simulated: virtual
+    # workers in one process on a virtual clock (sim.*)
+    backend: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
     torch_threads: int = 1  # per process; more only fights the other workers for cores
     # Where the learner's model lives: cpu | cuda | cuda:N | auto (cuda when available). Only schedules whose
     # learner is one process (single, a2c vector, the local a3c parameter server) use it; workers stay on CPU.

@@ -39,6 +39,8 @@ class Record(Protocol):
 
     def checkpoint_due(self, env_steps: int) -> bool: ...
 
+    def use_clock(self, clock: Any) -> None: ...  # a simulated run's virtual clock: a callable giving seconds
+
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from algorithms.checkpoint import check_snapshots, make_checkpoint, restore_model
+from algorithms.evaluation import take_snapshot
 from algorithms.learner import (
     build_spaces_model,
     make_optimizer,
@@ -127,6 +128,18 @@ class GlobalModel:
             optimizer=copy.deepcopy(self.optimizer.state_dict()), env_steps=self.counters.env_steps,
             policy_version=self.counters.version, collectors=collectors, rng=rng_state(),
             snapshots=self.snapshots.state_dict() if self.snapshots is not None else None)
+
+
+def evaluate_if_due(cfg: Any, record: Any, global_model: GlobalModel, workers_done: bool) -> None:
+    """Hand the record the global parameters to evaluate, with worker 0's observation statistics, when an
+    evaluation is due; the final one once the workers are done (others may still apply their last updates)."""
+    counters = global_model.counters
+    final = counters.env_steps >= cfg.total_env_steps
+    if record.evaluation_due(counters.env_steps) and (workers_done or not final):
+        with global_model.frozen():
+            snapshot = take_snapshot(global_model.model.flat_params, counters.env_steps, counters.version,
+                                     global_model.obs_statistics)
+        record.evaluate(snapshot)
 
 
 def apply_gradient(optimizer: torch.optim.Optimizer, params: torch.Tensor, gradient: torch.Tensor, version: int,

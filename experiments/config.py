@@ -293,6 +293,25 @@ def _validate_ray(cfg: DictConfig) -> None:
                  f"ray.cpus_per_worker={ray.cpus_per_worker} + ray.server_cpus={ray.server_cpus} = {needed:g} CPUs")
 
 
+def _validate_simulated(cfg: DictConfig) -> None:
+    sim = cfg.sim
+    for key in ("env_step_s", "forward_s", "backward_s", "message_s", "byte_s", "latency_s", "apply_s",
+                "jitter_sigma"):
+        _require(math.isfinite(sim[key]) and sim[key] >= 0, f"sim.{key}", sim[key], "must be a finite number >= 0")
+    _require(0 <= sim.straggler_fraction <= 1, "sim.straggler_fraction", sim.straggler_fraction,
+             "must be a probability, between 0 and 1")
+    _require(math.isfinite(sim.straggler_slowdown) and sim.straggler_slowdown >= 1, "sim.straggler_slowdown",
+             sim.straggler_slowdown, "must be a finite factor >= 1")
+    if sim.worker_speeds is not None:
+        speeds = list(sim.worker_speeds)
+        _require(bool(speeds) and all(math.isfinite(speed) and speed > 0 for speed in speeds), "sim.worker_speeds",
+                 speeds, "must be a non-empty list of finite factors > 0 (null: every worker at 1)")
+    _require(not cfg.resume, "resume", cfg.resume,
+             "a simulated run is checkpointed at its end only (gradients in flight are not saved); rerun it")
+    _require(cfg.algo.vector_backend == "sync", "algo.vector_backend", cfg.algo.vector_backend,
+             "virtual workers step their envs in the one process of backend=simulated")
+
+
 def _validate_eval(cfg: DictConfig) -> None:
     evaluation = cfg.eval
     if evaluation.interval is not None:
@@ -337,6 +356,8 @@ def validate(cfg: DictConfig) -> None:
         _positive_int("cpu_budget", cfg.cpu_budget)
     if cfg.backend == "ray":
         _validate_ray(cfg)
+    if cfg.backend == "simulated":
+        _validate_simulated(cfg)
     _validate_device(cfg)
     _validate_eval(cfg)
     _require(len(cfg.model.hidden_sizes) >= 1 and all(h >= 1 for h in cfg.model.hidden_sizes),

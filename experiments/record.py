@@ -217,6 +217,7 @@ class RunRecord:
         self._evaluations: Evaluations | None = None
         self._evaluation_error: Exception | None = None  # a failed evaluation fails the run
         self._last_eval: dict[str, Any] | None = None
+        self._virtual_clock: Callable[[], float] | None = None  # a simulated run's time, in place of the machine's
 
     # ----------------------------------------------------------------- opening and closing
     def __enter__(self) -> RunRecord:
@@ -259,6 +260,7 @@ class RunRecord:
             "overrides": self.overrides,
             "resumed_at_env_steps": [],
             "worker_failures": [],
+            "clock": "real",  # "simulated" for backend=simulated: wall_time columns are virtual seconds
             "final": None,
             "wandb": None,
         }
@@ -440,9 +442,18 @@ class RunRecord:
 
     # ----------------------------------------------------------------- what algorithms call
     def wall_time(self) -> float:
-        """Seconds of training: since the start, before a resume too, less the time training waited for evaluations."""
+        """Seconds of training: since the start, before a resume too, less the time training waited for evaluations;
+        for a simulated run, its virtual clock's seconds."""
+        if self._virtual_clock is not None:
+            return self._virtual_clock() + self._wall_offset
         paused = self._evaluations.paused_seconds if self._evaluations is not None else 0.0
         return time.monotonic() - self._start + self._wall_offset - paused
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Measure ``wall_time`` with ``clock`` (virtual seconds) from now on; meta.json says so."""
+        self._virtual_clock = clock
+        self.meta.update(clock="simulated", cost_model=OmegaConf.to_container(self.cfg.sim))
+        self._write_meta()
 
     def episode(self, worker: int, env_steps: int, ret: float, length: int) -> None:
         self._write_due_row(env_steps)
@@ -622,7 +633,8 @@ class RunRecord:
                     f"over {evaluation['episodes']} episodes")
         error = f" ({self.error})" if self.error else ""
         return (f"{self.status}{error}: {self.cfg.algo.name}/{self.cfg.algo.mode} on {self.cfg.env.id}, "
-                f"seed {self.cfg.seed}: {final['env_steps']} env steps in {final['wall_time']:.1f}s "
+                f"seed {self.cfg.seed}: {final['env_steps']} env steps in {final['wall_time']:.1f}"
+                f"{' virtual ' if self._virtual_clock is not None else ''}s "
                 f"({final['sps']:.0f} steps/s), {ret}. Run record: {self.run_dir}")
 
     # ----------------------------------------------------------------- Weights & Biases

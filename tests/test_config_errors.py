@@ -89,6 +89,10 @@ BAD_INPUTS = [
     # values of the right type that cannot work (experiments.config.validate)
     (["algo.lr=-1"], "algo.lr", "-1.0", "must be a finite number > 0"),
     (["eval.interval=0"], "eval.interval", "0", "must be a positive integer"),
+    (["algo=single", "backend=simulated"], "backend", "'simulated'", "algo=single has no workers to simulate"),
+    (["algo=a3c", "backend=simulated", "sim.straggler_fraction=2"], "sim.straggler_fraction", "2.0",
+     "must be a probability"),
+    (["algo=a3c", "backend=simulated", "resume=true"], "resume", "True", "is checkpointed at its end only"),
     (["eval.episodes=-1"], "eval.episodes", "-1", "must be >= 0 (0: no evaluation)"),
     (["env.id=CartPol-v1"], "env.id", "'CartPol-v1'", "did you mean CartPole-v1"),
     (["algo=a3c", "algo.staleness.delay=2"], "algo.staleness.delay", "2", "needs algo.lock=true"),

@@ -1,0 +1,200 @@
+"""Simulated workers (``backend=simulated``): ``num_workers`` virtual workers in one process, on a virtual clock.
+
+Each virtual worker has its own envs, collector, generator and local model (a
+:class:`~algorithms.learner.LocalLearner`), and the learning is real: every rollout, gradient and update is
+computed. Only time is modelled, by :class:`CostModel` (``sim.*``): a worker's task (collect a rollout, compute
+its gradient) and every message take virtual seconds, and the server applies one gradient at a time. Events are
+processed in virtual-time order, ties broken by worker, so the order of updates, and with it staleness, emerges
+from the schedule as it would on ``num_workers`` machines, and the same config and seed give the same record at
+any worker count. The record's ``wall_time`` is the virtual clock (``meta.json`` says ``clock: simulated``).
+
+- a3c ``parameter_server``: a worker syncs to the parameters the server answered it with, computes, and pushes;
+  pushes queue at the server in arrival order (:class:`~algorithms.parameter_server.ParameterServer` applies
+  them, as the local and Ray servers do). Each message costs ``message_s + bytes * byte_s + latency_s``.
+- a3c ``hogwild``: the same, with workers stepping shared memory themselves: no messages, and each apply takes
+  ``apply_s`` under the lock (``lock=true`` semantics: applies are atomic).
+- a2c ``workers``: every round, all workers compute from the same parameters; the round ends when the slowest
+  gradient has arrived and the mean is applied (``wait_time``: how long each worker waited for the slowest).
+  The updates are those of the local a2c workers, bit for bit (the mean is summed in worker order).
+
+With one worker, a3c gives ``single``'s parameters. A simulated run is checkpointed at its end only: gradients in
+flight are not checkpointed, so it cannot resume (validation says so).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from algorithms.a2c import SyncLog
+from algorithms.checkpoint import make_checkpoint
+from algorithms.learner import (
+    LocalLearner,
+    NonFiniteGuard,
+    average_gradients,
+    learning_rate,
+    set_learning_rate,
+)
+from algorithms.parameter_server import ParameterServer, evaluation_statistics
+from algorithms.protocol import EpisodeRow, Push, Record, UpdateRow, to_wire
+from algorithms.rollout import Episode
+from algorithms.server import GlobalModel, evaluate_if_due
+
+
+class CostModel:
+    """Virtual seconds of a worker's task and of a message, from ``sim.*``. Its generator (seeded with the run's
+    seed, drawn in event order) serves time alone, so the cost model never changes what is learned."""
+
+    def __init__(self, cfg: Any, num_params: int):
+        sim, algo = cfg.sim, cfg.algo
+        self.sim = sim
+        self.rng = np.random.default_rng(cfg.seed)
+        self.task_s = algo.n_steps * algo.num_envs * sim.env_step_s + algo.n_steps * sim.forward_s + sim.backward_s
+        self.message_s = sim.message_s + 4 * num_params * sim.byte_s + sim.latency_s  # one float32 vector
+        speeds = list(sim.worker_speeds or [1.0])
+        self.speeds = [float(speeds[worker % len(speeds)]) for worker in range(algo.num_workers)]
+
+    def task(self, worker: int) -> float:
+        """One task of ``worker``; both draws are made for every task, so a setting changes no other draw."""
+        jitter, straggles = self.rng.normal(), self.rng.random() < self.sim.straggler_fraction
+        return (self.task_s * self.speeds[worker] * math.exp(self.sim.jitter_sigma * jitter)
+                * (self.sim.straggler_slowdown if straggles else 1.0))
+
+
+class VirtualClock:
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def start(cfg: Any, record: Record) -> tuple[GlobalModel, list[LocalLearner], CostModel, VirtualClock]:
+    torch.set_num_threads(cfg.torch_threads)
+    global_model = GlobalModel(cfg, None, None, shared=False)
+    clock = VirtualClock()
+    record.use_clock(clock)
+    learners = []
+    try:
+        for worker in range(cfg.algo.num_workers):
+            learners.append(LocalLearner(cfg, worker, 0))
+    except BaseException:
+        close(learners)
+        raise
+    return global_model, learners, CostModel(cfg, global_model.model.flat_params.numel()), clock
+
+
+def close(learners: list[LocalLearner]) -> None:
+    for learner in learners:
+        learner.close()
+
+
+# --------------------------------------------------------------------------- a3c: pushes queue at a server
+def run_parameter_server(cfg: Any, record: Record) -> None:
+    run_asynchronous(cfg, record, messages=True)
+
+
+def run_hogwild(cfg: Any, record: Record) -> None:
+    run_asynchronous(cfg, record, messages=False)
+
+
+def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
+    """Workers compute from the parameters they synced to; their gradients are applied one at a time, in the
+    order they reach the server (or the lock), each worker then syncing to the parameters after its own."""
+    global_model, learners, costs, clock = start(cfg, record)
+    message_s = costs.message_s if messages else 0.0
+    server = ParameterServer(cfg, record, global_model)
+    in_flight: list[tuple[float, int, Push]] = []  # (arrival time, worker, push): one push per worker
+
+    def compute(worker: int, synced_at: float) -> None:
+        learner = learners[worker]
+        version, params = global_model.params_for_worker()
+        learner.model.flat_params.copy_(params)
+        episodes, stats = learner.learn()
+        push = Push(worker, version, to_wire(learner.model.flat_grads), stats, episodes, learner.steps, None,
+                    synced_at, evaluation_statistics(learner))
+        heapq.heappush(in_flight, (synced_at + costs.task(worker) + message_s, worker, push))
+
+    try:
+        for worker in range(len(learners)):
+            compute(worker, message_s)  # the server's first answer: the initial parameters
+        server_free = 0.0
+        while in_flight:
+            arrived, worker, push = heapq.heappop(in_flight)
+            server_free = clock.now = max(arrived, server_free) + cfg.sim.apply_s
+            server.stop = record.stop_requested
+            server.apply(push)
+            evaluate_if_due(cfg, record, global_model, workers_done=not in_flight)
+            if not server.finishing():
+                compute(worker, clock.now + message_s)
+        record.save_checkpoint(global_model.checkpoint())
+    finally:
+        close(learners)
+
+
+# --------------------------------------------------------------------------- a2c: rounds at a barrier
+class Round(NamedTuple):
+    """One worker's part of a synchronous round: when its gradient arrived, its loss statistics and episodes."""
+
+    arrived: float
+    stats: dict[str, float]
+    episodes: list[Episode]
+
+
+def run_synchronous(cfg: Any, record: Record) -> None:
+    """Every round: all workers compute from the same parameters, the mean of their gradients is applied when
+    the slowest has arrived, and the new parameters reach them all."""
+    global_model, learners, costs, clock = start(cfg, record)
+    model, counters = global_model.model, global_model.counters
+    log = SyncLog(record, cfg.algo.num_workers, 0, 0)
+    gradients = torch.zeros(cfg.algo.num_workers, model.flat_params.numel())
+    try:
+        round_start = costs.message_s  # the initial parameters' broadcast
+        while counters.env_steps < cfg.total_env_steps and not record.stop_requested:
+            parts = [compute_part(cfg, learner, model.flat_params, gradients[worker], counters, costs, round_start)
+                     for worker, learner in enumerate(learners)]
+            last = max(part.arrived for part in parts)
+            clock.now = last + cfg.sim.apply_s
+            lr = learning_rate(cfg.algo, counters.env_steps, cfg.total_env_steps)
+            average_gradients(gradients, out=model.flat_grads)
+            set_learning_rate(global_model.optimizer, lr)
+            global_model.optimizer.step()
+            steps = cfg.algo.num_workers * learners[0].steps
+            NonFiniteGuard(cfg.algo, 0, can_skip=False).check_parameters(model.flat_params, counters.version,
+                                                                         counters.env_steps + steps)
+            record_round(log, parts, counters.version, counters.env_steps, steps, lr)
+            counters.version, counters.env_steps = counters.version + 1, counters.env_steps + steps
+            evaluate_if_due(cfg, record, global_model, workers_done=True)
+            round_start = clock.now + costs.message_s
+        record.save_checkpoint(make_checkpoint(model.state_dict(), global_model.optimizer.state_dict(),
+                                               counters.env_steps, counters.version,
+                                               collectors=[learner.collector.state_dict() for learner in learners]))
+    finally:
+        close(learners)
+
+
+def compute_part(cfg: Any, learner: LocalLearner, params: torch.Tensor, gradient: torch.Tensor, counters: Any,
+                 costs: CostModel, round_start: float) -> Round:
+    """One worker's rollout and gradient (into ``gradient``) with the round's parameters."""
+    learner.model.flat_params.copy_(params)
+    episodes, stats = learner.learn()
+    after = counters.env_steps + cfg.algo.num_workers * learner.steps
+    NonFiniteGuard(cfg.algo, learner.worker, can_skip=False).admits(stats, counters.version, after)
+    gradient.copy_(learner.model.flat_grads)
+    return Round(round_start + costs.task(learner.worker) + costs.message_s, stats, episodes)
+
+
+def record_round(log: SyncLog, parts: list[Round], version: int, env_steps: int, steps: int, lr: float) -> None:
+    """The round's rows as the local a2c workers report theirs (``SyncLog`` orders them the same way)."""
+    last, workers = max(part.arrived for part in parts), len(parts)
+    for worker, part in enumerate(parts):
+        # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
+        episodes = [EpisodeRow(version, env_steps + episode.steps_into_rollout * workers, episode.ret, episode.length)
+                    for episode in part.episodes]
+        log.add(worker, [UpdateRow(env_steps + steps, version, version, True, lr, **part.stats,
+                                   wait_time=last - part.arrived)], episodes)
+    log.record_complete()
