@@ -1,0 +1,30 @@
+"""The calibration measures every cost of the simulated workers' model and writes a profile the config takes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from algorithms.config import SimConfig
+from experiments.calibrate import main
+
+
+def test_the_profile_has_every_measured_cost_and_loads_as_the_sim_config(tmp_path, capsys):
+    out = tmp_path / "sim" / "here.yaml"
+    main(["--out", str(out), "--repeats", "20", "--env-seconds", "0.2", "env=cartpole", "algo=a3c"])
+    profile = OmegaConf.load(out)
+    measured = ("env_step_s", "forward_s", "backward_s", "apply_s", "message_s", "byte_s")
+    assert all(math.isfinite(profile[name]) and profile[name] > 0 for name in measured)
+    assert profile.latency_s == 0
+    assert profile.backward_s > profile.forward_s  # a gradient costs more than acting
+    sim = OmegaConf.merge(OmegaConf.structured(SimConfig), profile)  # the schema takes every key and type
+    assert sim.apply_s == profile.apply_s and sim.straggler_fraction == 0.0
+    assert capsys.readouterr().out == out.read_text()
+
+
+def test_a_bad_config_exits_with_status_2_before_measuring(tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        main(["--out", str(tmp_path / "p.yaml"), "algo.lr=-1"])
+    assert exited.value.code == 2 and not (tmp_path / "p.yaml").exists()
