@@ -64,7 +64,7 @@ BAD_INPUTS = [
     (["env=procgen"], "env", "'procgen'", "no such env config; one of acrobot, ant, atari_beam_rider, atari_breakout,"),
     (["logger=tensorboard"], "logger", "'tensorboard'", "no such logger config; one of wandb"),
     (["ray=remote"], "ray", "'remote'", "no such ray config; one of cluster, local"),
-    (["+experiment=nope"], "experiment", "'nope'", "one of demo, staleness, sync_vs_async, worker_scaling"),
+    (["+experiment=nope"], "experiment", "'nope'", "one of demo, staleness, stragglers, sync_vs_async, worker_scaling"),
     (["-m", "+schedule=a2c,single"], "schedule", "'a2c'", "no such schedule config; one of a2c_vector"),
     (["-m", "+experiment=sync_vs_async", "suite=procgen"], "suite", "'procgen'",
      "one of atari, box2d, classic, minatar, mujoco"),

@@ -95,3 +95,17 @@ def test_an_invalid_job_is_named_before_anything_runs(tmp_path):
     assert result.returncode == 2
     assert "algo.staleness.delay=-1" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_stragglers_study_simulates_sync_against_async_as_stragglers_grow():
+    _, jobs = compose_jobs(["+experiment=stragglers"])
+    assert {job.backend for job in jobs} == {"simulated"} and {job.algo.num_workers for job in jobs} == {16}
+    cells = {(schedule(job), job.sim.straggler_fraction, job.seed) for job in jobs}
+    assert cells == {(name, fraction, seed) for name in ("a2c/workers", "a3c/parameter_server")
+                     for fraction in (0.0, 0.05, 0.1, 0.2, 0.4) for seed in (0, 1, 2)}
+    assert {job.sim.straggler_slowdown for job in jobs} == {4.0}
+
+
+def test_worker_scaling_runs_on_simulated_workers_up_to_256():
+    _, jobs = compose_jobs(["+experiment=worker_scaling", "backend=simulated", "algo.num_workers=1,16,64,256"])
+    assert {job.backend for job in jobs} == {"simulated"} and {job.algo.num_workers for job in jobs} == {1, 16, 64, 256}
