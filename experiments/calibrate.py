@@ -3,8 +3,9 @@
 Each cost is the median of repeated timings of the real operation, for the run config the overrides compose
 (its env, model, ``n_steps`` and ``num_envs``):
 
-- ``env_step_s``: one step of one env with random actions (the throughput benchmark's raw rate, inverted);
 - ``forward_s``: one acting forward pass over a worker's ``num_envs`` observations;
+- ``env_step_s``: the rest of collecting a rollout, per env step: the env's step and the collector's bookkeeping
+  (a rollout's time less its ``n_steps`` forward passes, over its ``n_steps * num_envs`` steps);
 - ``backward_s``: the loss, its gradient and the clipping for one rollout (``compute_gradients``);
 - ``apply_s``: the optimizer's step with one gradient;
 - ``message_s`` and ``byte_s``: half the round trip of a message through a process pipe, fitted over an empty
@@ -37,7 +38,6 @@ from omegaconf import DictConfig
 from algorithms.learner import LocalLearner, compute_gradients, make_optimizer
 from algorithms.protocol import to_wire
 from experiments.config import ConfigError, validate
-from experiments.throughput import raw_env_rate
 from experiments.train import CONFIG_DIR
 
 
@@ -75,19 +75,21 @@ def message_costs(size: int, repeats: int) -> tuple[float, float]:
         process.join(timeout=10)
 
 
-def measure(cfg: DictConfig, repeats: int, env_seconds: float) -> dict[str, float]:
+def measure(cfg: DictConfig, repeats: int) -> dict[str, float]:
     torch.set_num_threads(cfg.torch_threads)
     learner = LocalLearner(cfg, 0, 0)
     try:
-        model, collector = learner.model, learner.collector
+        model, collector, algo = learner.model, learner.collector, cfg.algo
         collector.collect(model)
         observations = collector.current_obs
         rng = np.random.default_rng(0)
-        optimizer = make_optimizer(model, cfg.algo)
+        optimizer = make_optimizer(model, algo)
         message_s, byte_s = message_costs(len(to_wire(model.flat_params)), repeats)
+        forward_s = median_seconds(lambda: model.act(observations, rng), repeats)
+        rollout_s = median_seconds(lambda: collector.collect(model), repeats)
         return {
-            "env_step_s": 1.0 / raw_env_rate(cfg.env, env_seconds),
-            "forward_s": median_seconds(lambda: model.act(observations, rng), repeats),
+            "env_step_s": max(rollout_s - algo.n_steps * forward_s, 0.0) / (algo.n_steps * algo.num_envs),
+            "forward_s": forward_s,
             "backward_s": median_seconds(lambda: compute_gradients(model, collector.rollout, cfg.algo), repeats),
             "apply_s": median_seconds(optimizer.step, repeats),
             "message_s": message_s,
@@ -111,17 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides of the run to calibrate for (env=..., algo=...)")
     parser.add_argument("--out", type=Path, required=True, help="the profile to write (conf/sim/NAME.yaml)")
     parser.add_argument("--repeats", type=int, default=200, help="timings per cost (their median is kept)")
-    parser.add_argument("--env-seconds", type=float, default=2.0, help="seconds of stepping one env")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.env_seconds <= 0:
-        parser.error(f"--repeats {args.repeats} --env-seconds {args.env_seconds}: both must be positive")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be positive")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=args.overrides)
     try:
         validate(cfg)
     except ConfigError as error:
         parser.exit(2, f"error: invalid config: {error}\n")
-    text = profile_text(measure(cfg, args.repeats, args.env_seconds), args.overrides)
+    text = profile_text(measure(cfg, args.repeats), args.overrides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text, end="")
