@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -30,3 +31,17 @@ def test_a_bad_config_exits_with_status_2_before_measuring(tmp_path):
     with pytest.raises(SystemExit) as exited:
         main(["--out", str(tmp_path / "p.yaml"), "algo.lr=-1"])
     assert exited.value.code == 2 and not (tmp_path / "p.yaml").exists()
+
+
+def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_path, capsys):
+    from experiments.validate_simulation import main as validate_main
+
+    out = tmp_path / "validation.json"
+    validate_main(["--workers", "1", "--schedules", "a3c_parameter_server", "--steps", "1000", "--out", str(out),
+                   "env=cartpole"])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["schedule"], row["workers"]) == ("a3c_parameter_server", 1)
+    for run in ("real", "simulated"):  # one worker: never stale, on either clock
+        assert row[run]["sps"] > 0 and row[run]["staleness_mean"] == row[run]["staleness_p95"] == 0
+    assert row["ratio"] == pytest.approx(row["simulated"]["sps"] / row["real"]["sps"])
+    assert "| a3c_parameter_server | 1 |" in capsys.readouterr().out
