@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
-from analysis.stats import CURVE_AXES, condition_label, summarize  # noqa: E402
+from analysis.stats import condition_label, summarize  # noqa: E402
 
 _COLORBLIND = sns.color_palette("colorblind")
 # Fixed colours for the schedules the harness has, so a schedule looks the same in every figure and paper.
@@ -109,10 +109,11 @@ def _env_titles(frame: pd.DataFrame, env_ids: Mapping[str, str]) -> list[str]:
 # --------------------------------------------------------------------------- learning curves
 def plot_curves(returns: pd.DataFrame, aggregated: pd.DataFrame, series: Sequence[str], x: str, estimator: str,
                 confidence: float, thresholds: Mapping[str, float], env_ids: Mapping[str, str],
-                ylabel: str) -> Figure:
-    """Return vs ``x`` (env steps or wall-clock seconds), one panel per env, one line per condition.
+                xlabel: str, ylabel: str) -> Figure:
+    """Return vs ``x`` (env steps or seconds), one panel per env, one line per condition.
 
     ``returns`` are the runs' logged returns (training metrics or evaluations) and ``ylabel`` says which;
+    ``xlabel`` says what ``x`` counts (for seconds, on which clock);
     ``aggregated`` comes from :func:`analysis.stats.aggregate_curves`; ``series`` are its condition
     columns other than ``env_name``. The thick line is the estimate over seeds and the band its bootstrap
     CI, drawn where every seed has data; each run's logged points are drawn as a thin faint line, so a
@@ -157,7 +158,7 @@ def plot_curves(returns: pd.DataFrame, aggregated: pd.DataFrame, series: Sequenc
             ax.annotate(f"threshold {thresholds[env]:g}", xy=(0.01, thresholds[env]),
                         xycoords=("axes fraction", "data"),
                         va="bottom", fontsize="small", color="0.3")
-        ax.set_xlabel(CURVE_AXES[x])
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_xlim(left=0)
     _legend_below(fig, list(handles.values()),
@@ -280,8 +281,9 @@ def plot_return_vs_staleness(summary: pd.DataFrame, env_ids: Mapping[str, str], 
 
 # --------------------------------------------------------------------------- scaling
 def plot_speedup(speedups: pd.DataFrame, series: Sequence[str], env_ids: Mapping[str, str],
-                 thresholds: Mapping[str, float], confidence: float) -> Figure:
-    """Speedup in time-to-threshold over the 1-worker runs vs workers, with the ideal linear speedup."""
+                 thresholds: Mapping[str, float], confidence: float, ylabel: str) -> Figure:
+    """Speedup in time-to-threshold over the 1-worker runs vs workers, with the ideal linear speedup; ``ylabel``
+    says on which clock the times were measured."""
     data = speedups.dropna(subset=["speedup"])
     if data.empty:
         raise NoData("no condition has a 1-worker baseline and runs that reached the threshold")
@@ -307,7 +309,7 @@ def plot_speedup(speedups: pd.DataFrame, series: Sequence[str], env_ids: Mapping
         if ax.get_xscale() == "log":  # keep the ideal line straight
             ax.set_yscale("log", base=2)
             ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.set_ylabel("speedup to threshold (x)")
+        ax.set_ylabel(ylabel)
     _legend_below(fig, list(handles.values()), f"mean time of 1-worker runs / mean time of k-worker runs, "
                                                f"bars: {confidence:.0%} bootstrap CI")
     return fig

@@ -12,7 +12,11 @@ corrupted file, a header that does not match the run-record contract, duplicate 
 counts twice.
 
 Every frame carries the run's identifying columns (:data:`RUN_COLUMNS` plus the swept overrides), so
-that it can be grouped or plotted without joins.
+that it can be grouped or plotted without joins. One of them is the run's ``clock`` (meta.json ``clock``): ``real``
+when its ``wall_time`` columns are the machine's seconds, ``simulated`` when they are the virtual seconds of
+simulated workers (``backend=simulated``), whose cost model the runs frame keeps in ``cost_model``. A run
+recorded before meta.json named its clock ran on the machine: its clock is ``real``. Two runs on different clocks
+are different experiments, never copies of each other; when the runs loaded mix clocks, ``clock`` is a condition.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ import yaml
 from experiments.columns import EPISODE_COLUMNS, EVAL_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
 
 # Columns that identify a run and its experimental condition in every frame.
-RUN_COLUMNS = ("run_id", "env_name", "env_id", "algo", "mode", "schedule", "num_workers", "num_envs", "seed")
+RUN_COLUMNS = ("run_id", "env_name", "env_id", "algo", "mode", "schedule", "num_workers", "num_envs", "seed",
+               "clock")
+# What a run's wall_time counts (meta.json "clock"): the machine's seconds, or simulated workers' virtual ones.
+CLOCKS = ("real", "simulated")
 # The meta.json fields analysis reads, with their types; all but the status name a run's condition and seed.
 REQUIRED_META = {"status": str, "algo": str, "mode": str, "env_id": str, "env_name": str, "num_workers": int,
                  "num_envs": int, "seed": int}
@@ -94,6 +101,14 @@ class RunData:
     frames: dict[str, pd.DataFrame]
     config: dict[str, Any] | None = None  # the experimental factors of the resolved config, flattened
     no_evaluations: str | None = None  # why the run has no evaluations; None when it has some
+    clock: str = "real"  # one of CLOCKS
+
+    @property
+    def cost_model(self) -> dict[str, Any] | None:
+        """The simulated workers' cost model (the ``sim.*`` settings) its virtual seconds come from; None for a
+        run on the real clock, or a simulated one that did not record it."""
+        cost_model = self.meta.get("cost_model")
+        return cost_model if self.clock == "simulated" and isinstance(cost_model, dict) else None
 
 
 @dataclass
@@ -116,8 +131,10 @@ class RunSet:
 
     @property
     def conditions(self) -> list[str]:
-        """Columns that define one experimental condition; the runs of a condition differ only by seed."""
-        return ["env_name", "schedule", "algo", "mode", "num_workers", *self.swept]
+        """Columns that define one experimental condition; the runs of a condition differ only by seed. The clock
+        is one when the runs mix clocks: a simulated run's seeds are never pooled with a real run's."""
+        clock = ["clock"] if self.runs["clock"].nunique() > 1 else []
+        return ["env_name", "schedule", "algo", "mode", "num_workers", *clock, *self.swept]
 
     def select(self, envs: Sequence[str] | None) -> RunSet:
         """The runs on the given envs (short name or gymnasium id); all runs when ``envs`` is empty."""
@@ -206,7 +223,7 @@ def read_run_dir(run_dir: Path, run_id: str) -> RunData:
         raise BrokenRun(f"meta.json overrides is {overrides!r}, not a list")
     factors = None if config is None else _factors(config)
     return RunData(run_id, meta, parse_overrides(overrides), _solved_return(factors, ".hydra/config.yaml"),
-                   frames, factors, no_evaluations)
+                   frames, factors, no_evaluations, _clock(meta, "meta.json"))
 
 
 def _read_evals(run_dir: Path) -> tuple[pd.DataFrame, str | None]:
@@ -288,6 +305,14 @@ def _check_fields(meta: dict[str, Any], source: str) -> None:
         value = meta[key]
         if isinstance(value, bool) or not isinstance(value, kind):  # JSON true is no worker count
             raise BrokenRun(f"{source} {key} is {value!r}, not {'an integer' if kind is int else 'a string'}")
+
+
+def _clock(meta: dict[str, Any], source: str) -> str:
+    """The run's clock; ``real`` for a run recorded before meta.json named it, which ran on the machine."""
+    clock = meta.get("clock", "real")
+    if clock not in CLOCKS:
+        raise BrokenRun(f"{source} clock is {clock!r}, not {' or '.join(map(repr, CLOCKS))}")
+    return clock
 
 
 def _check_status(meta: dict[str, Any]) -> None:
@@ -404,7 +429,7 @@ def _drop_repeated_runs(runs: list[RunData]) -> tuple[list[RunData], list[Skippe
     kept, skipped = [], []
     earlier_runs: dict[tuple[Any, ...], list[RunData]] = {}
     for run in runs:
-        identity = (*(run.meta[key] for key in CONDITION_AND_SEED), *sorted(run.overrides.items()))
+        identity = (*(run.meta[key] for key in CONDITION_AND_SEED), run.clock, *sorted(run.overrides.items()))
         earlier = earlier_runs.setdefault(identity, [])
         if earlier:
             skipped.append(SkippedRun(run.run_id, _repeat_reason(run, earlier), kept=earlier[0].run_id))
@@ -446,6 +471,7 @@ def _same_record(run: RunData, other: RunData) -> bool:
 # --------------------------------------------------------------------------- combining runs
 def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
     """Put the runs' frames together, each row labelled with its run's identifying columns."""
+    override_keys = sorted({key for run in loaded for key in run.overrides})
     rows = []
     for run in loaded:
         meta = run.meta
@@ -453,12 +479,13 @@ def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
             "run_id": run.run_id, "env_name": meta["env_name"], "env_id": meta["env_id"], "algo": meta["algo"],
             "mode": meta["mode"], "schedule": f"{meta['algo']}/{meta['mode']}",
             "num_workers": int(meta["num_workers"]), "num_envs": int(meta["num_envs"]), "seed": int(meta["seed"]),
+            "clock": run.clock, "cost_model": run.cost_model,
             "solved_return": math.nan if run.solved_return is None else run.solved_return,
             "total_env_steps": meta.get("total_env_steps"), "start_time": meta.get("start_time"),
-            "git_commit": meta.get("git_commit"), "eval_interval": _eval_interval(run.config), **run.overrides,
+            "git_commit": meta.get("git_commit"), "eval_interval": _eval_interval(run.config),
+            **_override_values(run, override_keys),
         })
-    runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "solved_return"] if not rows else None)
-    override_keys = sorted({key for run in loaded for key in run.overrides})
+    runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "cost_model", "solved_return"] if not rows else None)
     # A factor is swept when it varies within one env: a budget set per env (total_env_steps=5e5 for one
     # env, 1e6 for another) describes the env, not a condition to compare.
     swept = [key for key in override_keys
@@ -471,6 +498,14 @@ def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
         frames[name] = frame.merge(runs[label_columns], on="run_id", how="left")
     no_evaluations = {run.run_id: run.no_evaluations for run in loaded if run.no_evaluations}
     return RunSet(runs, **frames, swept=swept, skipped=skipped, no_evaluations=no_evaluations)
+
+
+def _override_values(run: RunData, keys: Iterable[str]) -> dict[str, str]:
+    """The run's value of each override key of the runs loaded: its own override, else its config's value (a run
+    that did not override a key, e.g. ``backend`` beside runs given ``backend=simulated``, ran with the config's),
+    else ``unset``: a condition's value is never missing, which would make it no group at all."""
+    config = run.config or {}
+    return {key: run.overrides.get(key, str(config[key]) if key in config else "unset") for key in keys}
 
 
 def _eval_interval(config: dict[str, Any] | None) -> float:
@@ -506,7 +541,10 @@ def _read_wandb_run(run: Any, run_id: str) -> RunData:
         algo, env = config["algo"], config["env"]
         meta = {"status": "completed", "algo": algo["name"], "mode": algo["mode"], "env_id": env["id"],
                 "env_name": env["name"], "num_workers": algo["num_workers"], "num_envs": algo["num_envs"],
-                "seed": config["seed"], "total_env_steps": config.get("total_env_steps")}
+                "seed": config["seed"], "total_env_steps": config.get("total_env_steps"),
+                # The mirror's config is the run's whole config: its backend says which clock wall_time counted.
+                "clock": "simulated" if config.get("backend") == "simulated" else "real",
+                "cost_model": config.get("sim")}
     except (KeyError, TypeError) as error:
         raise BrokenRun(f"W&B config lacks {error}") from error
     _check_fields(meta, "W&B config")
@@ -523,4 +561,4 @@ def _read_wandb_run(run: Any, run_id: str) -> RunData:
               "evals": pd.DataFrame(columns=list(EVAL_COLUMNS))}
     factors = _factors(config)
     return RunData(run_id, meta, {}, _solved_return(factors, "W&B config"), frames, factors,
-                   "loaded from W&B, whose mirror holds the metrics only")
+                   "loaded from W&B, whose mirror holds the metrics only", _clock(meta, "W&B config"))

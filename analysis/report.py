@@ -7,6 +7,20 @@ images, tables inline, skipped runs and skipped figures listed with their reason
 the report is. Thresholds default to each env's ``env.solved_return`` from the runs' Hydra configs.
 ``--metric eval`` makes every return curve, return table and threshold read the evaluation episodes'
 return (``evals.csv``) instead of the training episodes' (``metrics.csv``); the report says which.
+
+Every output drawn from the record's ``wall_time`` (:data:`WALL_CLOCK_OUTPUTS`: return against time, seconds to
+threshold and the speedup, steps per second, barrier wait, the probability of improvement at a time budget) says
+which clock its seconds are on, in its axis labels, table headers and caption: wall-clock seconds for runs on
+the machine, virtual seconds for runs on simulated workers (``backend=simulated``), which are the cost model's,
+not measured. The report's header names the clock and the simulated runs' cost model.
+
+When the runs analysed mix clocks, each of those outputs is drawn once per clock, from that clock's runs alone,
+and named for it (``return_vs_time_real``, ``return_vs_time_simulated``); the header and stderr say how many runs
+are on each. A virtual second is a modelled cost and a wall-clock second a measured one: on one axis, or pooled
+in one estimate, they would compare a model with a machine without saying so, so they never share an axis, a
+column or an estimate; nor is anything left out: each clock's runs get each of those outputs as they would alone.
+Outputs counted in env steps or policy versions (return against steps, final return, staleness) are not clocked
+and take every run, with the clock as a condition so that seeds of different clocks are never pooled.
 """
 
 from __future__ import annotations
@@ -16,37 +30,79 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import figures, stats
 from analysis.figures import DEFAULT_DPI
-from analysis.load import RunSet, SkippedRun, SkippedRunWarning, load_runs, load_wandb
+from analysis.load import CLOCKS, RunSet, SkippedRun, SkippedRunWarning, load_runs, load_wandb
 
 FIGURES = ("return_vs_steps", "return_vs_time", "staleness_distribution", "staleness_vs_workers",
            "return_vs_staleness", "throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers")
-# Captions name the return they show: {returns} is the metric with how it is measured, {name} its name.
+# The figures and tables drawn from wall_time: they name their clock, and runs of two clocks get one each per clock.
+WALL_CLOCK_OUTPUTS = {"return_vs_time", "throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers",
+                      "time_to_threshold", "throughput", "probability_of_improvement"}
+# Captions name the return they show: {returns} is the metric with how it is measured, {name} its name. Those of
+# WALL_CLOCK_OUTPUTS name the clock with ClockWords' fields ({seconds}, {time}, {budget}) and end with its {note}.
 CAPTIONS = {
     "return_vs_steps": "Sample efficiency: {returns} against environment steps.",
-    "return_vs_time": "Return against wall-clock seconds: {returns}. A condition's curve ends where its shortest "
-                      "run ends, so every point averages the same seeds.",
+    "return_vs_time": "Return against {seconds}: {returns}. A condition's curve ends where its shortest "
+                      "run ends, so every point averages the same seeds.{note}",
     "staleness_distribution": "Distribution (ECDF) of gradient staleness, per worker count, for multi-worker "
                               "schedules.",
     "staleness_vs_workers": "Mean gradient staleness per run against the number of workers.",
     "return_vs_staleness": "Final {name} against mean gradient staleness, one point per multi-worker run.",
     "throughput_vs_workers": "Environment steps per second (from the first to the last logged interval) "
-                             "against the number of workers.",
-    "speedup_vs_workers": "Speedup in wall-clock time to threshold (in {name}) over the 1-worker runs of the same "
+                             "against the number of workers.{note}",
+    "speedup_vs_workers": "Speedup in {time} to threshold (in {name}) over the 1-worker runs of the same "
                           "schedule; dashed: ideal linear speedup. Runs that never reached the threshold are left "
-                          "out.",
+                          "out.{note}",
     "barrier_wait_vs_workers": "Share of worker time spent waiting at the synchronisation barrier, for "
-                               "synchronous multi-worker schedules.",
+                               "synchronous multi-worker schedules.{note}",
 }
 
 
 METRICS = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class ClockWords:
+    """How the outputs drawn from ``wall_time`` name their seconds, for one clock (meta.json ``clock``)."""
+
+    clock: str
+    header: str  # the report header's line
+    seconds: str  # in captions: "Return against {seconds}"
+    time: str  # "Speedup in {time} to threshold"
+    budget: str  # "at the same {budget}"
+    note: str  # the sentence closing every caption of a wall-clock output
+    time_axis: str  # the x-axis of return against time
+    rate_axis: str  # the y-axis of throughput; y-axis labels fit in about 30 characters
+    speedup_axis: str
+    barrier_axis: str
+    seconds_header: str  # the time-to-threshold table's column
+    rate_header: str  # the throughput table's column
+    budget_header: str  # the probability-of-improvement table's column
+
+
+CLOCK_WORDS = {
+    "real": ClockWords(
+        "real", header="real: times are wall-clock seconds, measured on the machine", seconds="wall-clock seconds",
+        time="wall-clock time", budget="wall-clock budget", note="", time_axis="wall-clock time (s)",
+        rate_axis="environment steps per second", speedup_axis="speedup to threshold (x)",
+        barrier_axis="barrier wait (% of worker time)", seconds_header="seconds", rate_header="env steps/s",
+        budget_header="wall-clock budget (s)"),
+    "simulated": ClockWords(
+        "simulated", header="simulated: times are virtual seconds (simulated workers), the cost model's, not measured",
+        seconds="virtual seconds", time="virtual time", budget="virtual budget",
+        note=" Seconds are virtual seconds (simulated workers): the cost model's, not measured.",
+        time_axis="virtual seconds (simulated workers)", rate_axis="env steps/s (virtual time)",
+        speedup_axis="speedup in virtual time (x)", barrier_axis="barrier wait (% virtual time)",
+        seconds_header="virtual seconds", rate_header="env steps per virtual second",
+        budget_header="virtual budget (s)"),
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +161,27 @@ class Analysis:
         """Condition columns that a worker count is compared within (its 1-worker baseline shares them)."""
         return [column for column in self.runset.conditions if column != "num_workers"]
 
+    @property
+    def clock_counts(self) -> dict[str, int]:
+        """How many runs are on each clock, for the clocks that have runs."""
+        return clock_counts(self.runset)
+
+    @property
+    def clock(self) -> ClockWords:
+        """The words of the runs' clock (real when there are no runs). Runs on two clocks have no one clock: their
+        seconds must not share an axis (:attr:`by_clock` analyses each clock's runs alone)."""
+        counts = self.clock_counts
+        if len(counts) > 1:
+            raise figures.NoData(f"the runs mix clocks ({_per_clock(counts)}), whose seconds cannot share an axis")
+        return CLOCK_WORDS[next(iter(counts), "real")]
+
+    @cached_property
+    def by_clock(self) -> dict[str, Analysis]:
+        """The analysis of each clock's runs alone."""
+        runs = self.runset.runs
+        return {clock: analyse(self.runset.only(set(runs.loc[runs["clock"] == clock, "run_id"])), self.options)
+                for clock in self.clock_counts}
+
 
 def analyse(runset: RunSet, options: ReportOptions) -> Analysis:
     """Statistics of ``runset`` (as :func:`runs_for_metric` leaves it) for the report's figures and tables."""
@@ -114,6 +191,28 @@ def analyse(runset: RunSet, options: ReportOptions) -> Analysis:
     summary = stats.run_summary(runset.metrics, runset.updates, runset.labels, thresholds, returns)
     env_ids = dict(runset.runs[["env_name", "env_id"]].drop_duplicates().itertuples(index=False))
     return Analysis(runset, options, thresholds, summary, env_ids, returns, return_metric(options.metric, runset))
+
+
+def clock_counts(runset: RunSet) -> dict[str, int]:
+    """How many of ``runset``'s runs are on each clock, in CLOCKS order, for the clocks that have runs."""
+    counts = runset.runs["clock"].value_counts()
+    return {clock: int(counts[clock]) for clock in CLOCKS if clock in counts}
+
+
+def _per_clock(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {clock}" for clock, count in counts.items())
+
+
+def mixed_clocks(runset: RunSet) -> str | None:
+    """What the report does with runs on two clocks, naming how many are on each; None when they share one."""
+    counts = clock_counts(runset)
+    if len(counts) < 2:
+        return None
+    return (f"{counts['simulated']} of the {sum(counts.values())} runs analysed are simulated (virtual seconds), "
+            f"{counts['real']} real (wall-clock seconds). Each figure and table of wall_time is drawn once per clock "
+            "from that clock's runs (names ending _real and _simulated), so that virtual and wall-clock seconds "
+            "never share an axis; those in env steps take every run, with the clock as a condition. For one clock "
+            "alone, give only its runs' directories.")
 
 
 def runs_for_metric(runset: RunSet, metric: str) -> RunSet:
@@ -171,9 +270,15 @@ def _curves(x: str) -> Callable[[Analysis], figures.Figure]:
         aggregated = stats.aggregate_curves(curves, analysis.runset.conditions, x=x, estimator=opts.estimator,
                                             confidence=opts.confidence)
         return figures.plot_curves(analysis.returns, aggregated, analysis.series, x, opts.estimator,
-                                   opts.confidence, analysis.thresholds, analysis.env_ids, analysis.metric.axis)
+                                   opts.confidence, analysis.thresholds, analysis.env_ids, _x_label(analysis, x),
+                                   analysis.metric.axis)
 
     return draw
+
+
+def _x_label(analysis: Analysis, x: str) -> str:
+    """The return curves' x-axis: env steps, or seconds on the runs' clock."""
+    return "environment steps" if x == "env_steps" else analysis.clock.time_axis
 
 
 def _staleness_distribution(analysis: Analysis) -> figures.Figure:
@@ -184,15 +289,15 @@ def _staleness_distribution(analysis: Analysis) -> figures.Figure:
     return figures.plot_staleness_distribution(updates[multi], analysis.env_ids)
 
 
-def _vs_workers(value: str, ylabel: str, rows: Callable[[pd.DataFrame], pd.Series], missing: str,
-                scale: float = 1.0) -> Callable[[Analysis], figures.Figure]:
+def _vs_workers(value: str, ylabel: Callable[[Analysis], str], rows: Callable[[pd.DataFrame], pd.Series],
+                missing: str, scale: float = 1.0) -> Callable[[Analysis], figures.Figure]:
     def draw(analysis: Analysis) -> figures.Figure:
         selected = analysis.summary[rows(analysis.summary)]
         if selected.empty:
             raise figures.NoData(missing)
         opts = analysis.options
-        return figures.plot_vs_workers(selected, value, analysis.lines, ylabel, opts.estimator, opts.confidence,
-                                       analysis.env_ids, scale)
+        return figures.plot_vs_workers(selected, value, analysis.lines, ylabel(analysis), opts.estimator,
+                                       opts.confidence, analysis.env_ids, scale)
 
     return draw
 
@@ -220,7 +325,7 @@ def _speedup(analysis: Analysis) -> figures.Figure:
     if not (table.num_workers > 1).any():
         raise figures.NoData("no multi-worker condition with a 1-worker baseline that reached the threshold")
     return figures.plot_speedup(table, analysis.lines, analysis.env_ids, analysis.thresholds,
-                                analysis.options.confidence)
+                                analysis.options.confidence, analysis.clock.speedup_axis)
 
 
 def speedup_table(analysis: Analysis) -> pd.DataFrame:
@@ -231,13 +336,13 @@ DRAW: dict[str, Callable[[Analysis], figures.Figure]] = {
     "return_vs_steps": _curves("env_steps"),
     "return_vs_time": _curves("wall_time"),
     "staleness_distribution": _staleness_distribution,
-    "staleness_vs_workers": _vs_workers("staleness_mean", "mean staleness (policy versions behind)",
+    "staleness_vs_workers": _vs_workers("staleness_mean", lambda _: "mean staleness (policy versions behind)",
                                         _multi_worker_schedules, "no multi-worker runs"),
     "return_vs_staleness": _return_vs_staleness,
-    "throughput_vs_workers": _vs_workers("steps_per_second", "environment steps per second",
+    "throughput_vs_workers": _vs_workers("steps_per_second", lambda analysis: analysis.clock.rate_axis,
                                          lambda summary: pd.Series(True, index=summary.index), "no runs"),
     "speedup_vs_workers": _speedup,
-    "barrier_wait_vs_workers": _vs_workers("barrier_wait_share", "barrier wait (% of worker time)",
+    "barrier_wait_vs_workers": _vs_workers("barrier_wait_share", lambda analysis: analysis.clock.barrier_axis,
                                            _synchronous_multi_worker, "no synchronous multi-worker runs",
                                            scale=100.0),
 }
@@ -268,64 +373,88 @@ def _with_ci(row: pd.Series, estimate: str = "estimate") -> str:
 
 
 def _condition_columns(analysis: Analysis, frame: pd.DataFrame) -> pd.DataFrame:
+    """The condition columns of ``frame`` under their names in tables (algo and mode are in the schedule); the
+    clock is one when the runs mix clocks."""
     columns = {"env_name": "env", "schedule": "schedule", "num_workers": "workers"}
-    columns.update({key: key for key in analysis.runset.swept})
+    columns.update({key: key for key in analysis.runset.conditions if key not in {*columns, "algo", "mode"}})
     return frame[list(columns)].rename(columns=columns)
 
 
-def build_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
-    """The report's tables as frames of formatted strings, keyed by file name."""
-    summary, conditions, opts = analysis.summary, analysis.runset.conditions, analysis.options
-    if summary.empty:
-        return {}
-    estimator = figures.estimator_name(opts.estimator)
-    ci = f"{opts.confidence:.0%} CI"
+def _estimated(analysis: Analysis, what: str) -> str:
+    """A column header of estimates over seeds, e.g. ``final return, IQM [95% CI]``."""
+    opts = analysis.options
+    return f"{what}, {figures.estimator_name(opts.estimator)} [{opts.confidence:.0%} CI]"
 
-    def summarized(value: str) -> pd.DataFrame:
-        return stats.summarize(summary, value, conditions, opts.estimator, opts.confidence)
 
-    final = summarized("final_return")
-    tables = {"final_return": _condition_columns(analysis, final).assign(**{
-        "seeds": final["n_runs"], f"final return, {estimator} [{ci}]": final.apply(_with_ci, axis=1)})}
+def _summarized(analysis: Analysis, value: str) -> pd.DataFrame:
+    opts = analysis.options
+    return stats.summarize(analysis.summary, value, analysis.runset.conditions, opts.estimator, opts.confidence)
 
-    steps, seconds = summarized("steps_to_threshold"), summarized("seconds_to_threshold")
+
+def _seeds_and_estimate(analysis: Analysis, summarized: pd.DataFrame, what: str) -> pd.DataFrame:
+    """One row per condition of ``summarized`` (:func:`_summarized`): its seeds and the estimate with its CI."""
+    return _condition_columns(analysis, summarized).assign(**{
+        "seeds": summarized["n_runs"], _estimated(analysis, what): summarized.apply(_with_ci, axis=1)})
+
+
+def _final_return_table(analysis: Analysis) -> pd.DataFrame:
+    return _seeds_and_estimate(analysis, _summarized(analysis, "final_return"), "final return")
+
+
+def _time_to_threshold_table(analysis: Analysis) -> pd.DataFrame:
+    conditions = analysis.runset.conditions
+    steps, seconds = _summarized(analysis, "steps_to_threshold"), _summarized(analysis, "seconds_to_threshold")
     speedups = speedup_table(analysis).set_index(conditions)
-    ttt = _condition_columns(analysis, steps).assign(**{
+    table = _condition_columns(analysis, steps).assign(**{
         "threshold": steps["env_name"].map(lambda env: f"{analysis.thresholds[env]:g}" if env in analysis.thresholds
                                           else "–"),
         "reached": [f"{n}/{total}" for n, total in zip(steps["n_runs"], steps["n_total"], strict=True)],
-        f"env steps, {estimator} [{ci}]": steps.apply(_with_ci, axis=1),
-        f"seconds, {estimator} [{ci}]": seconds.apply(_with_ci, axis=1),
+        _estimated(analysis, "env steps"): steps.apply(_with_ci, axis=1),
+        _estimated(analysis, analysis.clock.seconds_header): seconds.apply(_with_ci, axis=1),
     })
     keys = pd.MultiIndex.from_frame(steps[conditions])
-    ttt["speedup vs 1 worker"] = [_with_ci(speedups.loc[key], "speedup") if key in speedups.index else "–"
-                                  for key in keys]
-    ttt["efficiency"] = [_number(speedups.loc[key, "efficiency"]) if key in speedups.index else "–"
-                         for key in keys]
-    tables["time_to_threshold"] = ttt
+    table["speedup vs 1 worker"] = [_with_ci(speedups.loc[key], "speedup") if key in speedups.index else "–"
+                                    for key in keys]
+    table["efficiency"] = [_number(speedups.loc[key, "efficiency"]) if key in speedups.index else "–"
+                           for key in keys]
+    return table
 
-    throughput = summarized("steps_per_second")
-    tables["throughput"] = _condition_columns(analysis, throughput).assign(**{
-        "seeds": throughput["n_runs"], f"env steps/s, {estimator} [{ci}]": throughput.apply(_with_ci, axis=1)})
 
-    staleness = summarized("staleness_mean")
-    worst = summary.groupby(conditions, sort=True, dropna=False)[["staleness_max", "dropped_share"]].max()
+def _throughput_table(analysis: Analysis) -> pd.DataFrame:
+    return _seeds_and_estimate(analysis, _summarized(analysis, "steps_per_second"), analysis.clock.rate_header)
+
+
+def _staleness_table(analysis: Analysis) -> pd.DataFrame:
+    conditions = analysis.runset.conditions
+    staleness = _summarized(analysis, "staleness_mean")
+    worst = analysis.summary.groupby(conditions, sort=True, dropna=False)[["staleness_max", "dropped_share"]].max()
     worst = worst.reindex(pd.MultiIndex.from_frame(staleness[conditions]))
-    tables["staleness"] = _condition_columns(analysis, staleness).assign(**{
-        "seeds": staleness["n_runs"], f"mean staleness, {estimator} [{ci}]": staleness.apply(_with_ci, axis=1),
+    return _seeds_and_estimate(analysis, staleness, "mean staleness").assign(**{
         "max staleness": [_number(value) for value in worst["staleness_max"]],
         "dropped gradients (max over seeds)": [f"{value:.1%}" if not math.isnan(value) else "–"
                                                for value in worst["dropped_share"]]})
 
-    improvement = stats.probability_of_improvement(analysis.returns, conditions, opts.budget_seconds,
+
+def _probability_of_improvement_table(analysis: Analysis) -> pd.DataFrame:
+    opts = analysis.options
+    improvement = stats.probability_of_improvement(analysis.returns, analysis.runset.conditions, opts.budget_seconds,
                                                    opts.confidence)
-    tables["probability_of_improvement"] = pd.DataFrame({
+    return pd.DataFrame({
         "env": improvement["env_name"], "X": improvement["x"], "Y": improvement["y"],
-        "wall-clock budget (s)": improvement["budget_seconds"].map(_number),
-        f"P(X > Y) [{ci}]": improvement.apply(_with_ci, axis=1, estimate="probability"),
+        analysis.clock.budget_header: improvement["budget_seconds"].map(_number),
+        f"P(X > Y) [{opts.confidence:.0%} CI]": improvement.apply(_with_ci, axis=1, estimate="probability"),
         "runs X/Y": [f"{x}/{y}" for x, y in zip(improvement["n_x"], improvement["n_y"], strict=True)],
     })
-    return {name: table.astype(str) for name, table in tables.items()}
+
+
+# The report's tables, each built from an analysis with runs.
+BUILD: dict[str, Callable[[Analysis], pd.DataFrame]] = {
+    "final_return": _final_return_table,
+    "time_to_threshold": _time_to_threshold_table,
+    "throughput": _throughput_table,
+    "staleness": _staleness_table,
+    "probability_of_improvement": _probability_of_improvement_table,
+}
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -356,17 +485,41 @@ def latex_table(table: pd.DataFrame, caption: str, label: str) -> str:
 # As CAPTIONS, plus {final} and {crossing}: which value is final, and which reaches the threshold first.
 TABLE_CAPTIONS = {
     "final_return": "Final {returns} over seeds, {final}.",
-    "time_to_threshold": "Time to threshold in {returns}: {crossing}; estimates over the seeds that reached it.",
-    "throughput": "Environment steps per second from the first to the last logged interval.",
+    "time_to_threshold": "Time to threshold in {returns}: {crossing}; estimates over the seeds that reached it.{note}",
+    "throughput": "Environment steps per second from the first to the last logged interval.{note}",
     "staleness": "Gradient staleness (policy versions between a worker's sync and the update's apply).",
     "probability_of_improvement": "Probability that a run of X has a higher {returns} than a run of Y at the "
-                                  "same wall-clock budget (ties count one half).",
+                                  "same {budget} (ties count one half).{note}",
 }
 
 
-def caption(template: str, metric: ReturnMetric) -> str:
-    return template.format(returns=metric.described, name=metric.name, final=metric.final,
-                           crossing=metric.crossing)
+@dataclass(frozen=True)
+class Output:
+    """One figure or table of the report, and the analysis it is drawn from."""
+
+    name: str  # its key in DRAW or BUILD
+    file: str  # its file name, without extension
+    title: str
+    analysis: Analysis
+
+    @property
+    def caption(self) -> str:
+        """Its caption, naming the return it shows and, drawn from wall_time, the clock of its seconds."""
+        metric = self.analysis.metric
+        clock = asdict(self.analysis.clock) if self.name in WALL_CLOCK_OUTPUTS else {}
+        template = {**CAPTIONS, **TABLE_CAPTIONS}[self.name]
+        return template.format(returns=metric.described, name=metric.name, final=metric.final,
+                               crossing=metric.crossing, **clock)
+
+
+def outputs(name: str, analysis: Analysis) -> list[Output]:
+    """The figure or table ``name`` drawn from every run analysed; or, drawn from wall_time when the runs mix
+    clocks, once per clock from that clock's runs alone, so that seconds of two clocks never share an axis."""
+    title = name.replace("_", " ")
+    if name not in WALL_CLOCK_OUTPUTS or len(analysis.clock_counts) < 2:
+        return [Output(name, name, title, analysis)]
+    return [Output(name, f"{name}_{clock}", f"{title} ({clock} clock)", part)
+            for clock, part in analysis.by_clock.items()]
 
 
 # --------------------------------------------------------------------------- the report
@@ -398,47 +551,95 @@ def _runs_section(analysis: Analysis, runset: RunSet) -> list[str]:
     return lines
 
 
+def _header(analysis: Analysis, runset: RunSet, sources: Sequence[str]) -> list[str]:
+    """The report's first lines: what was analysed, on which clocks, and how."""
+    metric, options = analysis.metric, analysis.options
+    return ["# Sync vs async RL: analysis report", "",
+            f"Sources: {', '.join(f'`{source}`' for source in sources)}  ",
+            f"Runs analysed: {len(analysis.runset.runs)}; runs skipped: {len(runset.skipped)}  ",
+            *_clock_lines(analysis),
+            f"Return (`--metric {metric.option}`): {metric.name}, {metric.detail}  ",
+            f"Estimator over seeds: {figures.estimator_name(options.estimator)} with {options.confidence:.0%} "
+            "percentile bootstrap "
+            f"confidence intervals (scipy.stats.bootstrap)  ",
+            "Thresholds: " + (", ".join(f"{env} {value:g}" for env, value in sorted(analysis.thresholds.items()))
+                              or "none"), ""]
+
+
+def _clock_lines(analysis: Analysis) -> list[str]:
+    """Which clock the runs' seconds are on (none when there are no runs), and the simulated runs' cost model."""
+    counts = analysis.clock_counts
+    if not counts:
+        return []
+    mixed = mixed_clocks(analysis.runset)
+    clock = f"Clocks: {mixed}" if mixed else f"Clock: {analysis.clock.header}"
+    return [f"{clock}  ", *_cost_model_lines(analysis.runset.runs)]
+
+
+def _cost_model_lines(runs: pd.DataFrame) -> list[str]:
+    """The simulated runs' cost model: the settings they share, then those that differ with their values."""
+    simulated = runs.loc[runs["clock"] == "simulated", "cost_model"]
+    if simulated.empty:
+        return []
+    recorded = [model for model in simulated if isinstance(model, dict)]
+    keys = dict.fromkeys(key for model in recorded for key in model)
+    values = {key: _distinct([model.get(key) for model in recorded]) for key in keys}
+    unrecorded = len(simulated) - len(recorded)
+    parts = [", ".join(f"{key} {shown[0]}" for key, shown in values.items() if len(shown) == 1),
+             "; ".join(f"{key} {', '.join(shown)} by run" for key, shown in values.items() if len(shown) > 1),
+             f"not recorded by {unrecorded} run{'s' if unrecorded != 1 else ''}" if unrecorded else ""]
+    return [f"Cost model of the simulated runs (meta.json `cost_model`, virtual seconds): "
+            f"{'; '.join(part for part in parts if part)}  "]
+
+
+def _distinct(values: list) -> list[str]:
+    """Each distinct value once as the report writes it, numbers first in increasing order."""
+    numbers = sorted({value for value in values if _is_number(value)})
+    return [f"{value:g}" for value in numbers] + sorted({str(value) for value in values if not _is_number(value)})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _figure_section(output: Output, out: Path, dpi: int) -> list[str]:
+    lines = [f"### {output.title}", ""]
+    try:
+        if output.analysis.runset.runs.empty:
+            raise figures.NoData("no runs to analyse")
+        fig = DRAW[output.name](output.analysis)
+    except figures.NoData as reason:
+        return [*lines, f"*Skipped: {reason}.*", ""]
+    png, pdf = figures.save_figure(fig, out / "figures", output.file, dpi=dpi)
+    return [*lines, f"![{output.file}]({png.relative_to(out).as_posix()})", "",
+            f"{output.caption} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
+
+
+def _table_section(output: Output, tables_dir: Path) -> list[str]:
+    table, name = BUILD[output.name](output.analysis).astype(str), output.file
+    (tables_dir / f"{name}.md").write_text(markdown_table(table))
+    (tables_dir / f"{name}.tex").write_text(latex_table(table, output.caption, name))
+    return [f"### {output.title}", "", output.caption, "", markdown_table(table),
+            f"LaTeX: [tables/{name}.tex](tables/{name}.tex)", ""]
+
+
+def _sections(names: Sequence[str], analysis: Analysis, section: Callable[[Output], list[str]]) -> list[str]:
+    """The report's lines for the outputs ``names``, each written by ``section``."""
+    return [line for name in names for output in outputs(name, analysis) for line in section(output)]
+
+
 def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Sequence[str]) -> Path:
     """Write every selected figure, every table and ``report.md`` into ``out``; return the report's path."""
     runset = runs_for_metric(runset, options.metric)
     analysis = analyse(runset, options)
-    metric = analysis.metric
     out.mkdir(parents=True, exist_ok=True)
-    runs = analysis.runset.runs
-    lines = ["# Sync vs async RL: analysis report", "",
-             f"Sources: {', '.join(f'`{source}`' for source in sources)}  ",
-             f"Runs analysed: {len(runs)}; runs skipped: {len(runset.skipped)}  ",
-             f"Return (`--metric {metric.option}`): {metric.name}, {metric.detail}  ",
-             f"Estimator over seeds: {figures.estimator_name(options.estimator)} with {options.confidence:.0%} "
-             "percentile bootstrap "
-             f"confidence intervals (scipy.stats.bootstrap)  ",
-             "Thresholds: " + (", ".join(f"{env} {value:g}" for env, value in sorted(analysis.thresholds.items()))
-                               or "none"), ""]
-    lines += _runs_section(analysis, runset)
-
-    lines += ["## Figures", ""]
-    for name in selected_figures(options):
-        lines += [f"### {name.replace('_', ' ')}", ""]
-        try:
-            if runs.empty:
-                raise figures.NoData("no runs to analyse")
-            fig = DRAW[name](analysis)
-        except figures.NoData as reason:
-            lines += [f"*Skipped: {reason}.*", ""]
-            continue
-        png, pdf = figures.save_figure(fig, out / "figures", name, dpi=options.dpi)
-        lines += [f"![{name}]({png.relative_to(out).as_posix()})", "",
-                  f"{caption(CAPTIONS[name], metric)} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
-
-    lines += ["## Tables", ""]
     tables_dir = out / "tables"
     tables_dir.mkdir(exist_ok=True)
-    for name, table in build_tables(analysis).items():
-        table_caption = caption(TABLE_CAPTIONS[name], metric)
-        (tables_dir / f"{name}.md").write_text(markdown_table(table))
-        (tables_dir / f"{name}.tex").write_text(latex_table(table, table_caption, name))
-        lines += [f"### {name.replace('_', ' ')}", "", table_caption, "", markdown_table(table),
-                  f"LaTeX: [tables/{name}.tex](tables/{name}.tex)", ""]
+    tables = list(BUILD) if not analysis.summary.empty else []
+    lines = [*_header(analysis, runset, sources), *_runs_section(analysis, runset),
+             "## Figures", "", *_sections(selected_figures(options), analysis,
+                                          lambda output: _figure_section(output, out, options.dpi)),
+             "## Tables", "", *_sections(tables, analysis, lambda output: _table_section(output, tables_dir))]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
@@ -474,8 +675,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--confidence", type=float, default=stats.DEFAULT_CONFIDENCE,
                         help="confidence level of the bootstrap intervals")
     parser.add_argument("--budget-seconds", type=float,
-                        help="wall-clock budget of the probability of improvement (default: the longest "
-                             "time all runs of both conditions reached)")
+                        help="time budget of the probability of improvement, in seconds of the runs' clock (virtual "
+                             "for simulated runs; default: the longest time all runs of both conditions reached)")
     parser.add_argument("--dpi", type=int, default=DEFAULT_DPI,
                         help=f"resolution of the PNG figures (default {DEFAULT_DPI}; 100 keeps them small "
                              "enough to commit)")
@@ -530,6 +731,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.wandb_project:  # W&B's skipped runs were warned about as they loaded
         for skipped in runset.skipped:
             print(f"skipping run {skipped.run}: {skipped.reason}", file=sys.stderr)
+    mixed = mixed_clocks(runset.select(options.envs))
+    if mixed:
+        print(f"svrl-report: {mixed}", file=sys.stderr)
     report = write_report(runset, args.out, options, sources)
     print(f"report: {report.resolve()}")
     empty = _nothing_to_analyse(runset, options)

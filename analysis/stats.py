@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-CURVE_AXES = {"env_steps": "environment steps", "wall_time": "wall-clock time (s)"}
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
 
@@ -226,12 +225,13 @@ def returns_at_time(metrics: pd.DataFrame, seconds: float) -> pd.Series:
 
 def probability_of_improvement(metrics: pd.DataFrame, by: Sequence[str], budget_seconds: float | None = None,
                                confidence: float = DEFAULT_CONFIDENCE) -> pd.DataFrame:
-    """P(a run of condition X beats a run of condition Y) in return at an equal wall-clock budget, per env.
+    """P(a run of condition X beats a run of condition Y) in return at an equal budget of ``wall_time``, per env.
 
     ``by`` are the condition columns (``env_name`` first). Pairs compare different schedules (one algorithm
     or mode against another, at any worker counts); worker counts of one schedule are compared by the
     scaling figures instead. The budget is ``budget_seconds`` or, by default, the longest time that every
     run of both conditions reached; a run without a logged return by then is left out (see ``n_x``/``n_y``).
+    ``metrics`` must be runs of one clock: a simulated run's virtual seconds do not compare with a real run's.
     Returns one row per unordered pair; P(Y > X) is 1 minus the value given.
     """
     conditions = [column for column in by if column != "env_name"]

@@ -4,7 +4,8 @@ computed by hand from the CSV files, and the report command producing every figu
 The runs are real: one Hydra multirun (3 seeds x CartPole and Acrobot, 3000 env steps each) is trained
 once per session. Only ``algo=single`` exists yet, so the figures about workers and staleness are fed
 copies of those runs whose ``meta.json`` names another schedule or worker count (see ``relabelled``);
-their metrics are the real metrics of the copied run.
+their metrics are the real metrics of the copied run. Runs on simulated workers, whose ``wall_time`` is virtual
+seconds, are real too: a multirun of both simulated schedules at 1 and 2 workers (see ``simulated_sweep``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -75,6 +77,20 @@ def relabelled(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         for run in sorted(path for path in sweep.iterdir() if path.is_dir()):
             copy_run(run, tree / f"{algo}-{mode}-{workers}" / run.name, algo=algo, mode=mode, num_workers=workers)
     return tree
+
+
+@pytest.fixture(scope="session")
+def simulated_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real multirun on simulated workers (virtual seconds): a2c workers and the a3c parameter server, 1 and 2
+    workers, on CartPole, one seed; all four reach a return of 20, the 1-worker runs too (tested below)."""
+    sweep_dir = tmp_path_factory.mktemp("simulated") / "sweep"
+    subprocess.run(
+        [sys.executable, "-m", "experiments.train", "-m", "+schedule=a2c_workers,a3c_parameter_server",
+         "algo.num_workers=1,2", "backend=simulated", "seed=1", "env=cartpole", "total_env_steps=3000",
+         "log_interval=500", "quiet=true", "logger.wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, check=True, capture_output=True, timeout=300,
+    )
+    return sweep_dir
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, float]]:
@@ -271,6 +287,7 @@ BREAKERS = {
                            "meta.json is truncated or not valid JSON"),
     "meta.json not an object": (_write_bytes("meta.json", b"[1, 2]"), "meta.json holds a list, not a JSON object"),
     "mistyped meta.json": (_set_meta(num_workers="two"), "meta.json num_workers is 'two', not an integer"),
+    "unknown clock": (_set_meta(clock="sundial"), "meta.json clock is 'sundial', not 'real' or 'simulated'"),
     "config.yaml not YAML": (_write_bytes(".hydra/config.yaml", b"algo: [unclosed\n"),
                              ".hydra/config.yaml is not valid YAML"),
     "config.yaml not a mapping": (_write_bytes(".hydra/config.yaml", b"- algo\n"),
@@ -752,3 +769,165 @@ def test_a_bad_metric_is_refused_in_one_line_naming_the_option(sweep: Path, tmp_
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "svrl-report: error: --metric 'evaluation': expected train or eval\n"
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- clocks
+SIMULATED_NOTE = "Seconds are virtual seconds (simulated workers): the cost model's, not measured."
+THRESHOLDS = ("--threshold", "cartpole=20", "--threshold", "acrobot=-300")
+
+
+def report_section(text: str, title: str) -> str:
+    """The lines of report.md under ``### title``, up to the next heading."""
+    return text.split(f"### {title}\n", 1)[1].split("\n#", 1)[0]
+
+
+def header_row(table: str) -> str:
+    return table.splitlines()[0]
+
+
+def axis_labels(analysis: report.Analysis, figure: str) -> set[str]:
+    """The x and y labels of a figure's panels."""
+    import matplotlib.pyplot as plt
+
+    fig = report.DRAW[figure](analysis)
+    labels = {label for ax in fig.axes for label in (ax.get_xlabel(), ax.get_ylabel())}
+    plt.close(fig)
+    return labels
+
+
+def test_each_run_carries_its_clock_real_for_runs_recorded_before_it(sweep: Path, simulated_sweep: Path,
+                                                                    tmp_path: Path):
+    source = run_of(sweep, "cartpole", 1)
+    assert json.loads((source / "meta.json").read_text())["clock"] == "real"
+    older = copy_run(source, tmp_path / "runs" / "older")
+    meta = json.loads((older / "meta.json").read_text())
+    del meta["clock"]  # recorded before meta.json named its clock
+    (older / "meta.json").write_text(json.dumps(meta))
+    # The same record on another clock is another experiment, not a copy of the first: both are analysed.
+    copy_run(source, tmp_path / "runs" / "relabelled", clock="simulated")
+    shutil.copytree(simulated_sweep, tmp_path / "runs" / "simulated")
+    runset = load_runs(tmp_path / "runs")
+    assert runset.skipped == []
+    clocks = runset.runs.set_index("run_id")["clock"]
+    assert clocks["runs/older"] == "real" and clocks["runs/relabelled"] == "simulated"
+    simulated = runset.runs[runset.runs.run_id.str.startswith("runs/simulated/")]
+    assert len(simulated) == 4 and set(simulated["clock"]) == {"simulated"}
+    for run_id, model in zip(simulated["run_id"], simulated["cost_model"], strict=True):
+        recorded = json.loads((tmp_path / run_id / "meta.json").read_text())
+        assert recorded["clock"] == "simulated" and model == recorded["cost_model"]
+    assert runset.runs.set_index("run_id").loc["runs/older", "cost_model"] is None
+    # Every frame carries it, and runs that mix clocks are conditions apart.
+    assert set(runset.metrics.groupby("run_id")["clock"].first().items()) == set(clocks.items())
+    assert "clock" in runset.conditions
+    assert "clock" not in load_runs(simulated_sweep).conditions
+
+
+def test_a_report_of_simulated_runs_says_its_seconds_are_virtual(simulated_sweep: Path, tmp_path: Path):
+    assert report.main([str(simulated_sweep), "--out", str(tmp_path), *THRESHOLDS]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "Clock: simulated: times are virtual seconds (simulated workers), the cost model's, not measured  \n" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("Cost model of the simulated runs")]
+    model = json.loads(next(simulated_sweep.glob("*/meta.json")).read_text())["cost_model"]
+    assert f"env_step_s {model['env_step_s']:g}, forward_s {model['forward_s']:g}, " in line
+    for name in report.WALL_CLOCK_OUTPUTS:  # one of each, named as for real runs, none skipped
+        section = report_section(text, name.replace("_", " "))
+        assert SIMULATED_NOTE in section and "wall-clock" not in section, name
+        assert "Skipped" not in section, name
+    tables = {name: (tmp_path / "tables" / f"{name}.md").read_text() for name in TABLES}
+    assert "| virtual seconds, IQM [95% CI] |" in header_row(tables["time_to_threshold"])
+    assert "| env steps per virtual second, IQM [95% CI] |" in header_row(tables["throughput"])
+    assert "| virtual budget (s) |" in header_row(tables["probability_of_improvement"])
+    assert "seconds (simulated workers)" in (tmp_path / "tables" / "time_to_threshold.tex").read_text()
+    # Every 1-worker run reached the threshold, so the speedup has its baselines.
+    assert "| cartpole | a2c/workers | 2 | 20 | 1/1 |" in tables["time_to_threshold"]
+
+    analysis = report.analyse(load_runs(simulated_sweep), report.ReportOptions(thresholds={"cartpole": 20.0}))
+    assert axis_labels(analysis, "return_vs_time") == {"virtual seconds (simulated workers)", "training return"}
+    for figure in ("throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers"):
+        (label,) = axis_labels(analysis, figure) - {"workers"}
+        assert "virtual" in label, figure
+    assert axis_labels(analysis, "return_vs_steps") == {"environment steps", "training return"}
+
+
+def test_the_cost_model_line_gives_shared_settings_then_those_that_differ():
+    runs = pd.DataFrame({"clock": ["simulated", "simulated", "simulated", "real"],
+                         "cost_model": [{"env_step_s": 1e-05, "straggler_fraction": 0.1, "worker_speeds": None},
+                                        {"env_step_s": 1e-05, "straggler_fraction": 0, "worker_speeds": [1, 2]},
+                                        None, None]})
+    assert report._cost_model_lines(runs) == [
+        "Cost model of the simulated runs (meta.json `cost_model`, virtual seconds): env_step_s 1e-05; "
+        "straggler_fraction 0, 0.1 by run; worker_speeds None, [1, 2] by run; not recorded by 1 run  "]
+    assert report._cost_model_lines(runs[runs.clock == "real"]) == []
+
+
+def test_a_report_of_real_runs_keeps_its_wall_clock_words(relabelled: Path, tmp_path: Path):
+    assert report.main([str(relabelled), "--out", str(tmp_path), "--figures", "return_vs_time", *THRESHOLDS]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "Clock: real: times are wall-clock seconds, measured on the machine  \n" in text
+    assert "Cost model" not in text and "virtual" not in text
+    assert ("Return against wall-clock seconds: training return (mean of the most recent return_window training "
+            "episodes). A condition's curve ends where its shortest run ends, so every point averages the same seeds. "
+            "([PDF](figures/return_vs_time.pdf))") in text
+    assert ("than a run of Y at the same wall-clock budget (ties count one half).\n\n| env | X | Y | wall-clock budget "
+            "(s) |") in text
+    assert "| seconds, IQM [95% CI] | speedup vs 1 worker |" in text
+    assert "Environment steps per second from the first to the last logged interval.\n\n" in text
+    assert "| env steps/s, IQM [95% CI] |" in text
+
+    analysis = report.analyse(load_runs(relabelled), report.ReportOptions(thresholds={"cartpole": 40.0}))
+    expected = {"return_vs_time": "wall-clock time (s)", "throughput_vs_workers": "environment steps per second",
+                "speedup_vs_workers": "speedup to threshold (x)",
+                "barrier_wait_vs_workers": "barrier wait (% of worker time)"}
+    for figure, label in expected.items():
+        assert label in axis_labels(analysis, figure), figure
+
+
+def test_runs_on_two_clocks_get_each_time_output_once_per_clock(sweep: Path, simulated_sweep: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture):
+    out = tmp_path / "report"
+    assert report.main([str(sweep), str(simulated_sweep), "--out", str(out), *THRESHOLDS]) == 0
+    mixed = ("4 of the 10 runs analysed are simulated (virtual seconds), 6 real (wall-clock seconds). Each figure "
+             "and table of wall_time is drawn once per clock from that clock's runs (names ending _real and "
+             "_simulated), so that virtual and wall-clock seconds never share an axis; those in env steps take "
+             "every run, with the clock as a condition. For one clock alone, give only its runs' directories.")
+    assert f"svrl-report: {mixed}\n" in capsys.readouterr().err
+    text = (out / "report.md").read_text()
+    assert f"Clocks: {mixed}  \n" in text
+
+    clocks = ("real", "simulated")
+    split_figures = {f"{name}_{clock}" for name in report.FIGURES if name in report.WALL_CLOCK_OUTPUTS
+                     for clock in clocks}
+    whole_figures = {name for name in report.FIGURES if name not in report.WALL_CLOCK_OUTPUTS}
+    # The real runs are single-worker: the speedup and barrier figures have nothing of theirs to draw.
+    assert "### speedup vs workers (real clock)\n\n*Skipped: no multi-worker condition" in text
+    assert "### barrier wait vs workers (real clock)\n\n*Skipped: no synchronous multi-worker runs.*" in text
+    skipped = {"speedup_vs_workers_real", "barrier_wait_vs_workers_real"}
+    assert {path.stem for path in (out / "figures").glob("*.png")} == whole_figures | (split_figures - skipped)
+    split_tables = {f"{name}_{clock}" for name in TABLES if name in report.WALL_CLOCK_OUTPUTS for clock in clocks}
+    assert {path.stem for path in (out / "tables").glob("*.md")} == {"final_return", "staleness"} | split_tables
+
+    # Each clock's outputs come from its runs alone, in its words.
+    real, simulated = (report_section(text, f"return vs time ({clock} clock)") for clock in clocks)
+    assert "Return against wall-clock seconds: " in real and "virtual" not in real
+    assert "Return against virtual seconds: " in simulated and SIMULATED_NOTE in simulated
+    real, simulated = ((out / "tables" / f"throughput_{clock}.md").read_text() for clock in clocks)
+    assert "| env steps/s, IQM [95% CI] |" in header_row(real)
+    assert "single/serial" in real and "a2c/workers" not in real and "a3c/parameter_server" not in real
+    assert "| env steps per virtual second, IQM [95% CI] |" in header_row(simulated)
+    assert "single/serial" not in simulated and "a2c/workers" in simulated
+    # Outputs in env steps take every run, the clock a condition (and backend, which only the simulated runs set).
+    final = (out / "tables" / "final_return.md").read_text()
+    assert header_row(final).startswith("| env | schedule | workers | clock | backend | seeds |")
+    assert "| cartpole | single/serial | 1 | real | local | 3 |" in final
+    assert "| cartpole | a2c/workers | 2 | simulated | simulated | 1 |" in final
+
+    analysis = report.analyse(load_runs([sweep, simulated_sweep]), report.ReportOptions())
+    with pytest.raises(figures.NoData, match=r"the runs mix clocks \(6 real, 4 simulated\)"):
+        report.DRAW["return_vs_time"](analysis)
+    parts = report.outputs("time_to_threshold", analysis)
+    assert [(part.file, part.title) for part in parts] == [
+        ("time_to_threshold_real", "time to threshold (real clock)"),
+        ("time_to_threshold_simulated", "time to threshold (simulated clock)")]
+    assert [set(part.analysis.runset.runs["clock"]) for part in parts] == [{"real"}, {"simulated"}]
+    assert [len(part.analysis.runset.runs) for part in parts] == [6, 4]
+    assert [part.file for part in report.outputs("final_return", analysis)] == ["final_return"]
