@@ -93,7 +93,7 @@ def cli_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_command_line_writes_a_complete_run_record(cli_run):
     run_dir, result = cli_run
-    for name in ("meta.json", "metrics.csv", "episodes.csv", "updates.csv", "events.jsonl",
+    for name in ("meta.json", "metrics.csv", "episodes.csv", "updates.csv", "evals.csv", "events.jsonl",
                  "checkpoints/last.pt", ".hydra/config.yaml", ".hydra/overrides.yaml"):
         assert (run_dir / name).is_file(), name
     meta = read_meta(run_dir)
@@ -140,7 +140,12 @@ def test_wandb_offline_run_mirrors_metrics(cli_run):
     run_dir, _ = cli_run
     meta = read_meta(run_dir)
     assert meta["wandb"]["mode"] == "offline" and Path(meta["wandb"]["dir"]).is_relative_to(run_dir)
-    history = wandb_history(run_dir)
+    logged_rows = wandb_history(run_dir)
+    history = [row for row in logged_rows if "eval/return_mean" not in row]
+    (evaluation,) = [row for row in logged_rows if "eval/return_mean" in row]  # the final evaluation's
+    (final,) = read_csv(run_dir / "evals.csv")
+    assert evaluation["env_steps"] == 6000
+    assert evaluation["eval/return_mean"] == pytest.approx(float(final["return_mean"]), rel=1e-12)
     metrics = metric_rows(run_dir)
     assert len(history) == len(metrics)
     for logged, row in zip(history, metrics, strict=True):
