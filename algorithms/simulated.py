@@ -17,8 +17,8 @@ any worker count. The record's ``wall_time`` is the virtual clock (``meta.json``
   gradient has arrived and the mean is applied (``wait_time``: how long each worker waited for the slowest).
   The updates are those of the local a2c workers, bit for bit (the mean is summed in worker order).
 
-With one worker, a3c gives ``single``'s parameters. A simulated run is checkpointed at its end only: gradients in
-flight are not checkpointed, so it cannot resume (validation says so).
+With one worker, a3c gives ``single``'s parameters. A simulated run is checkpointed when it ends (completed, stopped
+or failed) only: gradients in flight are not checkpointed, so it cannot resume (validation says so).
 """
 
 from __future__ import annotations
@@ -131,9 +131,9 @@ def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
             evaluate_if_due(cfg, record, global_model, workers_done=not in_flight)
             if not server.finishing():
                 compute(worker, clock.now + message_s)
-        record.save_checkpoint(global_model.checkpoint())
-    finally:
+    finally:  # also after a failure: the parameters as they were before it (a non-finite one is refused)
         close(learners)
+        record.save_checkpoint(global_model.checkpoint())
 
 
 # --------------------------------------------------------------------------- a2c: rounds at a barrier
@@ -170,10 +170,10 @@ def run_synchronous(cfg: Any, record: Record) -> None:
             counters.version, counters.env_steps = counters.version + 1, counters.env_steps + steps
             evaluate_if_due(cfg, record, global_model, workers_done=True)
             round_start = clock.now + costs.message_s
+    finally:  # also after a failure: the parameters as they were before it (a non-finite one is refused)
         record.save_checkpoint(make_checkpoint(model.state_dict(), global_model.optimizer.state_dict(),
                                                counters.env_steps, counters.version,
                                                collectors=[learner.collector.state_dict() for learner in learners]))
-    finally:
         close(learners)
 
 

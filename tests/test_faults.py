@@ -32,6 +32,10 @@ SCHEDULES = {
     "hogwild-1": ["algo=a3c", "algo.num_workers=1"],
     "hogwild-2": ["algo=a3c", "algo.num_workers=2"],
     "parameter-server-2": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2"],
+    "simulated-a2c-workers-2": ["algo=a2c", "algo.mode=workers", "algo.num_workers=2", "algo.num_envs=1",
+                                "backend=simulated"],
+    "simulated-parameter-server-2": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2",
+                                     "backend=simulated"],
 }
 DIVERGED = r"non-finite (policy_loss|value_loss) in worker [01]'s update at policy version \d+, env step \d+"
 
@@ -55,7 +59,8 @@ def test_a_nan_fails_the_run_at_once_naming_where_and_keeps_the_last_finite_chec
     assert worker_pids(os.getpid()) == []
 
 
-@pytest.mark.parametrize("schedule", ["single", "a2c-vector", "hogwild-1", "hogwild-2", "parameter-server-2"])
+@pytest.mark.parametrize("schedule", ["single", "a2c-vector", "hogwild-1", "hogwild-2", "parameter-server-2",
+                                      "simulated-parameter-server-2"])
 def test_skip_update_drops_each_non_finite_update_records_it_and_goes_on(run_dir, schedule):
     record = train_run(run_dir, *SCHEDULES[schedule], NAN_ENV, *FAST, "algo.on_nonfinite=skip_update")
     assert record.status == "completed"
