@@ -30,7 +30,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 import algorithms
 from algorithms.a2c import SyncLog, checkpoint_crossed
 from algorithms.checkpoint import check_collectors
-from algorithms.evaluation import next_evaluation_at, take_snapshot
+from algorithms.evaluation import EvalSnapshot, next_evaluation_at
 from algorithms.learner import (
     LocalLearner,
     NonFiniteGuard,
@@ -42,7 +42,7 @@ from algorithms.learner import (
 from algorithms.parameter_server import ParameterServer, keep_statistics, parameter_server_worker
 from algorithms.protocol import EpisodeRow, Push, Record, Reply, UpdateRow, from_wire, to_wire
 from algorithms.reaper import Reaper
-from algorithms.server import GlobalModel
+from algorithms.server import GlobalModel, evaluate_if_due
 from algorithms.supervision import RestartPolicy, StallWatchdog, WorkerFailure
 
 POLL_S = 0.05  # how often the driver replays the server's record calls and checks its workers
@@ -148,10 +148,13 @@ class RecordCall(NamedTuple):
 
 class RecordBuffer:
     """The run record as a server actor sees it: its ``episode``, ``update``, ``event``, ``evaluate`` and
-    ``save_checkpoint`` calls, kept in order for the driver to replay into the real record."""
+    ``save_checkpoint`` calls, kept in order for the driver to replay into the real record, and the record's rule
+    for when an evaluation is due (from the run's env step at ``env_steps``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: Any, env_steps: int) -> None:
         self.calls: list[RecordCall] = []
+        self.cfg = cfg
+        self.next_evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)
 
     def episode(self, *args: Any, **kwargs: Any) -> None:
         self.calls.append(RecordCall("episode", args, kwargs))
@@ -162,8 +165,12 @@ class RecordBuffer:
     def event(self, *args: Any, **kwargs: Any) -> None:
         self.calls.append(RecordCall("event", args, kwargs))
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> None:
-        self.calls.append(RecordCall("evaluate", args, kwargs))
+    def evaluation_due(self, env_steps: int) -> bool:
+        return env_steps >= self.next_evaluation_at
+
+    def evaluate(self, snapshot: EvalSnapshot) -> None:
+        self.next_evaluation_at = next_evaluation_at(snapshot.env_steps, self.cfg.eval, self.cfg.total_env_steps)
+        self.calls.append(RecordCall("evaluate", (snapshot,), {}))
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.calls.append(RecordCall("save_checkpoint", (state,), {}))
@@ -190,12 +197,10 @@ class ParameterServerActor:
         torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
         self.global_model = GlobalModel(cfg, resume_state, None, shared=False)
-        self.rows = RecordBuffer()
+        self.rows = RecordBuffer(cfg, self.global_model.counters.env_steps)
         self.server = ParameterServer(cfg, self.rows, self.global_model)
         self.diverged: str | None = None  # a NonFiniteUpdate's message: the driver fails the run with it
         self.next_checkpoint_at = next_checkpoint_at(self.global_model.counters.env_steps, cfg.checkpoint_interval)
-        self.next_evaluation_at = next_evaluation_at(self.global_model.counters.env_steps, cfg.eval,
-                                                     cfg.total_env_steps)
 
     def counters(self) -> tuple[int, int]:
         counters = self.global_model.counters
@@ -221,23 +226,11 @@ class ParameterServerActor:
         """The record calls since the last drain and the env steps; they end with a checkpoint when the run
         has crossed ``checkpoint_interval`` since the last one (the local server's rule) or is ending."""
         env_steps = self.global_model.counters.env_steps
-        self.offer_evaluation(ending)
+        evaluate_if_due(self.cfg, self.rows, self.global_model, workers_done=ending)
         if ending or env_steps >= self.next_checkpoint_at:
             self.rows.save_checkpoint(self.global_model.checkpoint())
             self.next_checkpoint_at = next_checkpoint_at(env_steps, self.cfg.checkpoint_interval)
         return Drained(self.rows.take(), env_steps, self.diverged)
-
-    def offer_evaluation(self, ending: bool) -> None:
-        """The global parameters for the driver's record to evaluate, when the run has reached an evaluation's
-        env step (the record's rule, checked at every drain); the final one when the run is ending (other workers
-        may still push their last gradients before)."""
-        counters = self.global_model.counters
-        final = counters.env_steps >= self.cfg.total_env_steps
-        if counters.env_steps >= self.next_evaluation_at and (ending or not final):
-            self.rows.evaluate(take_snapshot(self.global_model.model.flat_params, counters.env_steps,
-                                             counters.version, self.global_model.obs_statistics))
-            self.next_evaluation_at = next_evaluation_at(counters.env_steps, self.cfg.eval, self.cfg.total_env_steps)
-
 
 class Drained(NamedTuple):
     """What the driver takes from the server actor every ``POLL_S``."""
@@ -365,7 +358,7 @@ class SynchronousServer(ParameterServerActor):
         with self.condition:
             if ending:
                 self.log.record_rest()
-            self.offer_evaluation(ending)
+            evaluate_if_due(self.cfg, self.rows, self.global_model, workers_done=ending)
             return Drained(self.rows.take(), self.global_model.counters.env_steps, self.diverged)
 
 
