@@ -59,17 +59,25 @@ _ENTRIES = (
     Schedule("a3c", "parameter_server", "local", "algorithms.a3c:run_parameter_server",
              "the trainer applies workers' gradients in arrival order", worker_processes=True,
              one_worker_in_process=True, server_process=True, learner_on_device=True),
+    Schedule("impala", "actor_learner", "local", "algorithms.impala:run",
+             "actor processes send unrolls through shared memory; the trainer learns from them with V-trace",
+             worker_processes=True, server_process=True, learner_on_device=True),
     Schedule("a2c", "workers", "ray", "algorithms.ray_backend:run_workers",
              "worker actors; a server actor is the barrier and applies the mean", worker_processes=True),
     Schedule("a3c", "parameter_server", "ray", "algorithms.ray_backend:run_parameter_server",
              "worker actors; a server actor applies gradients in arrival order", worker_processes=True,
              server_process=True),
+    Schedule("impala", "actor_learner", "ray", "algorithms.ray_backend:run_impala",
+             "actor actors send unrolls; the driver learns from them with V-trace", worker_processes=True,
+             server_process=True, learner_on_device=True),
     Schedule("a2c", "workers", "simulated", "algorithms.simulated:run_synchronous",
              "virtual workers on a virtual clock meet at a barrier each round", worker_processes=False),
     Schedule("a3c", "hogwild", "simulated", "algorithms.simulated:run_hogwild",
              "virtual workers on a virtual clock step the parameters one at a time", worker_processes=False),
     Schedule("a3c", "parameter_server", "simulated", "algorithms.simulated:run_parameter_server",
              "virtual workers on a virtual clock; their pushes queue at the server", worker_processes=False),
+    Schedule("impala", "actor_learner", "simulated", "algorithms.simulated:run_impala",
+             "virtual actors on a virtual clock; their unrolls queue at one learner", worker_processes=False),
 )
 SCHEDULES: dict[tuple[str, str, str], Schedule] = {(s.algo, s.mode, s.backend): s for s in _ENTRIES}
 
@@ -85,8 +93,8 @@ MISSING_REASONS: dict[tuple[str, str, str], tuple[str, str]] = {
         "algo.mode", "mode=vector is a one-process schedule; with backend=ray use algo.mode=workers (worker "
         "actors whose gradients are averaged at a barrier)"),
     ("single", "serial", "simulated"): (
-        "backend", "algo=single has no workers to simulate; backend=simulated runs algo=a2c algo.mode=workers and "
-        "algo=a3c"),
+        "backend", "algo=single has no workers to simulate; backend=simulated runs algo=a2c algo.mode=workers, "
+        "algo=a3c and algo=impala"),
     ("a2c", "vector", "simulated"): (
         "algo.mode", "mode=vector has no workers to simulate; with backend=simulated use algo.mode=workers"),
 }

@@ -31,7 +31,7 @@ from algorithms.protocol import (
     record_update,
 )
 from algorithms.rollout import Episode
-from algorithms.server import GlobalModel, GlobalState, apply_gradient, evaluate_if_due
+from algorithms.server import GlobalModel, GlobalState, apply_gradient, evaluate_if_due, tend_workers
 from algorithms.shared_memory import SharedRows, attach_optimizer_state
 from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
 
@@ -232,11 +232,7 @@ def serve_parameters(cfg: Any, record: Record, global_model: GlobalModel) -> Non
                     elif isinstance(message, Join):
                         supervisor.send(worker, server.reply())
                 server.stop = record.stop_requested
-                supervisor.handle_exits(finishing=server.finishing())
-                evaluate_if_due(cfg, record, global_model, workers_done=False)
-                if record.checkpoint_due(counters.env_steps):
-                    record.save_checkpoint(global_model.checkpoint())
-                supervisor.check_stall()
+                tend_workers(cfg, record, global_model, supervisor, finishing=server.finishing())
         finally:
             processes.stop()
             record.save_checkpoint(global_model.checkpoint())

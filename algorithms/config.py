@@ -17,9 +17,9 @@ MISSING: Any = "???"
 
 @dataclass
 class StalenessConfig:
-    """Controlled staleness for asynchronous schedules (a3c)."""
+    """Controlled staleness for asynchronous schedules (a3c; impala takes ``delay`` only)."""
 
-    delay: int = 0  # apply each gradient only after this many newer updates
+    delay: int = 0  # act with parameters this many versions old (a3c: gradients; impala: unrolls)
     max: int | None = None  # drop gradients staler than this (null: never drop)
     lr_scaling: str = "none"  # none | inverse: step size divided by max(1, staleness)
 
@@ -49,6 +49,13 @@ class AlgoConfig:
     on_nonfinite: str = "fail"  # a NaN or infinite loss or gradient: fail the run, or skip_update (drop it)
     max_nonfinite_skips: int = 10  # with skip_update: fail after this many non-finite updates of a worker in a row
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
+    # impala only (algorithms/impala.py): the learner's batch, the actors' queue and the off-policy correction.
+    batch_size: int = 1  # unrolls per learner update
+    queue_depth: int = 2  # unroll slots per actor: how many of its unrolls may wait for the learner
+    wait_for_update: bool = False  # an actor acts again only once its last unroll's update is published
+    correction: str = "vtrace"  # vtrace | none (on-policy targets) | truncated_is (1-step importance weights)
+    rho_bar: float = 1.0  # V-trace's truncation of the importance weights in the targets and policy gradient
+    c_bar: float = 1.0  # V-trace's truncation of the trace coefficients (gae_lambda is its lambda)
 
 
 @dataclass
@@ -107,7 +114,12 @@ class SimConfig:
     rollout and compute its gradient) costs ``n_steps * num_envs * env_step_s + n_steps * forward_s + backward_s``,
     times its speed factor, a log-normal jitter and, with probability ``straggler_fraction``, ``straggler_slowdown``.
     A message costs ``message_s + bytes * byte_s + latency_s``; the server applies one gradient at a time
-    (``apply_s`` each: pushes queue). The defaults are rough figures for CartPole's MLP on a 2 GHz core."""
+    (``apply_s`` each: pushes queue). Every update also costs ``update_s``, the bookkeeping of the real update
+    path around those operations: syncing the local model, the learning-rate schedule and the non-finite guards,
+    copying the gradient into the optimizer, and recording the update's and episodes' rows. Whoever runs the
+    update pays it: a Hogwild worker before its apply, the parameter server after each push's apply (it queues
+    pushes like ``apply_s``), an a2c round once after its apply. The defaults are rough figures for CartPole's
+    MLP on a 2 GHz core; ``experiments.calibrate`` measures this machine's."""
 
     env_step_s: float = 1.0e-5  # one env step of one env
     forward_s: float = 5.0e-5  # one acting forward pass over a worker's envs
@@ -116,6 +128,7 @@ class SimConfig:
     byte_s: float = 1.0e-9  # per byte of a message (1 GB/s)
     latency_s: float = 0.0  # fixed one-way network latency of a message
     apply_s: float = 2.0e-4  # the server's optimizer step with one gradient (or the mean of a round)
+    update_s: float = 2.0e-4  # the rest of one update: sync, lr, guards, gradient copy, recording its rows
     worker_speeds: list[float] | None = None  # per-worker slowness factors (1: nominal), cycled; null: all 1
     jitter_sigma: float = 0.0  # sigma of the log-normal factor drawn for every task (0: none)
     straggler_fraction: float = 0.0  # probability that a task is a straggler's

@@ -1,8 +1,8 @@
 """Named types for everything that crosses a process, a pipe, a Ray call or the run record.
 
 Rows (:class:`UpdateRow`, :class:`EpisodeRow`) are what workers report and the record stores; messages
-(:class:`Join`, :class:`Push`, :class:`Reply`, :class:`CheckpointPart`, :class:`WorkerDone`,
-:class:`WorkerError`) are what workers and servers say to each other over any transport. Fields are
+(:class:`Join`, :class:`Push`, :class:`Reply`, :class:`UnrollReady`, :class:`SlotFree`, :class:`CheckpointPart`,
+:class:`WorkerDone`, :class:`WorkerError`) are what workers and servers say to each other over any transport. Fields are
 read by name, so reordering one cannot silently misread another. :class:`Record` is what an algorithm
 may call on the run record (implemented by ``experiments.record``).
 """
@@ -72,14 +72,15 @@ class EpisodeRow(NamedTuple):
     length: int
 
 
-def record_update(record: Record, worker: int, row: UpdateRow) -> None:
-    """Record one update; one dropped for a non-finite loss or gradient is also logged as ``update_skipped``."""
+def record_update(record: Record, worker: int, row: UpdateRow, **extra: float) -> None:
+    """Record one update (``extra``: statistics only some schedules have, as IMPALA's ``importance_ratio``); one
+    dropped for a non-finite loss or gradient is also logged as ``update_skipped``."""
     nonfinite = [name for name, value in row.stats().items() if not math.isfinite(value)]
     if nonfinite and not row.applied:
         record.event("update_skipped", worker=worker, env_steps=int(row.env_steps),
                      version=int(row.version_at_apply), nonfinite=nonfinite)
     record.update(worker, int(row.env_steps), int(row.version_at_sync), int(row.version_at_apply),
-                  applied=bool(row.applied), lr=float(row.lr), wait_time=float(row.wait_time), **row.stats())
+                  applied=bool(row.applied), lr=float(row.lr), wait_time=float(row.wait_time), **row.stats(), **extra)
 
 
 def record_episode(record: Record, worker: int, row: EpisodeRow) -> None:
@@ -122,6 +123,25 @@ class Reply(NamedTuple):
     send_collector_state: bool  # push the collector's state with the next gradient
 
 
+class UnrollReady(NamedTuple):
+    """An IMPALA actor's unroll, written into its shared-memory ``slot``: what the learner needs besides the arrays."""
+
+    worker: int
+    slot: int
+    version: int  # the policy version the unroll was acted with
+    episodes: list[Episode]  # that ended during the unroll
+    steps: int  # env steps of the unroll
+    sent_at: float  # time.monotonic(): a learner takes unrolls found waiting together in this order
+    obs_statistics: dict[str, Any] | None = None  # actor 0's observation statistics (normalize_obs), for evaluation
+
+
+class SlotFree(NamedTuple):
+    """A learner's answer to an IMPALA actor: the unroll in ``slot`` is taken, write another there. ``None``
+    instead means: stop."""
+
+    slot: int
+
+
 class CheckpointPart(NamedTuple):
     """A synchronous worker's share of a checkpoint after an update: pickled collector state and
     parameters (plus the model and optimizer from worker 0)."""
@@ -149,8 +169,13 @@ def to_wire(vector: torch.Tensor) -> bytes:
 
 
 def from_wire(data: bytes) -> torch.Tensor:
-    """A read-only view of a vector from the wire, without a copy: it is only ever copied from, so torch's
-    warning about non-writable arrays does not apply."""
+    """A read-only view of a vector from the wire, without a copy (see :func:`read_only_view`)."""
+    return read_only_view(np.frombuffer(data, dtype=np.float32))
+
+
+def read_only_view(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only array (from the wire or Ray's object store), without a copy: it is only ever copied
+    from, so torch's warning about non-writable arrays does not apply."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.frombuffer(data, dtype=np.float32))
+        return torch.from_numpy(array)

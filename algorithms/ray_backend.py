@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -31,17 +32,35 @@ import algorithms
 from algorithms.a2c import SyncLog, checkpoint_crossed
 from algorithms.checkpoint import check_collectors
 from algorithms.evaluation import EvalSnapshot, next_evaluation_at
+from algorithms.impala import Learner
 from algorithms.learner import (
     LocalLearner,
     NonFiniteGuard,
     NonFiniteUpdate,
     average_gradients,
+    learner_device,
     learning_rate,
     set_learning_rate,
 )
-from algorithms.parameter_server import ParameterServer, keep_statistics, parameter_server_worker
-from algorithms.protocol import EpisodeRow, Push, Record, Reply, UpdateRow, from_wire, to_wire
+from algorithms.parameter_server import (
+    ParameterServer,
+    evaluation_statistics,
+    keep_statistics,
+    parameter_server_worker,
+)
+from algorithms.protocol import (
+    EpisodeRow,
+    Push,
+    Record,
+    Reply,
+    UnrollReady,
+    UpdateRow,
+    from_wire,
+    read_only_view,
+    to_wire,
+)
 from algorithms.reaper import Reaper
+from algorithms.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
 from algorithms.server import GlobalModel, evaluate_if_due
 from algorithms.supervision import RestartPolicy, StallWatchdog, WorkerFailure
 
@@ -136,6 +155,16 @@ class RayWorker:
 
     def run(self, server: Any) -> None:
         parameter_server_worker(self.learner, RayLink(server, self.worker))
+
+    def unroll(self, params: bytes, version: int) -> tuple[UnrollReady, dict[str, np.ndarray]]:
+        """An impala actor's unroll, acted with ``params`` of ``version``: its announcement and its arrays."""
+        actor = self.learner
+        actor.model.flat_params.copy_(from_wire(params))
+        episodes = actor.collector.collect(actor.model)
+        unroll = unroll_from(actor.collector, actor.model)
+        ready = UnrollReady(self.worker, 0, version, episodes, actor.steps, time.monotonic(),
+                            evaluation_statistics(actor))
+        return ready, {name: getattr(unroll, name).numpy() for name in UNROLL_FIELDS}
 
 
 class RecordCall(NamedTuple):
@@ -378,12 +407,14 @@ class Actors:
     """One run's server and worker actors: created with their resources, started, restarted after a failure
     (while ``algo.max_restarts`` allows), and killed at the end."""
 
-    def __init__(self, cfg: Any, record: Record, server_class: type[ParameterServerActor]):
+    def __init__(self, cfg: Any, record: Record, server_class: type[ParameterServerActor] | None):
         self.cfg, self.record = cfg, record
         settings, algo = cfg.ray, cfg.algo
-        server = ray.remote(server_class).options(num_cpus=settings.server_cpus, max_restarts=0,
-                                                  **server_class.actor_options(algo))
-        self.server = server.remote(cfg, record.resume_state)
+        self.server = None  # impala's learner is the driver itself
+        if server_class is not None:
+            server = ray.remote(server_class).options(num_cpus=settings.server_cpus, max_restarts=0,
+                                                      **server_class.actor_options(algo))
+            self.server = server.remote(cfg, record.resume_state)
         worker_actor = ray.remote(RayWorker).options(num_cpus=settings.cpus_per_worker,
                                                      max_restarts=algo.max_restarts, max_task_retries=0)
         self.workers = [worker_actor.remote(cfg, worker) for worker in range(algo.num_workers)]
@@ -438,7 +469,7 @@ class Actors:
                 time.sleep(0.2)
 
     def kill(self) -> None:
-        for actor in [*self.workers, self.server]:
+        for actor in [*self.workers, *([self.server] if self.server is not None else [])]:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # already gone
@@ -446,7 +477,7 @@ class Actors:
 
 
 @contextmanager
-def run_actors(cfg: Any, record: Record, server_class: type[ParameterServerActor]) -> Iterator[Actors]:
+def run_actors(cfg: Any, record: Record, server_class: type[ParameterServerActor] | None) -> Iterator[Actors]:
     """A run's actors on the cluster ``cfg.ray`` names; every one of them is killed when the run ends."""
     with ray_cluster(cfg, record):
         actors = Actors(cfg, record, server_class)
@@ -515,3 +546,84 @@ def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[st
             drain(ending=True)  # every row, and the final checkpoint (a synchronous run's follows its last round)
         except RayActorError as error:  # the server itself died: nothing left to save
             record.event("server_failed", reason=first_line(error))
+
+
+# --------------------------------------------------------------------------- impala: the driver learns
+class UnrollCalls:
+    """impala's unroll calls in flight: ``queue_depth`` per actor, each with the parameters published when it was
+    made (a Ray call's arguments are fixed when it is made, so an actor acts with the parameters of its call);
+    finished unrolls wait in arrival order for the learner."""
+
+    def __init__(self, cfg: Any, actors: Actors, global_model: GlobalModel):
+        self.algo, self.actors, self.global_model = cfg.algo, actors, global_model
+        self.in_flight: dict[Any, int] = {}  # call -> worker
+        self.pending: list[tuple[UnrollReady, dict[str, np.ndarray]]] = []
+        self.publish()
+
+    def publish(self) -> None:
+        version, params = self.global_model.params_for_worker()
+        self.params, self.version = ray.put(to_wire(params)), version
+
+    def fill(self, worker: int) -> None:
+        """Calls for ``worker`` up to ``queue_depth``, counting its unrolls waiting for the learner."""
+        waiting = sum(ready.worker == worker for ready, _ in self.pending)
+        for _ in range(self.algo.queue_depth - waiting - sum(w == worker for w in self.in_flight.values())):
+            self.in_flight[self.actors.workers[worker].unroll.remote(self.params, self.version)] = worker
+
+    def drop(self, worker: int) -> None:
+        """Forget a failed actor's calls: every one of them fails with it."""
+        self.in_flight = {call: w for call, w in self.in_flight.items() if w != worker}
+
+    def batch(self) -> tuple[list[UnrollReady], Unrolls] | None:
+        """The oldest ``batch_size`` unrolls side by side, if there are that many."""
+        if len(self.pending) < self.algo.batch_size:
+            return None
+        taken, self.pending = self.pending[:self.algo.batch_size], self.pending[self.algo.batch_size:]
+        parts = [Unrolls(**{name: read_only_view(array) for name, array in arrays.items()}) for _, arrays in taken]
+        return [ready for ready, _ in taken], join_unrolls(parts)
+
+
+def run_impala(cfg: Any, record: Record) -> None:
+    """impala: actors on the cluster, the learner in this driver (on ``device``), recording directly."""
+    torch.set_num_threads(cfg.torch_threads)
+    global_model = GlobalModel(cfg, record.resume_state, None, shared=False, device=learner_device(cfg))
+    counters, learner = global_model.counters, Learner(cfg, record, global_model)
+    with run_actors(cfg, record, None) as actors:
+        actors.start_all(counters.env_steps)
+        calls, watchdog = UnrollCalls(cfg, actors, global_model), StallWatchdog()
+        for worker in range(cfg.algo.num_workers):
+            calls.fill(worker)
+        try:
+            while calls.in_flight and not (record.stop_requested or learner.finished()):
+                ready, _ = ray.wait(list(calls.in_flight), num_returns=1, timeout=POLL_S)
+                for call in ready:
+                    collect_unroll(cfg, actors, calls, call, counters.env_steps)
+                while not learner.finished() and (taken := calls.batch()) is not None:
+                    learner.learn(*taken)
+                    calls.publish()
+                    watchdog.progressed()
+                    for worker in {ready.worker for ready in taken[0]}:
+                        calls.fill(worker)  # with wait_for_update, an actor's next call waits for this update
+                evaluate_if_due(cfg, record, global_model, workers_done=False)
+                if record.checkpoint_due(counters.env_steps):
+                    record.save_checkpoint(global_model.checkpoint())
+                watchdog.check(counters.env_steps, sorted(set(calls.in_flight.values())))
+        finally:
+            record.save_checkpoint(global_model.checkpoint())
+    evaluate_if_due(cfg, record, global_model, workers_done=True)
+
+
+def collect_unroll(cfg: Any, actors: Actors, calls: UnrollCalls, call: Any, env_steps: int) -> None:
+    """Take a finished call's unroll, or answer its actor's failure (restart it, or fail the run)."""
+    if call not in calls.in_flight:
+        return  # its actor failed and was restarted meanwhile
+    worker = calls.in_flight.pop(call)
+    try:
+        calls.pending.append(ray.get(call))
+    except WORKER_ERRORS as error:
+        calls.drop(worker)
+        actors.restart_or_fail(worker, error, env_steps, finishing=False)
+        calls.fill(worker)  # a restarted actor's calls failed with it
+        return
+    if not cfg.algo.wait_for_update:
+        calls.fill(worker)

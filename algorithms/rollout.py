@@ -14,7 +14,7 @@ reports in the vector env's info at a game over (its score and length; see :func
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +38,34 @@ class Rollout:
     truncated: torch.Tensor  # [T, N], 1.0 where a time limit cut the episode
     truncation_values: torch.Tensor  # [T, N], V(final obs) where truncated, else 0
     next_value: torch.Tensor  # [N], V of the observation after the last step
+
+
+@dataclass
+class Unrolls:
+    """Rollouts as an off-policy learner takes them (IMPALA): ``T`` steps of ``N`` envs, the envs of several unrolls
+    side by side, each with the log-probabilities of its actions under the policy that acted (the behaviour policy)
+    and the observation that follows its last step, whose value the learner computes itself."""
+
+    obs: torch.Tensor  # [T, N, *obs_shape]
+    actions: torch.Tensor  # [T, N] discrete, [T, N, action_dim] continuous
+    rewards: torch.Tensor  # [T, N]
+    terminated: torch.Tensor  # [T, N]
+    truncated: torch.Tensor  # [T, N]
+    truncation_values: torch.Tensor  # [T, N], V(final obs) where truncated, by the behaviour policy's critic
+    behaviour_log_probs: torch.Tensor  # [T, N], log mu(a_t | x_t)
+    bootstrap_obs: torch.Tensor  # [N, *obs_shape], the observation after the last step
+
+    def copy(self) -> Unrolls:
+        return Unrolls(**{name: getattr(self, name).clone() for name in UNROLL_FIELDS})
+
+
+UNROLL_FIELDS = tuple(spec.name for spec in fields(Unrolls))
+
+
+def join_unrolls(unrolls: list[Unrolls]) -> Unrolls:
+    """Unrolls side by side, their envs concatenated (in a new tensor: the parts may be reused at once)."""
+    return Unrolls(**{name: torch.cat([getattr(unroll, name) for unroll in unrolls],
+                                      dim=0 if name == "bootstrap_obs" else 1) for name in UNROLL_FIELDS})
 
 
 class Episode(NamedTuple):
@@ -208,3 +236,14 @@ class Collector:
             self.current_obs = saved["current_obs"].copy()
             self.episode_returns[:] = state["episodes_in_progress"]["returns"]
             self.episode_lengths[:] = state["episodes_in_progress"]["lengths"]
+
+
+@torch.no_grad()
+def unroll_from(collector: Collector, model: ActorCritic) -> Unrolls:
+    """The unroll ``collector`` just collected with ``model``, with its behaviour log-probabilities (one batched
+    pass over the unroll: the same computation the learner makes, so an on-policy ratio is exactly 1)."""
+    rollout = collector.rollout
+    log_probs, _, _ = model.evaluate(rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1))
+    return Unrolls(rollout.obs, rollout.actions, rollout.rewards, rollout.terminated, rollout.truncated,
+                   rollout.truncation_values, log_probs.view(rollout.rewards.shape),
+                   torch.from_numpy(collector.current_obs))

@@ -142,6 +142,16 @@ def evaluate_if_due(cfg: Any, record: Any, global_model: GlobalModel, workers_do
         record.evaluate(snapshot)
 
 
+def tend_workers(cfg: Any, record: Any, global_model: GlobalModel, supervisor: Any, finishing: bool) -> None:
+    """What a trainer serving worker processes does after each batch of messages: answer the workers' exits
+    (``supervisor``, an ``algorithms.supervision.Supervisor``), evaluate and checkpoint when due, watch for a stall."""
+    supervisor.handle_exits(finishing=finishing)
+    evaluate_if_due(cfg, record, global_model, workers_done=False)
+    if record.checkpoint_due(global_model.counters.env_steps):
+        record.save_checkpoint(global_model.checkpoint())
+    supervisor.check_stall()
+
+
 def apply_gradient(optimizer: torch.optim.Optimizer, params: torch.Tensor, gradient: torch.Tensor, version: int,
                    version_at_sync: int, lr: float, staleness_cfg: Any,
                    snapshots: SnapshotRing | None) -> tuple[bool, float]:

@@ -3,9 +3,9 @@
 Optimizer statistics (:func:`share_optimizer_state`), the run's counters (:class:`SharedCounters`), a
 lock whose holder is known (:class:`HolderLock`), recent parameter versions for controlled staleness
 (:class:`SnapshotRing`), a worker's observation statistics for evaluation (:class:`ObsStatistics`), rows a
-worker reports without a system call (:class:`SharedRows`) and the synchronous workers' meeting point
-(:class:`GradientExchange`). Each pickles into a spawned worker as
-handles to the same memory.
+worker reports without a system call (:class:`SharedRows`), the synchronous workers' meeting point
+(:class:`GradientExchange`) and the parameters a learner publishes to its actors (:class:`ParameterBoard`).
+Each pickles into a spawned worker as handles to the same memory.
 """
 
 from __future__ import annotations
@@ -171,6 +171,38 @@ class SnapshotRing:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.slots.copy_(state["slots"])
         self.first_version = state["first_version"]
+
+
+class ParameterBoard:
+    """The latest parameters a learner published and their policy version, which actors copy without a lock.
+
+    One writer (the learner) and any number of readers, under a sequence lock: the writer makes the sequence odd,
+    writes, then makes it even again; a reader retries a copy during which the sequence changed or was odd. A reader
+    never blocks the learner, and a SIGKILLed reader holds nothing.
+    """
+
+    def __init__(self, version: int, params: torch.Tensor):
+        self.params = params.detach().to("cpu", copy=True).share_memory_()
+        self.counters = SharedInts([0, version])  # sequence, version
+
+    def publish(self, version: int, params: torch.Tensor) -> None:
+        view = self.counters.view
+        view[0] += 1
+        self.params.copy_(params)
+        view[1] = version
+        view[0] += 1
+
+    def read_into(self, out: torch.Tensor) -> int:
+        """Copy the published parameters into ``out``; return their version."""
+        view = self.counters.view
+        while True:
+            sequence = int(view[0])
+            if sequence % 2 == 0:
+                out.copy_(self.params)
+                version = int(view[1])
+                if int(view[0]) == sequence:
+                    return version
+            time.sleep(0)
 
 
 class ObsStatistics:

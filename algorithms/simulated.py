@@ -3,18 +3,22 @@
 Each virtual worker has its own envs, collector, generator and local model (a
 :class:`~algorithms.learner.LocalLearner`), and the learning is real: every rollout, gradient and update is
 computed. Only time is modelled, by :class:`CostModel` (``sim.*``): a worker's task (collect a rollout, compute
-its gradient) and every message take virtual seconds, and the server applies one gradient at a time. Events are
+its gradient), every message and every update's bookkeeping (``update_s``: syncing, the learning rate and guards,
+recording the rows) take virtual seconds, and the server applies one gradient at a time. Events are
 processed in virtual-time order, ties broken by worker, so the order of updates, and with it staleness, emerges
 from the schedule as it would on ``num_workers`` machines, and the same config and seed give the same record at
 any worker count. The record's ``wall_time`` is the virtual clock (``meta.json`` says ``clock: simulated``).
 
 - a3c ``parameter_server``: a worker syncs to the parameters the server answered it with, computes, and pushes;
   pushes queue at the server in arrival order (:class:`~algorithms.parameter_server.ParameterServer` applies
-  them, as the local and Ray servers do). Each message costs ``message_s + bytes * byte_s + latency_s``.
-- a3c ``hogwild``: the same, with workers stepping shared memory themselves: no messages, and each apply takes
-  ``apply_s`` under the lock (``lock=true`` semantics: applies are atomic).
+  them, as the local and Ray servers do), each taking the server ``apply_s + update_s``. Each message costs
+  ``message_s + bytes * byte_s + latency_s``.
+- a3c ``hogwild``: the same, with workers stepping shared memory themselves: no messages, a worker pays its own
+  ``update_s`` after its task, and each apply takes ``apply_s`` under the lock (``lock=true`` semantics: applies
+  are atomic).
 - a2c ``workers``: every round, all workers compute from the same parameters; the round ends when the slowest
-  gradient has arrived and the mean is applied (``wait_time``: how long each worker waited for the slowest).
+  gradient has arrived and the mean is applied (``apply_s + update_s``; ``wait_time``: how long each worker
+  waited for the slowest).
   The updates are those of the local a2c workers, bit for bit (the mean is summed in worker order).
 
 With one worker, a3c gives ``single``'s parameters. A simulated run is checkpointed when it ends (completed, stopped
@@ -32,6 +36,7 @@ import torch
 
 from algorithms.a2c import SyncLog
 from algorithms.checkpoint import make_checkpoint
+from algorithms.impala import Learner
 from algorithms.learner import (
     LocalLearner,
     NonFiniteGuard,
@@ -40,8 +45,8 @@ from algorithms.learner import (
     set_learning_rate,
 )
 from algorithms.parameter_server import ParameterServer, evaluation_statistics
-from algorithms.protocol import EpisodeRow, Push, Record, UpdateRow, to_wire
-from algorithms.rollout import Episode
+from algorithms.protocol import EpisodeRow, Push, Record, UnrollReady, UpdateRow, to_wire
+from algorithms.rollout import UNROLL_FIELDS, Episode, Unrolls, join_unrolls, unroll_from
 from algorithms.server import GlobalModel, evaluate_if_due
 
 
@@ -54,15 +59,17 @@ class CostModel:
         self.sim = sim
         self.rng = np.random.default_rng(cfg.seed)
         self.task_s = algo.n_steps * algo.num_envs * sim.env_step_s + algo.n_steps * sim.forward_s + sim.backward_s
+        self.update_s = sim.update_s  # one update's bookkeeping, paid by whoever runs the update
         self.message_s = sim.message_s + 4 * num_params * sim.byte_s + sim.latency_s  # one float32 vector
         speeds = list(sim.worker_speeds or [1.0])
         self.speeds = [float(speeds[worker % len(speeds)]) for worker in range(algo.num_workers)]
 
-    def task(self, worker: int) -> float:
-        """One task of ``worker``; both draws are made for every task, so a setting changes no other draw."""
+    def task(self, worker: int, nominal_s: float | None = None) -> float:
+        """One task of ``worker`` (``nominal_s`` at nominal speed, a rollout and its gradient by default); both draws
+        are made for every task, so a setting changes no other draw."""
         jitter, straggles = self.rng.normal(), self.rng.random() < self.sim.straggler_fraction
-        return (self.task_s * self.speeds[worker] * math.exp(self.sim.jitter_sigma * jitter)
-                * (self.sim.straggler_slowdown if straggles else 1.0))
+        return ((self.task_s if nominal_s is None else nominal_s) * self.speeds[worker]
+                * math.exp(self.sim.jitter_sigma * jitter) * (self.sim.straggler_slowdown if straggles else 1.0))
 
 
 class VirtualClock:
@@ -107,6 +114,8 @@ def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
     order they reach the server (or the lock), each worker then syncing to the parameters after its own."""
     global_model, learners, costs, clock = start(cfg, record)
     message_s = costs.message_s if messages else 0.0
+    # Who pays an update's bookkeeping: the parameter server per push (it queues pushes), a Hogwild worker itself.
+    worker_update_s, server_update_s = (0.0, costs.update_s) if messages else (costs.update_s, 0.0)
     server = ParameterServer(cfg, record, global_model)
     in_flight: list[tuple[float, int, Push]] = []  # (arrival time, worker, push): one push per worker
 
@@ -117,7 +126,7 @@ def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
         episodes, stats = learner.learn()
         push = Push(worker, version, to_wire(learner.model.flat_grads), stats, episodes, learner.steps, None,
                     synced_at, evaluation_statistics(learner))
-        heapq.heappush(in_flight, (synced_at + costs.task(worker) + message_s, worker, push))
+        heapq.heappush(in_flight, (synced_at + costs.task(worker) + worker_update_s + message_s, worker, push))
 
     try:
         for worker in range(len(learners)):
@@ -125,7 +134,7 @@ def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
         server_free = 0.0
         while in_flight:
             arrived, worker, push = heapq.heappop(in_flight)
-            server_free = clock.now = max(arrived, server_free) + cfg.sim.apply_s
+            server_free = clock.now = max(arrived, server_free) + cfg.sim.apply_s + server_update_s
             server.stop = record.stop_requested
             server.apply(push)
             evaluate_if_due(cfg, record, global_model, workers_done=not in_flight)
@@ -158,7 +167,7 @@ def run_synchronous(cfg: Any, record: Record) -> None:
             parts = [compute_part(cfg, learner, model.flat_params, gradients[worker], counters, costs, round_start)
                      for worker, learner in enumerate(learners)]
             last = max(part.arrived for part in parts)
-            clock.now = last + cfg.sim.apply_s
+            clock.now = last + cfg.sim.apply_s + costs.update_s
             lr = learning_rate(cfg.algo, counters.env_steps, cfg.total_env_steps)
             average_gradients(gradients, out=model.flat_grads)
             set_learning_rate(global_model.optimizer, lr)
@@ -198,3 +207,104 @@ def record_round(log: SyncLog, parts: list[Round], version: int, env_steps: int,
         log.add(worker, [UpdateRow(env_steps + steps, version, version, True, lr, **part.stats,
                                    wait_time=last - part.arrived)], episodes)
     log.record_complete()
+
+
+# --------------------------------------------------------------------------- impala: unrolls queue at one learner
+LEARNED, ACTED, ARRIVED = 0, 1, 2  # event kinds, in their order at one time: an actor starting when an update is
+# published acts with it (as a local actor waiting for it does)
+
+
+def run_impala(cfg: Any, record: Record) -> None:
+    simulation = SimulatedImpala(cfg, record)
+    try:
+        simulation.run()
+    finally:  # also after a failure: the parameters as they were before it (a non-finite one is refused)
+        close(simulation.actors)
+        record.save_checkpoint(simulation.global_model.checkpoint())
+
+
+class SimulatedImpala:
+    """impala's actors and learner on the virtual clock. An actor acts an unroll with the parameters published when
+    it starts (``delay`` versions behind, if set); the unroll costs its env steps, a forward pass per step and one
+    for the behaviour log-probabilities, then the actor starts the next one if a slot of its ``queue_depth`` is
+    free, while the unroll travels to the learner (one message of its bytes). The learner, a serial resource, takes
+    ``batch_size`` unrolls in arrival order and publishes ``batch_size * backward_s + apply_s + update_s`` later;
+    slots free when their unrolls are taken (with ``wait_for_update``, when the update is published). The learning
+    is the local learner's (:class:`~algorithms.impala.Learner`)."""
+
+    def __init__(self, cfg: Any, record: Record):
+        self.cfg, self.algo, self.record = cfg, cfg.algo, record
+        self.global_model, self.actors, self.costs, self.clock = start(cfg, record)
+        self.learner = Learner(cfg, record, self.global_model)
+        sim, algo = cfg.sim, cfg.algo
+        self.unroll_s = algo.n_steps * algo.num_envs * sim.env_step_s + (algo.n_steps + 1) * sim.forward_s
+        self.learn_s = algo.batch_size * sim.backward_s + sim.apply_s + sim.update_s
+        self.events: list[tuple[float, int, int, int, Any]] = []  # time, kind, worker, sequence, payload
+        self.sequence = 0  # the last tie-break: payloads are never compared
+        self.queue: list[tuple[UnrollReady, Unrolls]] = []  # arrived, in arrival order
+        self.held = [0] * algo.num_workers  # each actor's unrolls not yet taken (waiting for updates: not learned)
+        self.idle: set[int] = set()  # actors whose slots are all held
+        self.learning = False
+
+    def run(self) -> None:
+        for worker in range(self.algo.num_workers):
+            self.act(worker, self.costs.message_s)  # the initial parameters' broadcast
+        handlers = {LEARNED: self.learned, ACTED: self.acted, ARRIVED: self.arrived}
+        while self.events and not (self.learner.finished() or self.record.stop_requested):
+            time, kind, worker, _, payload = heapq.heappop(self.events)
+            self.clock.now = time
+            handlers[kind](time, worker, payload)
+
+    def push(self, time: float, kind: int, worker: int, payload: Any) -> None:
+        self.sequence += 1
+        heapq.heappush(self.events, (time, kind, worker, self.sequence, payload))
+
+    def act(self, worker: int, now: float) -> None:
+        """The actor's next unroll, acted now with the published parameters."""
+        actor = self.actors[worker]
+        version, params = self.global_model.params_for_worker()
+        actor.model.flat_params.copy_(params)
+        episodes = actor.collector.collect(actor.model)
+        unroll = unroll_from(actor.collector, actor.model).copy()
+        ready = UnrollReady(worker, 0, version, episodes, actor.steps, now, evaluation_statistics(actor))
+        self.held[worker] += 1
+        self.push(now + self.costs.task(worker, self.unroll_s), ACTED, worker, (ready, unroll))
+
+    def acted(self, now: float, worker: int, item: tuple[UnrollReady, Unrolls]) -> None:
+        unroll = item[1]
+        size = sum(getattr(unroll, name).numel() * getattr(unroll, name).element_size() for name in UNROLL_FIELDS)
+        self.push(now + self.cfg.sim.message_s + size * self.cfg.sim.byte_s + self.cfg.sim.latency_s, ARRIVED,
+                  worker, item)
+        if self.held[worker] < self.algo.queue_depth:
+            self.act(worker, now)
+        else:
+            self.idle.add(worker)
+
+    def arrived(self, now: float, worker: int, item: tuple[UnrollReady, Unrolls]) -> None:
+        self.queue.append(item)
+        self.take(now)
+
+    def take(self, now: float) -> None:
+        """The learner takes the oldest ``batch_size`` unrolls, if it is free and they are there."""
+        if self.learning or len(self.queue) < self.algo.batch_size:
+            return
+        batch, self.queue = self.queue[:self.algo.batch_size], self.queue[self.algo.batch_size:]
+        if not self.algo.wait_for_update:
+            self.release(batch, now)
+        self.learning = True
+        self.push(now + self.learn_s, LEARNED, -1, batch)
+
+    def learned(self, now: float, _: int, batch: list[tuple[UnrollReady, Unrolls]]) -> None:
+        self.learner.learn([ready for ready, _ in batch], join_unrolls([unroll for _, unroll in batch]))
+        self.learning = False
+        evaluate_if_due(self.cfg, self.record, self.global_model, workers_done=self.learner.finished())
+        if self.algo.wait_for_update:
+            self.release(batch, now)
+        self.take(now)
+
+    def release(self, batch: list[tuple[UnrollReady, Unrolls]], now: float) -> None:
+        for ready, _ in batch:
+            self.held[ready.worker] -= 1
+            if ready.worker in self.idle:
+                self.idle.discard(ready.worker)
+                self.act(ready.worker, now)

@@ -1,15 +1,27 @@
 """Measure ``backend=simulated``'s costs on this machine and write them as a ``sim`` profile.
 
-Each cost is the median of repeated timings of the real operation, for the run config the overrides compose
-(its env, model, ``n_steps`` and ``num_envs``):
+The costs are those of the run config the overrides compose (its env, model, ``n_steps`` and ``num_envs``).
+Those of an update are timed where they are paid, on the real update path: the loop of a one-worker a3c run
+(``HogwildWorker``'s sync, rollout, gradient and apply, then the update's rows recorded into a scratch run record),
+each cost the mean over ``--repeats`` updates past a warm-up:
 
-- ``forward_s``: one acting forward pass over a worker's ``num_envs`` observations;
 - ``env_step_s``: the rest of collecting a rollout, per env step: the env's step and the collector's bookkeeping
   (a rollout's time less its ``n_steps`` forward passes, over its ``n_steps * num_envs`` steps);
 - ``backward_s``: the loss, its gradient and the clipping for one rollout (``compute_gradients``);
 - ``apply_s``: the optimizer's step with one gradient;
-- ``message_s`` and ``byte_s``: half the round trip of a message through a process pipe, fitted over an empty
-  message and one of the model's parameters (``latency_s`` stays 0: one machine).
+- ``update_s``: the rest of the update, its bookkeeping: syncing the local model, the learning rate and the
+  non-finite guards, copying the gradient into the optimizer, and recording the update's and episodes' rows (each
+  update's time less its rollout, gradient and step).
+
+The others are medians of ``--repeats`` timings of the operation alone:
+
+- ``forward_s``: one acting forward pass over a worker's ``num_envs`` observations;
+- ``byte_s``: per byte of a message through a process pipe, fitted over round trips of an empty message and one
+  of the model's parameters' size;
+- ``message_s``: the rest of a message: half the round trip of a real parameter-server exchange (a worker's
+  :class:`~algorithms.protocol.Push` of its gradient, answered with a :class:`~algorithms.protocol.Reply` of
+  parameters, both pickled, converted to and from the wire and copied into the model as the real ones are) less
+  its bytes (``latency_s`` stays 0: one machine).
 
 The profile is a YAML file of ``sim.*`` values; written to ``conf/sim/NAME.yaml`` it is selected with
 ``+sim=NAME``, and values given on the command line still win::
@@ -21,10 +33,13 @@ The profile is a YAML file of ``sim.*`` values; written to ``conf/sim/NAME.yaml`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import multiprocessing as mp
 import platform
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +48,15 @@ from typing import Any
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from algorithms.learner import LocalLearner, compute_gradients, make_optimizer
-from algorithms.protocol import to_wire
+from algorithms.a3c import HogwildWorker
+from algorithms.config import RunConfig
+from algorithms.learner import LocalLearner, compute_gradients
+from algorithms.protocol import Push, Reply, from_wire, record_episodes, record_update, to_wire
+from algorithms.server import GlobalModel
 from experiments.config import ConfigError, validate
+from experiments.record import RunRecord
 from experiments.train import CONFIG_DIR
 
 
@@ -51,25 +70,39 @@ def median_seconds(operation: Callable[[], Any], repeats: int) -> float:
 
 
 def echo(conn: Any) -> None:
-    """The far end of the pipe: send every message back until ``None``."""
+    """The far end of the pipe, until ``None``: answer a :class:`Push` as the parameter server does, with a
+    :class:`Reply` of parameters (here the gradient's values) taken from and put on the wire; send anything else
+    back."""
     while (message := conn.recv()) is not None:
+        if isinstance(message, Push):
+            message = Reply(message.version_at_sync + 1, to_wire(from_wire(message.gradient)), False)
         conn.send(message)
 
 
-def message_costs(size: int, repeats: int) -> tuple[float, float]:
-    """(seconds per message, seconds per byte) of a one-way pipe message, from round trips of 0 and ``size``
-    bytes between two processes."""
+def message_costs(learner: LocalLearner, repeats: int) -> tuple[float, float]:
+    """(seconds per message, seconds per byte) of a one-way message between two processes: bytes from round
+    trips of empty and parameter-sized payloads, the rest from round trips of the real exchange, a ``Push`` of
+    ``learner``'s gradient (with its last rollout's statistics and episodes) answered by a ``Reply``."""
+    model = learner.model
+    episodes, stats = learner.learn()
+    size = len(to_wire(model.flat_params))
     context = mp.get_context("spawn")
     here, there = context.Pipe()
     process = context.Process(target=echo, args=(there,), daemon=True)
     process.start()
     try:
         def round_trip(payload: bytes) -> float:
-            return median_seconds(lambda: (here.send(payload), here.recv()), repeats) / 2
+            return median_seconds(lambda: (here.send(payload), here.recv()), repeats)
+
+        def exchange() -> None:  # the worker's side of parameter_server_worker
+            here.send(Push(0, 0, to_wire(model.flat_grads), stats, episodes, learner.steps, None, time.monotonic()))
+            model.flat_params.copy_(from_wire(here.recv().params))
 
         round_trip(b"")  # the first messages wake the process up
         empty, full = round_trip(b""), round_trip(bytes(size))
-        return empty, max(full - empty, 0.0) / size
+        byte_s = max(full - empty, 0.0) / (2 * size)
+        real = median_seconds(exchange, repeats)
+        return max(real / 2 - size * byte_s, 0.0), byte_s
     finally:
         here.send(None)
         process.join(timeout=10)
@@ -79,25 +112,72 @@ def measure(cfg: DictConfig, repeats: int) -> dict[str, float]:
     torch.set_num_threads(cfg.torch_threads)
     learner = LocalLearner(cfg, 0, 0)
     try:
-        model, collector, algo = learner.model, learner.collector, cfg.algo
+        model, collector = learner.model, learner.collector
         collector.collect(model)
-        observations = collector.current_obs
-        rng = np.random.default_rng(0)
-        optimizer = make_optimizer(model, algo)
-        message_s, byte_s = message_costs(len(to_wire(model.flat_params)), repeats)
+        observations, rng = collector.current_obs, np.random.default_rng(0)
         forward_s = median_seconds(lambda: model.act(observations, rng), repeats)
-        rollout_s = median_seconds(lambda: collector.collect(model), repeats)
-        return {
-            "env_step_s": max(rollout_s - algo.n_steps * forward_s, 0.0) / (algo.n_steps * algo.num_envs),
-            "forward_s": forward_s,
-            "backward_s": median_seconds(lambda: compute_gradients(model, collector.rollout, cfg.algo), repeats),
-            "apply_s": median_seconds(optimizer.step, repeats),
-            "message_s": message_s,
-            "byte_s": byte_s,
-            "latency_s": 0.0,
-        }
+        message_s, byte_s = message_costs(learner, repeats)
     finally:
         learner.close()
+    loop, algo = time_updates(cfg, repeats), cfg.algo
+    return {
+        "env_step_s": max(loop["rollout"] - algo.n_steps * forward_s, 0.0) / (algo.n_steps * algo.num_envs),
+        "forward_s": forward_s,
+        "backward_s": loop["gradient"],
+        "apply_s": loop["step"],
+        "message_s": message_s,
+        "byte_s": byte_s,
+        "latency_s": 0.0,
+        "update_s": loop["rest"],
+    }
+
+
+def time_updates(cfg: DictConfig, updates: int) -> dict[str, float]:
+    """Mean seconds of the parts of an update on the real update path, over ``updates`` updates past a warm-up:
+    the loop of a one-worker a3c run (``algorithms.a3c.train_one_worker``'s: ``HogwildWorker.step`` taken part by
+    part, then its rows recorded) with ``cfg``'s env, model and rollout, into a scratch run record. ``rollout``:
+    collecting one; ``gradient``: ``compute_gradients``; ``step``: the optimizer's step; ``rest``: everything
+    else in the update (syncing, the learning rate and guards, the gradient's copy, recording the rows), each
+    update's whole time less its three parts."""
+    warmup = max(2, updates // 4)
+    timed = OmegaConf.merge(cfg, {
+        "algo": {"name": "a3c", "mode": "hogwild", "num_workers": 1}, "backend": "local", "device": "cpu",
+        "total_env_steps": (warmup + updates) * cfg.algo.n_steps * cfg.algo.num_envs, "resume": False,
+        "quiet": True, "eval": {"episodes": 0}, "logger": {"wandb": {"mode": "disabled"}}})
+    run_cfg = RunConfig.from_config(OmegaConf.to_object(timed))
+    parts: dict[str, list[float]] = {"rollout": [], "gradient": [], "step": [], "rest": []}
+    with (tempfile.TemporaryDirectory(prefix="svrl-calibrate-") as scratch,
+          contextlib.redirect_stdout(sys.stderr),  # the record's summary line: stdout is the profile's
+          RunRecord(scratch, timed) as record):
+        worker = HogwildWorker(run_cfg, 0, GlobalModel(run_cfg, None, None, shared=False).state(), 0)
+        learner, optimizer_step, steps = worker.learner, worker.optimizer.step, []
+
+        def timed_step() -> None:
+            started = time.perf_counter()
+            optimizer_step()
+            steps.append(time.perf_counter() - started)
+
+        worker.optimizer.step = timed_step  # this worker's optimizer only
+        try:
+            for _ in range(warmup + updates):
+                started = time.perf_counter()
+                version = worker.sync()
+                collecting = time.perf_counter()
+                episodes = learner.collector.collect(learner.model)
+                computing = time.perf_counter()
+                stats = compute_gradients(learner.model, learner.collector.rollout, run_cfg.algo)
+                applying = time.perf_counter()
+                row = worker.apply(version, stats, episodes)
+                record_episodes(record, 0, int(row.env_steps) - learner.steps, episodes)
+                record_update(record, 0, row)
+                ended = time.perf_counter()
+                parts["rollout"].append(computing - collecting)
+                parts["gradient"].append(applying - computing)
+                parts["step"].append(steps[-1])
+                parts["rest"].append(ended - started - (applying - collecting) - steps[-1])
+        finally:
+            worker.close()
+    return {name: statistics.fmean(times[warmup:]) for name, times in parts.items()}
 
 
 def profile_text(costs: dict[str, float], overrides: list[str]) -> str:
@@ -112,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides of the run to calibrate for (env=..., algo=...)")
     parser.add_argument("--out", type=Path, required=True, help="the profile to write (conf/sim/NAME.yaml)")
-    parser.add_argument("--repeats", type=int, default=200, help="timings per cost (their median is kept)")
+    parser.add_argument("--repeats", type=int, default=200,
+                        help="timings per cost, and timed updates (medians and means are kept)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be positive")

@@ -31,6 +31,10 @@ from algorithms.config import RunConfig
 OPTIMIZERS = ("rmsprop", "adam", "rmsprop_tf")
 LR_SCHEDULES = ("constant", "linear")
 STALENESS_LR_SCALINGS = ("none", "inverse")
+CORRECTIONS = ("vtrace", "none", "truncated_is")
+# algo.* keys only algo=impala reads, with their defaults: any other algorithm refuses a change.
+IMPALA_DEFAULTS = {"batch_size": 1, "queue_depth": 2, "wait_for_update": False, "correction": "vtrace",
+                   "rho_bar": 1.0, "c_bar": 1.0}
 VECTOR_BACKENDS = ("sync", "async")
 START_METHODS = ("spawn", "forkserver", "fork")
 ACTIVATIONS = ("tanh", "relu")
@@ -242,10 +246,32 @@ def _validate_algo(algo: DictConfig) -> None:
     if algo.name == "a2c" and algo.mode == "workers":
         _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
                  "mode=workers steps each worker's envs in the worker (its process cannot start env subprocesses)")
-    if algo.name != "a3c":
+    if algo.name == "impala":
+        for key, default in (("max", None), ("lr_scaling", "none")):
+            _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],
+                     "is an a3c setting for stale gradients; impala's actors lag by algo.staleness.delay, and "
+                     "V-trace (algo.correction) corrects their unrolls")
+    elif algo.name != "a3c":
         for key, default in (("delay", 0), ("max", None), ("lr_scaling", "none")):
             _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],
                      f"controlled staleness is an a3c setting; algo={algo.name} applies every gradient fresh")
+    _validate_impala(algo)
+
+
+def _validate_impala(algo: DictConfig) -> None:
+    if algo.name != "impala":
+        for key, default in IMPALA_DEFAULTS.items():
+            _require(algo[key] == default, f"algo.{key}", algo[key],
+                     f"is an algo=impala setting (its learner's batch, queue and off-policy correction); "
+                     f"algo={algo.name} leaves it at {default}")
+        return
+    for key in ("batch_size", "queue_depth"):
+        _positive_int(f"algo.{key}", algo[key])
+    _one_of("algo.correction", algo.correction, CORRECTIONS)
+    for key in ("rho_bar", "c_bar"):
+        _require(math.isfinite(algo[key]) and algo[key] > 0, f"algo.{key}", algo[key], "must be a finite number > 0")
+    _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
+             "impala actor processes step their envs themselves (they cannot start env subprocesses)")
 
 
 def _validate_torso(model: DictConfig, env: DictConfig) -> None:
@@ -296,7 +322,7 @@ def _validate_ray(cfg: DictConfig) -> None:
 def _validate_simulated(cfg: DictConfig) -> None:
     sim = cfg.sim
     for key in ("env_step_s", "forward_s", "backward_s", "message_s", "byte_s", "latency_s", "apply_s",
-                "jitter_sigma"):
+                "update_s", "jitter_sigma"):
         _require(math.isfinite(sim[key]) and sim[key] >= 0, f"sim.{key}", sim[key], "must be a finite number >= 0")
     _require(0 <= sim.straggler_fraction <= 1, "sim.straggler_fraction", sim.straggler_fraction,
              "must be a probability, between 0 and 1")

@@ -48,7 +48,7 @@ from algorithms.checkpoint import (
 )
 from algorithms.evaluation import EvalSnapshot
 from experiments.blowup import BlowupWatch
-from experiments.columns import EVAL_COLUMNS, LOSS_STATS, METRIC_COLUMNS, RECORD_COLUMNS
+from experiments.columns import EVAL_COLUMNS, LOSS_STATS, METRIC_COLUMNS, OFF_POLICY_STATS, RECORD_COLUMNS
 from experiments.evaluations import Evaluations, Row
 
 RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas", "mujoco", "ale-py",
@@ -476,7 +476,7 @@ class RunRecord:
             self.policy_version = max(self.policy_version, version_at_apply + 1)
         else:
             self.dropped_updates += 1
-        for name in LOSS_STATS:
+        for name in (*LOSS_STATS, *OFF_POLICY_STATS):
             if name in stats:
                 interval.setdefault(name, []).append(stats[name])
         self._warn_blowups(worker, env_steps, stats)
@@ -586,7 +586,8 @@ class RunRecord:
             "return_mean": float(np.mean(returns)) if returns else math.nan,
             "return_max": float(np.max(returns)) if returns else math.nan,
             "length_mean": float(np.mean([length for _, length in self._recent])) if returns else math.nan,
-            **{name: float(np.mean(interval[name])) if interval.get(name) else math.nan for name in LOSS_STATS},
+            **{name: float(np.mean(interval[name])) if interval.get(name) else math.nan
+               for name in (*LOSS_STATS, *OFF_POLICY_STATS)},
             "lr": self._lr,
             "sps": (self.env_steps - previous_steps) / max(wall - previous_wall, 1e-9),
             "staleness_mean": float(staleness.mean()),

@@ -18,6 +18,7 @@ budget (``cpu_budget``, all CPUs by default): parallel runs must not distort eac
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -79,6 +80,8 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str
     """Run, resume or skip one job of a sweep; record its outcome; never raise for a failed run."""
     from experiments.record import RunFailed, checkpoint_paths  # here: planning a sweep must not load torch
 
+    restore_start_method()
+
     status = previous_status(run_dir)
     error = None
     if status == "completed":
@@ -124,3 +127,11 @@ class SweepSummary(Callback):
         print("\n".join(lines[2:]) + f"\nSweep summary written to {sweep_dir / SUMMARY_MARKDOWN}", flush=True)
         if counts["failed"]:
             sys.exit(1)
+
+
+def restore_start_method() -> None:
+    """Give multiprocessing back a start method that a spawned process can take. The joblib launcher runs jobs in
+    loky processes, whose default start method is ``loky``: a worker process spawned from there is told to set it
+    too and dies before it runs a line of ours (``cannot find context for 'loky'``)."""
+    if multiprocessing.get_start_method(allow_none=True) not in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("spawn", force=True)

@@ -88,11 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=30_000, help="env steps of every run")
+    parser.add_argument("--repeats", type=int, default=1000,
+                        help="the calibration's timings per cost and timed updates (experiments.calibrate --repeats)")
     parser.add_argument("--out", type=Path, help="write the table and every number here as JSON too")
     args = parser.parse_args(argv)
-    if args.steps < 1 or min(args.workers) < 1:
-        parser.error(f"--steps {args.steps} --workers {args.workers}: must be positive")
-    costs = measure(compose_run([*args.overrides, "algo=a3c"]), repeats=200)
+    if args.steps < 1 or min(args.workers) < 1 or args.repeats < 1:
+        parser.error(f"--steps {args.steps} --workers {args.workers} --repeats {args.repeats}: must be positive")
+    costs = measure(compose_run([*args.overrides, "algo=a3c"]), repeats=args.repeats)
     with tempfile.TemporaryDirectory(prefix="svrl-validate-") as scratch:
         rows = compare(args.overrides, args.schedules, args.workers, args.steps, costs, Path(scratch))
     print(table(rows))

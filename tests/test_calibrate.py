@@ -6,25 +6,40 @@ import json
 import math
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from algorithms.config import SimConfig
-from experiments.calibrate import main
+from experiments.calibrate import main, measure, time_updates
+from experiments.train import CONFIG_DIR
 
 
 def test_the_profile_has_every_measured_cost_and_loads_as_the_sim_config(tmp_path, capsys):
     out = tmp_path / "sim" / "here.yaml"
     main(["--out", str(out), "--repeats", "20", "env=cartpole", "algo=a3c"])
     profile = OmegaConf.load(out)
-    measured = ("forward_s", "backward_s", "apply_s", "message_s", "byte_s")
+    measured = ("forward_s", "backward_s", "apply_s", "update_s", "message_s", "byte_s")
     assert all(math.isfinite(profile[name]) and profile[name] > 0 for name in measured)
-    # a difference of two medians (a rollout less its forward passes), clamped at 0 should noise invert it
+    # a difference of timings (a rollout less its forward passes), clamped at 0 should noise invert it
     assert math.isfinite(profile.env_step_s) and profile.env_step_s >= 0
     assert profile.latency_s == 0
     assert profile.backward_s > profile.forward_s  # a gradient costs more than acting
     sim = OmegaConf.merge(OmegaConf.structured(SimConfig), profile)  # the schema takes every key and type
-    assert sim.apply_s == profile.apply_s and sim.straggler_fraction == 0.0
-    assert capsys.readouterr().out == out.read_text()
+    assert sim.apply_s == profile.apply_s and sim.update_s == profile.update_s and sim.straggler_fraction == 0.0
+    assert capsys.readouterr().out == out.read_text()  # the timed run's summary line stays off stdout
+
+
+def test_the_update_is_timed_part_by_part_on_the_real_path_of_any_schedule_s_config():
+    """An a2c config (two envs per worker) is timed as a one-worker a3c loop with its env, model and rollout: its
+    rollouts of 5 steps over 2 envs take longer than the 5 acting forward passes in them, and each part is real
+    work, the bookkeeping left over (update_s) included."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["env=cartpole", "algo=a2c", "algo.num_envs=2"])
+    loop = time_updates(cfg, 20)
+    assert set(loop) == {"rollout", "gradient", "step", "rest"}
+    assert all(math.isfinite(seconds) and seconds > 0 for seconds in loop.values())
+    costs = measure(cfg, repeats=20)
+    assert costs["env_step_s"] > 0 and costs["update_s"] > 0
 
 
 def test_a_bad_config_exits_with_status_2_before_measuring(tmp_path):
@@ -39,7 +54,9 @@ def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_pat
     out = tmp_path / "validation.json"
     validate_main(["--workers", "1", "--schedules", "a3c_parameter_server", "--steps", "1000", "--out", str(out),
                    "env=cartpole"])
-    (row,) = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    assert result["costs"]["update_s"] >= 0  # every calibrated cost reaches the simulated run
+    (row,) = result["rows"]
     assert (row["schedule"], row["workers"]) == ("a3c_parameter_server", 1)
     for run in ("real", "simulated"):  # one worker: never stale, on either clock
         assert row[run]["sps"] > 0 and row[run]["staleness_mean"] == row[run]["staleness_p95"] == 0

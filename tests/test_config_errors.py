@@ -18,7 +18,7 @@ from experiments.config import ConfigError, exit_on_config_error
 from experiments.plan import check_command_line, compose_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGOS = "one of a2c, a3c, single"
+ALGOS = "one of a2c, a3c, impala, single"
 
 # (command-line arguments, the key the message names, the value as the message shows it, words of the reason)
 BAD_INPUTS = [
@@ -64,7 +64,8 @@ BAD_INPUTS = [
     (["env=procgen"], "env", "'procgen'", "no such env config; one of acrobot, ant, atari_beam_rider, atari_breakout,"),
     (["logger=tensorboard"], "logger", "'tensorboard'", "no such logger config; one of wandb"),
     (["ray=remote"], "ray", "'remote'", "no such ray config; one of cluster, local"),
-    (["+experiment=nope"], "experiment", "'nope'", "one of demo, staleness, stragglers, sync_vs_async, worker_scaling"),
+    (["+experiment=nope"], "experiment", "'nope'",
+     "one of correction, demo, staleness, stragglers, sync_vs_async, worker_scaling"),
     (["-m", "+schedule=a2c,single"], "schedule", "'a2c'", "no such schedule config; one of a2c_vector"),
     (["-m", "+experiment=sync_vs_async", "suite=procgen"], "suite", "'procgen'",
      "one of atari, box2d, classic, minatar, mujoco"),

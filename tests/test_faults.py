@@ -32,10 +32,12 @@ SCHEDULES = {
     "hogwild-1": ["algo=a3c", "algo.num_workers=1"],
     "hogwild-2": ["algo=a3c", "algo.num_workers=2"],
     "parameter-server-2": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2"],
+    "impala-2": ["algo=impala", "algo.num_workers=2", "algo.batch_size=1"],
     "simulated-a2c-workers-2": ["algo=a2c", "algo.mode=workers", "algo.num_workers=2", "algo.num_envs=1",
                                 "backend=simulated"],
     "simulated-parameter-server-2": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2",
                                      "backend=simulated"],
+    "simulated-impala-2": ["algo=impala", "algo.num_workers=2", "algo.batch_size=1", "backend=simulated"],
 }
 DIVERGED = r"non-finite (policy_loss|value_loss) in worker [01]'s update at policy version \d+, env step \d+"
 
@@ -60,7 +62,7 @@ def test_a_nan_fails_the_run_at_once_naming_where_and_keeps_the_last_finite_chec
 
 
 @pytest.mark.parametrize("schedule", ["single", "a2c-vector", "hogwild-1", "hogwild-2", "parameter-server-2",
-                                      "simulated-parameter-server-2"])
+                                      "impala-2", "simulated-parameter-server-2", "simulated-impala-2"])
 def test_skip_update_drops_each_non_finite_update_records_it_and_goes_on(run_dir, schedule):
     record = train_run(run_dir, *SCHEDULES[schedule], NAN_ENV, *FAST, "algo.on_nonfinite=skip_update")
     assert record.status == "completed"
@@ -83,7 +85,7 @@ def test_skip_update_fails_after_too_many_non_finite_updates_in_a_row(run_dir):
     assert applied[-3:] == ["0", "0", "0"] and read_meta(run_dir)["status"] == "failed"
 
 
-@pytest.mark.parametrize("schedule", ["a2c-workers", "hogwild-2", "parameter-server-2"])
+@pytest.mark.parametrize("schedule", ["a2c-workers", "hogwild-2", "parameter-server-2", "impala-2"])
 def test_a_sigkilled_trainer_resumes_with_every_policy_version_recorded_once(tmp_path, schedule):
     run_dir, shared_memory_before = tmp_path / "run", shared_memory_entries()
     args = [*SCHEDULES[schedule], "env=cartpole", "checkpoint_interval=1000", "log_interval=250", "quiet=true",

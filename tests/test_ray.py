@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PS = ["algo=a3c", "algo.mode=parameter_server", "backend=ray", "log_interval=500"]
 EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"
 WORKERS = ["algo=a2c", "algo.mode=workers", "algo.num_envs=1", "backend=ray", "log_interval=500"]
+IMPALA = ["algo=impala", "backend=ray", "log_interval=500"]
 
 
 # --------------------------------------------------------------------------- config (no cluster)
@@ -281,6 +282,20 @@ def test_a_resumed_synchronous_run_gives_the_local_backends_resumed_run(cluster,
     assert [row["update"] for row in updates(tmp_path / "mixed")] == list(range(1, 161))
 
 
+def test_impala_actors_give_the_local_impala_run(cluster, tmp_path):
+    # One actor acting again only after its unroll's update: the same schedule on both transports, bit for bit.
+    common = ["algo=impala", "algo.num_workers=1", "algo.queue_depth=1", "algo.wait_for_update=true", "seed=4",
+              "total_env_steps=1000", "log_interval=500", "algo.staleness.delay=2"]
+    train_run(tmp_path / "local", *common)
+    record = train_run(tmp_path / "ray", *common, "backend=ray", "eval.episodes=2")
+    assert record.status == "completed" and record.policy_version == 200
+    assert_same_training(tmp_path / "local", tmp_path / "ray")
+    assert [row["staleness"] for row in updates(tmp_path / "ray")] == [min(version, 2) for version in range(200)]
+    (final,) = read_csv(tmp_path / "ray" / "evals.csv")
+    assert (final["env_steps"], final["policy_version"]) == ("1000", "200")
+    assert wait_gone(started_pids(tmp_path / "ray")) == []
+
+
 def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cluster, run_dir):
     # Acrobot normalizes observations: worker 0's statistics travel with its pushes to the evaluations
     record = train_run(run_dir, *PS, "algo.num_workers=2", "algo.staleness.delay=1", "total_env_steps=2000",
@@ -314,7 +329,7 @@ def kill_a_worker_once_running(run_dir: Path, killed: list[int]) -> threading.Th
     return thread
 
 
-@pytest.mark.parametrize("algo", [PS, WORKERS], ids=["parameter_server", "workers"])
+@pytest.mark.parametrize("algo", [PS, WORKERS, IMPALA], ids=["parameter_server", "workers", "impala"])
 def test_a_killed_worker_actor_is_restarted_resynced_and_recorded(cluster, run_dir, algo):
     killed: list[int] = []
     thread = kill_a_worker_once_running(run_dir, killed)
@@ -329,7 +344,7 @@ def test_a_killed_worker_actor_is_restarted_resynced_and_recorded(cluster, run_d
     assert restart["worker"] == 0 and restart["restart"] == 1 and restart["pid"] != killed[0]
     assert not alive(killed[0])
     rows = updates(run_dir)
-    if "algo=a3c" in algo:
+    if "algo=a3c" in algo or "algo=impala" in algo:
         check_applied_versions(rows)
     # the restarted worker trains on (well past any gradient it had in flight when it died)
     assert len([row for row in rows if row["worker"] == 0 and row["env_steps"] > restart["env_steps"] + 1000]) >= 20
@@ -370,14 +385,15 @@ def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(cluster, 
     assert wait_gone(started_pids(run_dir)) == []
 
 
-@pytest.mark.parametrize("schedule", ["parameter_server", "workers"])
+@pytest.mark.parametrize("schedule", ["parameter_server", "workers", "impala"])
 def test_a_diverged_ray_run_fails_at_once_naming_the_update_and_keeps_a_finite_checkpoint(cluster, run_dir, schedule):
     # Each worker's env gives a NaN reward on its 100th step: the server refuses that update and stops the run.
     shared_memory_before = shared_memory_entries()
     with pytest.raises(NonFiniteUpdate, match=r"non-finite (policy_loss|value_loss) in worker [01]'s update at "
                                               r"policy version \d+, env step \d+ \(algo.on_nonfinite=fail\)"):
-        train_run(run_dir, *(PS if schedule == "parameter_server" else WORKERS), "algo.num_workers=2",
-                  "env.id=tests.exploding_env:NaNRewardCartPole-v0", "total_env_steps=2000", "checkpoint_interval=100")
+        train_run(run_dir, *{"parameter_server": PS, "workers": WORKERS, "impala": IMPALA}[schedule],
+                  "algo.num_workers=2", "env.id=tests.exploding_env:NaNRewardCartPole-v0", "total_env_steps=2000",
+                  "checkpoint_interval=100")
     meta = read_meta(run_dir)
     assert meta["status"] == "failed" and meta["error"].startswith("NonFiniteUpdate")
     saved = checkpoint(run_dir)

@@ -93,7 +93,47 @@ def test_simulated_time_is_the_cost_model_s(tmp_path):
     sim, algo = record.cfg.sim, record.cfg.algo
     task = algo.n_steps * sim.env_step_s + algo.n_steps * sim.forward_s + sim.backward_s
     walls = [float(row["wall_time"]) for row in read_csv(tmp_path / "run" / "updates.csv")]
-    assert walls == pytest.approx([0.01 + (update + 1) * (task + 0.01 + sim.apply_s) + update * 0.01
+    assert walls == pytest.approx([0.01 + (update + 1) * (task + 0.01 + sim.apply_s + sim.update_s) + update * 0.01
                                    for update in range(len(walls))])
     assert WALL_CLOCK <= set(read_csv(tmp_path / "run" / "metrics.csv")[0])
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["env_steps"] == 500
+
+
+def walls_by_update(run_dir) -> tuple[list[float], list[int]]:
+    """Every update row's virtual wall time and the update (policy version) it belongs to."""
+    rows = read_csv(run_dir / "updates.csv")
+    return [float(row["wall_time"]) for row in rows], [int(row["version_at_apply"]) for row in rows]
+
+
+@pytest.mark.parametrize("schedule", [("a3c", "hogwild", 1), ("a3c", "parameter_server", 1), ("a2c", "workers", 2)])
+def test_every_update_pays_update_s_once(tmp_path, schedule):
+    """Raising sim.update_s by d delays the k-th update (an a2c round) by exactly k d, and changes nothing learned."""
+    algo, mode, workers = schedule
+    setting = [*SIMULATED, f"algo={algo}", f"algo.mode={mode}", f"algo.num_workers={workers}",
+               "total_env_steps=600"]
+    train_run(tmp_path / "free", *setting, "sim.update_s=0")
+    train_run(tmp_path / "paid", *setting, "sim.update_s=0.01")
+    assert records(tmp_path / "free") == records(tmp_path / "paid")  # time never changes what is learned
+    (free, versions), (paid, _) = walls_by_update(tmp_path / "free"), walls_by_update(tmp_path / "paid")
+    assert len(set(versions)) == 600 // (5 * workers)
+    assert [late - early for early, late in zip(free, paid, strict=True)] == pytest.approx(
+        [0.01 * (version + 1) for version in versions], rel=1e-9)
+    assert read_meta(tmp_path / "paid")["cost_model"]["update_s"] == 0.01
+
+
+def test_the_server_pays_update_s_per_push_and_hogwild_workers_each_pay_their_own(tmp_path):
+    """Two workers, update_s far above a task: parameter-server pushes queue for apply_s + update_s each, while
+    Hogwild workers pay it in parallel, each updating every task + update_s + apply_s."""
+    setting = [*SIMULATED, "algo=a3c", "algo.num_workers=2", "total_env_steps=400", "sim.update_s=0.02",
+               "sim.message_s=0.001", "sim.byte_s=0"]
+    train_run(tmp_path / "server", *setting, "algo.mode=parameter_server")
+    record = train_run(tmp_path / "hogwild", *setting, "algo.mode=hogwild")
+    sim, algo = record.cfg.sim, record.cfg.algo
+    task = algo.n_steps * sim.env_step_s + algo.n_steps * sim.forward_s + sim.backward_s
+    walls, _ = walls_by_update(tmp_path / "server")
+    assert np.diff(walls) == pytest.approx([sim.apply_s + sim.update_s] * (len(walls) - 1), rel=1e-9)
+    rows = read_csv(tmp_path / "hogwild" / "updates.csv")
+    for worker in ("0", "1"):
+        mine = [float(row["wall_time"]) for row in rows if row["worker"] == worker]
+        assert np.diff(mine) == pytest.approx([task + sim.update_s + sim.apply_s] * (len(mine) - 1), rel=1e-9)
+    assert float(rows[-1]["wall_time"]) < 0.6 * walls[-1]  # twice the parallelism, for as many updates

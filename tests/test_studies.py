@@ -12,7 +12,7 @@ from tests.conftest import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(path.stem for path in Path(CONF_DIR, "experiment").glob("*.yaml"))
-ALL_SCHEDULES = {"single", "a2c/vector", "a2c/workers", "a3c/hogwild", "a3c/parameter_server"}
+ALL_SCHEDULES = {"single", "a2c/vector", "a2c/workers", "a3c/hogwild", "a3c/parameter_server", "impala/actor_learner"}
 
 
 def schedule(job) -> str:
@@ -20,7 +20,7 @@ def schedule(job) -> str:
 
 
 def test_the_documented_studies_exist():
-    assert set(STUDIES) >= {"sync_vs_async", "worker_scaling", "staleness", "demo"}
+    assert set(STUDIES) >= {"sync_vs_async", "worker_scaling", "staleness", "correction", "demo"}
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -52,8 +52,8 @@ def test_a_study_runs_on_another_suite_and_the_command_line_wins():
 def test_worker_scaling_sweeps_worker_counts_of_the_multi_process_schedules():
     _, jobs = compose_jobs(["+experiment=worker_scaling"])
     cells = {(schedule(job), job.algo.num_workers) for job in jobs}
-    assert cells == {(name, workers) for name in ("a2c/workers", "a3c/hogwild", "a3c/parameter_server")
-                     for workers in (1, 2, 4, 8, 16)}
+    schedules = ("a2c/workers", "a3c/hogwild", "a3c/parameter_server", "impala/actor_learner")
+    assert cells == {(name, workers) for name in schedules for workers in (1, 2, 4, 8, 16)}
     assert len(jobs) == len(cells) * 3
 
 
@@ -84,9 +84,9 @@ def test_plan_prints_each_jobs_config_and_what_a_rerun_would_do(tmp_path):
     (done / "meta.json").write_text('{"status": "completed"}')
     result = plan("+experiment=demo", "--cfg", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("# job: ") == 15
-    assert result.stdout.count("total_env_steps: 50000") == 15
-    assert "15 jobs (14 to run, 1 already completed), 700,000 env steps to run" in result.stdout
+    assert result.stdout.count("# job: ") == 18
+    assert result.stdout.count("total_env_steps: 50000") == 18
+    assert "18 jobs (17 to run, 1 already completed), 850,000 env steps to run" in result.stdout
     assert not any(path.name != "sweep" for path in tmp_path.iterdir()), "planning must create nothing"
 
 
@@ -101,7 +101,7 @@ def test_the_stragglers_study_simulates_sync_against_async_as_stragglers_grow():
     _, jobs = compose_jobs(["+experiment=stragglers"])
     assert {job.backend for job in jobs} == {"simulated"} and {job.algo.num_workers for job in jobs} == {16}
     cells = {(schedule(job), job.sim.straggler_fraction, job.seed) for job in jobs}
-    assert cells == {(name, fraction, seed) for name in ("a2c/workers", "a3c/parameter_server")
+    assert cells == {(name, fraction, seed) for name in ("a2c/workers", "a3c/parameter_server", "impala/actor_learner")
                      for fraction in (0.0, 0.05, 0.1, 0.2, 0.4) for seed in (0, 1, 2)}
     assert {job.sim.straggler_slowdown for job in jobs} == {4.0}
 
@@ -109,3 +109,12 @@ def test_the_stragglers_study_simulates_sync_against_async_as_stragglers_grow():
 def test_worker_scaling_runs_on_simulated_workers_up_to_256():
     _, jobs = compose_jobs(["+experiment=worker_scaling", "backend=simulated", "algo.num_workers=1,16,64,256"])
     assert {job.backend for job in jobs} == {"simulated"} and {job.algo.num_workers for job in jobs} == {1, 16, 64, 256}
+
+
+def test_correction_injects_every_lag_with_and_without_v_trace_into_one_lockstep_actor():
+    _, jobs = compose_jobs(["+experiment=correction"])
+    assert {schedule(job) for job in jobs} == {"impala/actor_learner"}
+    cells = {(job.algo.staleness.delay, job.algo.correction) for job in jobs}
+    assert cells == {(delay, correction) for delay in (0, 4, 16, 64) for correction in ("vtrace", "none")}
+    assert len(jobs) == len(cells) * 3
+    assert {(job.algo.num_workers, job.algo.batch_size, job.algo.wait_for_update) for job in jobs} == {(1, 1, True)}

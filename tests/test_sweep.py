@@ -96,6 +96,16 @@ def test_parallel_launcher_is_limited_to_the_cpu_budget(tmp_path):
     assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False))  # one at a time
 
 
+def test_parallel_jobs_start_worker_processes(tmp_path):
+    # Jobs of the joblib launcher run in loky processes, from which a spawned worker must still start.
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cpu_budget=4",
+                       "+schedule=a3c_hogwild,impala", "total_env_steps=1000", "log_interval=500")
+    assert result.returncode == 0, result.stderr
+    assert set(summary(sweep_dir).values()) == {"completed"} and len(summary(sweep_dir)) == 2
+    assert not any(path.name.count("cpu_budget") for path in sweep_dir.iterdir())  # not part of a run's name
+
+
 def test_slurm_launcher_config_composes(tmp_path):
     result = subprocess.run([sys.executable, "-m", "experiments.train", "hydra/launcher=slurm", "--cfg",
                              "hydra"], cwd=tmp_path, capture_output=True, text=True, timeout=120,

@@ -1,0 +1,227 @@
+"""IMPALA (Espeholt et al. 2018): actors make trajectories stale, the learner corrects for it with V-trace.
+
+``num_workers`` actor processes each step ``num_envs`` envs. At the start of every unroll an actor copies the
+latest parameters the learner published (a :class:`~algorithms.shared_memory.ParameterBoard`, ``staleness.delay``
+versions behind if set), acts ``n_steps`` steps without autograd, writes the unroll with its behaviour
+log-probabilities into one of its ``queue_depth`` preallocated shared-memory slots (:class:`UnrollSlots`) and
+tells the learner which slot and which policy version (:class:`~algorithms.protocol.UnrollReady`, a few bytes:
+the arrays never travel through a pipe). An actor whose slots are all waiting for the learner waits too, so
+the queue is bounded. The learner (the trainer process, on ``device``) takes unrolls in the order they were
+sent, ``batch_size`` at a time, computes the corrected loss (``algo.correction``;
+:func:`~algorithms.learner.off_policy_gradients`), steps the optimizer and publishes the new parameters.
+
+Every unroll is one row of ``updates.csv``: ``version_at_sync`` is the version it was acted with,
+``version_at_apply`` the version its update was applied to. With one actor, ``batch_size=1`` and
+``wait_for_update`` (the actor acts again only once its unroll's update is published), the schedule is
+``single``'s: on-policy V-trace with lambda 1 is the n-step advantage, and the parameters agree to float32
+rounding (the learner computes the values in one batched pass, ``single`` while acting).
+
+An actor that dies is restarted from the current parameters (``algo.max_restarts``); the unrolls it had sent are
+kept. Checkpoints hold the learner's state; resumed actors start fresh episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing import connection
+from typing import Any
+
+import torch
+
+from algorithms.envs import make_vector_env
+from algorithms.learner import (
+    LocalLearner,
+    NonFiniteGuard,
+    build_collector,
+    learner_device,
+    learning_rate,
+    off_policy_gradients,
+    set_learning_rate,
+)
+from algorithms.parameter_server import evaluation_statistics, keep_statistics
+from algorithms.protocol import Record, SlotFree, UnrollReady, UpdateRow, record_episodes, record_update
+from algorithms.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
+from algorithms.server import GlobalModel, evaluate_if_due, tend_workers
+from algorithms.shared_memory import ParameterBoard
+from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
+
+
+class UnrollSlots:
+    """``queue_depth`` unroll slots per actor in shared memory, laid out as an actor's collector lays out its
+    rollout. Slot ``(worker, slot)`` is written by that actor alone, and read by the learner only after the
+    actor announced it; the learner hands it back with :class:`~algorithms.protocol.SlotFree`."""
+
+    def __init__(self, cfg: Any):
+        envs = make_vector_env(cfg.env, cfg.algo.num_envs)
+        try:
+            rollout = build_collector(cfg, envs, 0).rollout
+        finally:
+            envs.close()
+        lead = (cfg.algo.num_workers, cfg.algo.queue_depth)
+        layout = {name: getattr(rollout, name) for name in UNROLL_FIELDS if hasattr(rollout, name)}
+        layout["behaviour_log_probs"] = rollout.rewards
+        layout["bootstrap_obs"] = rollout.obs[0]
+        self.tensors = {name: torch.zeros(lead + like.shape, dtype=like.dtype).share_memory_()
+                        for name, like in layout.items()}
+
+    def write(self, worker: int, slot: int, unroll: Unrolls) -> None:
+        for name, tensor in self.tensors.items():
+            tensor[worker, slot].copy_(getattr(unroll, name))
+
+    def gather(self, unrolls: list[UnrollReady]) -> Unrolls:
+        """The announced unrolls side by side (their envs concatenated), copied out of their slots."""
+        return join_unrolls([self.unroll_in(unroll.worker, unroll.slot) for unroll in unrolls])
+
+    def unroll_in(self, worker: int, slot: int) -> Unrolls:
+        return Unrolls(**{name: tensor[worker, slot] for name, tensor in self.tensors.items()})
+
+
+# --------------------------------------------------------------------------- the actor process
+class Inbox:
+    """An actor's free slots, replenished by the learner's :class:`~algorithms.protocol.SlotFree` answers;
+    ``None`` from the learner stops the actor."""
+
+    def __init__(self, conn: connection.Connection, free_slots: list[int]):
+        self.conn, self.free, self.stopped = conn, list(free_slots), False
+
+    def take(self) -> int | None:
+        """A free slot, waiting for one only when none is free; None once the learner said stop."""
+        while not self.stopped and (self.conn.poll() or not self.free):
+            self._receive()
+        return None if self.stopped else self.free.pop(0)
+
+    def wait_for(self, slot: int) -> None:
+        """Wait until the learner hands ``slot`` back (or says stop)."""
+        while not self.stopped and slot not in self.free:
+            self._receive()
+
+    def _receive(self) -> None:
+        message = self.conn.recv()
+        if message is None:
+            self.stopped = True
+        else:
+            self.free.append(message.slot)
+
+
+def actor_loop(cfg: Any, worker: int, conn: connection.Connection, slots: UnrollSlots, board: ParameterBoard,
+               free_slots: list[int], env_steps: int) -> None:
+    """An actor process: read the parameters -> act one unroll -> write it into a free slot -> announce it."""
+    actor = LocalLearner(cfg, worker, env_steps)
+    inbox = Inbox(conn, free_slots)
+    try:
+        while (slot := inbox.take()) is not None:
+            version = board.read_into(actor.model.flat_params)
+            episodes = actor.collector.collect(actor.model)
+            slots.write(worker, slot, unroll_from(actor.collector, actor.model))
+            conn.send(UnrollReady(worker, slot, version, episodes, actor.steps, time.monotonic(),
+                                  evaluation_statistics(actor)))
+            if cfg.algo.wait_for_update:
+                inbox.wait_for(slot)
+    finally:
+        actor.close()
+
+
+# --------------------------------------------------------------------------- the learner
+class Learner:
+    """The learner over any transport (slots here, Ray calls in ``ray_backend``): one update from a batch of unrolls,
+    the new parameters published, and a row recorded per unroll."""
+
+    def __init__(self, cfg: Any, record: Record, global_model: GlobalModel):
+        self.cfg, self.algo, self.record, self.global_model = cfg, cfg.algo, record, global_model
+        self.guard = NonFiniteGuard(cfg.algo, worker=0)
+
+    def finished(self) -> bool:
+        return self.global_model.counters.env_steps >= self.cfg.total_env_steps
+
+    def learn(self, batch: list[UnrollReady], unrolls: Unrolls) -> None:
+        """Step with the corrected loss on ``unrolls`` (announced by ``batch``, in that order), then record."""
+        model, counters = self.global_model, self.global_model.counters
+        version, env_steps = counters.version, counters.env_steps
+        steps = sum(unroll.steps for unroll in batch)
+        lr = learning_rate(self.algo, env_steps, self.cfg.total_env_steps)
+        stats, importance_ratio = off_policy_gradients(model.model, unrolls, self.algo)
+        applied = self.guard.admits(stats, version, env_steps + steps)
+        if applied:
+            set_learning_rate(model.optimizer, lr)
+            model.optimizer.step()
+            self.guard.check_parameters(model.model.flat_params, version, env_steps + steps)
+            if model.snapshots is not None:
+                model.snapshots.record(version + 1, model.model.flat_params)
+        counters.version, counters.env_steps = version + applied, env_steps + steps
+        for unroll in batch:
+            keep_statistics(model, unroll)
+            record_episodes(self.record, unroll.worker, env_steps, unroll.episodes)
+            env_steps += unroll.steps
+        for unroll in batch:  # all at the update's env step, as a synchronous round's rows
+            record_update(self.record, unroll.worker, UpdateRow(counters.env_steps, unroll.version, version, applied,
+                                                                lr, **stats), importance_ratio=importance_ratio)
+
+
+class SlotQueue:
+    """The local transport: announced unrolls wait here in the order they were sent, their arrays in their actors'
+    slots, until the learner takes ``batch_size`` of them; new parameters go on the board."""
+
+    def __init__(self, cfg: Any, learner: Learner):
+        self.algo, self.learner, self.slots = cfg.algo, learner, UnrollSlots(cfg)
+        self.board = ParameterBoard(*learner.global_model.params_for_worker())
+        self.pending: list[UnrollReady] = []
+        self.stopped = False  # the actors were told to stop
+
+    def free_slots(self, worker: int) -> list[int]:
+        """A (re)starting actor's free slots: those holding none of its unrolls still waiting here."""
+        waiting = {unroll.slot for unroll in self.pending if unroll.worker == worker}
+        return [slot for slot in range(self.algo.queue_depth) if slot not in waiting]
+
+    def receive(self, unroll: UnrollReady) -> None:
+        if not self.stopped:
+            self.pending.append(unroll)
+
+    def update_if_ready(self, supervisor: Supervisor) -> bool:
+        """One update from the oldest ``batch_size`` waiting unrolls, if there are that many; whether it made one."""
+        if len(self.pending) < self.algo.batch_size or self.stopped or self.learner.finished():
+            return False
+        batch, self.pending = self.pending[:self.algo.batch_size], self.pending[self.algo.batch_size:]
+        unrolls = self.slots.gather(batch)
+        if not self.algo.wait_for_update:
+            self._hand_back(batch, supervisor)
+        self.learner.learn(batch, unrolls)
+        self.board.publish(*self.learner.global_model.params_for_worker())
+        if self.algo.wait_for_update:
+            self._hand_back(batch, supervisor)
+        return True
+
+    def _hand_back(self, batch: list[UnrollReady], supervisor: Supervisor) -> None:
+        for unroll in batch:
+            supervisor.send(unroll.worker, SlotFree(unroll.slot))
+
+    def stop_actors(self, supervisor: Supervisor) -> None:
+        self.stopped = True
+        for worker in range(self.algo.num_workers):
+            supervisor.send(worker, None)
+
+
+def run(cfg: Any, record: Record) -> None:
+    """Start the actors, then learn from their unrolls and supervise them until the budget or a stop."""
+    torch.set_num_threads(cfg.torch_threads)
+    algo = cfg.algo
+    global_model = GlobalModel(cfg, record.resume_state, None, shared=False, device=learner_device(cfg))
+    counters, learner = global_model.counters, Learner(cfg, record, global_model)
+    queue = SlotQueue(cfg, learner)
+    with WorkerProcesses(algo.start_method) as processes:
+        supervisor = Supervisor(cfg, record, processes, actor_loop,
+                                lambda worker: (queue.slots, queue.board, queue.free_slots(worker), counters.env_steps),
+                                RestartPolicy(record, algo.max_restarts), lambda: counters.env_steps)
+        try:
+            supervisor.start_all()
+            while supervisor.running():
+                for _, unroll in sorted(supervisor.messages(POLL_S), key=lambda item: item[1].sent_at):
+                    queue.receive(unroll)
+                while queue.update_if_ready(supervisor):
+                    supervisor.progressed()
+                if not queue.stopped and (record.stop_requested or learner.finished()):
+                    queue.stop_actors(supervisor)
+                tend_workers(cfg, record, global_model, supervisor, finishing=queue.stopped)
+        finally:
+            processes.stop()
+            record.save_checkpoint(global_model.checkpoint())
+    evaluate_if_due(cfg, record, global_model, workers_done=True)
