@@ -267,6 +267,9 @@ def _validate_impala(algo: DictConfig) -> None:
         return
     for key in ("batch_size", "queue_depth"):
         _positive_int(f"algo.{key}", algo[key])
+    _require(algo.batch_size <= algo.num_workers * algo.queue_depth, "algo.batch_size", algo.batch_size,
+             f"the learner would wait forever: at most algo.num_workers x algo.queue_depth = "
+             f"{algo.num_workers * algo.queue_depth} unrolls can wait for it")
     _one_of("algo.correction", algo.correction, CORRECTIONS)
     for key in ("rho_bar", "c_bar"):
         _require(math.isfinite(algo[key]) and algo[key] > 0, f"algo.{key}", algo[key], "must be a finite number > 0")

@@ -216,6 +216,7 @@ def test_simulated_actors_are_bit_reproducible_at_64_with_stragglers(tmp_path):
     (["algo=impala", "algo.correction=retrace"], "algo.correction"),
     (["algo=impala", "algo.batch_size=0"], "algo.batch_size"),
     (["algo=impala", "algo.queue_depth=0"], "algo.queue_depth"),
+    (["algo=impala", "algo.num_workers=1", "algo.queue_depth=1", "algo.batch_size=2"], "algo.batch_size"),
     (["algo=impala", "algo.rho_bar=0"], "algo.rho_bar"),
     (["algo=impala", "algo.c_bar=nan"], "algo.c_bar"),
     (["algo=impala", "algo.staleness.max=4"], "algo.staleness.max"),

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PS = ["algo=a3c", "algo.mode=parameter_server", "backend=ray", "log_interval=500"]
 EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"
 WORKERS = ["algo=a2c", "algo.mode=workers", "algo.num_envs=1", "backend=ray", "log_interval=500"]
-IMPALA = ["algo=impala", "backend=ray", "log_interval=500"]
+IMPALA = ["algo=impala", "algo.batch_size=1", "backend=ray", "log_interval=500"]
 
 
 # --------------------------------------------------------------------------- config (no cluster)
@@ -284,8 +284,9 @@ def test_a_resumed_synchronous_run_gives_the_local_backends_resumed_run(cluster,
 
 def test_impala_actors_give_the_local_impala_run(cluster, tmp_path):
     # One actor acting again only after its unroll's update: the same schedule on both transports, bit for bit.
-    common = ["algo=impala", "algo.num_workers=1", "algo.queue_depth=1", "algo.wait_for_update=true", "seed=4",
-              "total_env_steps=1000", "log_interval=500", "algo.staleness.delay=2"]
+    common = ["algo=impala", "algo.num_workers=1", "algo.batch_size=1", "algo.queue_depth=1",
+              "algo.wait_for_update=true", "seed=4", "total_env_steps=1000", "log_interval=500",
+              "algo.staleness.delay=2"]
     train_run(tmp_path / "local", *common)
     record = train_run(tmp_path / "ray", *common, "backend=ray", "eval.episodes=2")
     assert record.status == "completed" and record.policy_version == 200
