@@ -5,6 +5,10 @@ Hogwild, the parameter server) at each worker count twice with the same settings
 processes, and on ``backend=simulated`` with the calibrated costs. It reports both steady rates (env steps per
 second past the warm-up; virtual seconds for the simulation) and their ratio, and both staleness distributions
 (mean and 95th percentile). Run it on a quiet machine: other load slows the real runs, not the simulated ones.
+Quiet means no other busy process at all, whatever its niceness: with the kernel's autogroups (on by default),
+a busy process of another session at nice 19 competes as an equal of this whole session, and a2c's barrier
+and the parameter server's replies suffer most (each wakes a process that slept). Even then this machine's speed
+varies between runs, so compare several tables before reading a ratio.
 
     python -m experiments.validate_simulation --workers 1 2 --steps 30000 env=cartpole
 """
