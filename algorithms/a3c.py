@@ -33,7 +33,7 @@ from algorithms.protocol import (
 from algorithms.rollout import Episode
 from algorithms.server import GlobalModel, GlobalState, apply_gradient, evaluate_if_due, tend_workers
 from algorithms.shared_memory import SharedRows, attach_optimizer_state
-from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
+from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses, uninterruptible
 
 
 def run_hogwild(cfg: Any, record: Record) -> None:
@@ -87,9 +87,9 @@ class HogwildWorker:
         """Step the global model with the local gradient (or drop it), then take the version it was applied to
         and advance the env steps. With ``lock`` all of it holds the lock; lock-free, only taking the version,
         and ``report(row, episodes)``, so that a checkpoint taken under the lock accounts for exactly the rows
-        reported before it."""
+        reported before it. A stopping trainer's SIGTERM waits for the row (:func:`uninterruptible`)."""
         state, counters = self.state, self.state.counters
-        with state.locked(self.worker) if self.algo.lock else contextlib.nullcontext():
+        with uninterruptible(), state.locked(self.worker) if self.algo.lock else contextlib.nullcontext():
             lr = learning_rate(self.algo, counters.env_steps, self.cfg.total_env_steps)
             version, env_steps = counters.version, counters.env_steps + self.learner.steps  # for messages
             applied = self.guard.admits(stats, version, env_steps)

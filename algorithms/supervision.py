@@ -9,13 +9,14 @@ process is stopped (terminate, then kill) by :class:`WorkerProcesses`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import connection
 from typing import Any
@@ -115,10 +116,48 @@ def run_worker(torch_threads: int, conn: connection.Connection, loop: Callable[.
 
 def worker_setup(torch_threads: int) -> None:
     """One torch thread, and Ctrl-C left to the trainer, which decides how the run ends and stops its workers
-    itself (a terminal's Ctrl-C reaches the whole process group). Workers exit if the trainer disappears."""
+    itself (a terminal's Ctrl-C reaches the whole process group). SIGTERM waits for an open
+    :func:`uninterruptible` block. Workers exit if the trainer disappears."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminate_unless_uninterruptible)
     torch.set_num_threads(torch_threads)
     watch_parent()
+
+
+@dataclass
+class _Uninterruptible:
+    depth: int = 0
+    terminate_pending: bool = False
+
+
+_UNINTERRUPTIBLE = _Uninterruptible()
+
+
+@contextlib.contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Hold off a worker's SIGTERM until the block ends: for writes to shared state that must land together
+    (a Hogwild worker's version and its row), which a stopping trainer would otherwise cut in two. Python runs
+    signal handlers in the main thread, so the deferral holds whichever thread the signal reaches."""
+    _UNINTERRUPTIBLE.depth += 1
+    try:
+        yield
+    finally:
+        _UNINTERRUPTIBLE.depth -= 1
+        if _UNINTERRUPTIBLE.depth == 0 and _UNINTERRUPTIBLE.terminate_pending:
+            _terminate_now()
+
+
+def _terminate_unless_uninterruptible(signum: int, frame: Any) -> None:
+    if _UNINTERRUPTIBLE.depth:
+        _UNINTERRUPTIBLE.terminate_pending = True
+    else:
+        _terminate_now()
+
+
+def _terminate_now() -> None:
+    """Die of SIGTERM as the default action does, so the trainer sees the same exit status."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def watch_parent(interval: float = 1.0) -> None:

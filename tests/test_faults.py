@@ -164,3 +164,32 @@ def test_the_reaper_kills_what_a_sigkilled_process_started_and_only_then(end):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+STOPPED_WORKER = """
+import sys, time
+from pathlib import Path
+from algorithms.supervision import uninterruptible, worker_setup
+worker_setup(1)
+marker = Path(sys.argv[2])
+if sys.argv[1] == "inside":
+    with uninterruptible():
+        print("in", flush=True)
+        time.sleep(1.0)  # the SIGTERM lands here
+        marker.write_text("the block finished")
+else:
+    print("in", flush=True)
+    time.sleep(1.0)
+    marker.write_text("ran past the SIGTERM")
+"""
+
+
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_a_stopped_worker_finishes_an_uninterruptible_block_then_dies_of_sigterm(tmp_path, where):
+    marker = tmp_path / "marker"
+    worker = subprocess.Popen([sys.executable, "-c", STOPPED_WORKER, where, str(marker)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert worker.stdout.readline() == "in\n"
+    worker.terminate()
+    assert worker.wait(timeout=10) == -signal.SIGTERM
+    assert marker.exists() == (where == "inside")
