@@ -401,6 +401,10 @@ def _final_return_table(analysis: Analysis) -> pd.DataFrame:
     return _seeds_and_estimate(analysis, _summarized(analysis, "final_return"), "final return")
 
 
+def _mean_return_table(analysis: Analysis) -> pd.DataFrame:
+    return _seeds_and_estimate(analysis, _summarized(analysis, "mean_return"), "mean return over the run")
+
+
 def _time_to_threshold_table(analysis: Analysis) -> pd.DataFrame:
     conditions = analysis.runset.conditions
     steps, seconds = _summarized(analysis, "steps_to_threshold"), _summarized(analysis, "seconds_to_threshold")
@@ -450,6 +454,7 @@ def _probability_of_improvement_table(analysis: Analysis) -> pd.DataFrame:
 # The report's tables, each built from an analysis with runs.
 BUILD: dict[str, Callable[[Analysis], pd.DataFrame]] = {
     "final_return": _final_return_table,
+    "mean_return": _mean_return_table,
     "time_to_threshold": _time_to_threshold_table,
     "throughput": _throughput_table,
     "staleness": _staleness_table,
@@ -485,6 +490,8 @@ def latex_table(table: pd.DataFrame, caption: str, label: str) -> str:
 # As CAPTIONS, plus {final} and {crossing}: which value is final, and which reaches the threshold first.
 TABLE_CAPTIONS = {
     "final_return": "Final {returns} over seeds, {final}.",
+    "mean_return": "The {returns}, averaged over each run's env steps (the area under its learning curve over "
+                   "the steps it spans), over seeds: early learning and kept learning count, not only the end.",
     "time_to_threshold": "Time to threshold in {returns}: {crossing}; estimates over the seeds that reached it.{note}",
     "throughput": "Environment steps per second from the first to the last logged interval.{note}",
     "staleness": "Gradient staleness (policy versions between a worker's sync and the update's apply).",

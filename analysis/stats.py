@@ -101,9 +101,9 @@ def aggregate_curves(curves: pd.DataFrame, by: Sequence[str], x: str = "env_step
 
 
 # --------------------------------------------------------------------------- per-run measures
-RUN_MEASURES = ("final_return", "env_steps", "wall_time", "steps_per_second", "threshold", "steps_to_threshold",
-                "seconds_to_threshold", "staleness_mean", "staleness_max", "staleness_p95", "dropped_share",
-                "barrier_wait_share")
+RUN_MEASURES = ("final_return", "mean_return", "env_steps", "wall_time", "steps_per_second", "threshold",
+                "steps_to_threshold", "seconds_to_threshold", "staleness_mean", "staleness_max", "staleness_p95",
+                "dropped_share", "barrier_wait_share")
 
 
 def run_summary(metrics: pd.DataFrame, updates: pd.DataFrame, labels: Sequence[str],
@@ -115,6 +115,9 @@ def run_summary(metrics: pd.DataFrame, updates: pd.DataFrame, labels: Sequence[s
     ``metrics`` (the training return) by default, or the evaluations (``evals``).
 
     - ``final_return``: ``return_mean`` of the last ``returns`` row that has one.
+    - ``mean_return``: the return averaged over the run's env steps (the area under the learning curve, by the
+      trapezoidal rule over the ``returns`` rows that have one, over the steps they span), which credits a run
+      for learning early and for keeping what it learned, where ``final_return`` sees only the end.
     - ``steps_per_second``: env steps per second between the first and last metrics rows, which leaves out
       process start-up before the first interval (the whole run when there is a single row).
     - ``threshold``, ``steps_to_threshold``, ``seconds_to_threshold``: the first ``returns`` row whose
@@ -151,10 +154,19 @@ def _return_measures(per_run: pd.DataFrame, returns: pd.DataFrame, thresholds: M
     ordered = returns.sort_values(["run_id", "env_steps"])
     # GroupBy.last skips NaN: the last row with a return; a run without rows in ``returns`` gets NaN.
     per_run["final_return"] = ordered.groupby("run_id", sort=True)["return_mean"].last().reindex(per_run.index)
+    curves = ordered.dropna(subset=["return_mean"]).groupby("run_id", sort=True)
+    per_run["mean_return"] = curves[["env_steps", "return_mean"]].apply(_curve_mean).reindex(per_run.index)
     reached = ordered[ordered["return_mean"] >= ordered["env_name"].map(thresholds).astype(float)]
     first = reached.groupby("run_id", sort=True).first()
     per_run["steps_to_threshold"] = first["env_steps"].reindex(per_run.index).astype(float)
     per_run["seconds_to_threshold"] = first["wall_time"].reindex(per_run.index).astype(float)
+
+
+def _curve_mean(curve: pd.DataFrame) -> float:
+    steps, returns = curve["env_steps"].to_numpy(float), curve["return_mean"].to_numpy(float)
+    span = steps[-1] - steps[0]
+    area = float(np.sum((returns[1:] + returns[:-1]) / 2 * np.diff(steps)))  # the trapezoidal rule
+    return area / span if span > 0 else float(returns[-1])
 
 
 def thresholds_from_runs(runs: pd.DataFrame) -> dict[str, float]:

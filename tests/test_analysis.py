@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (1, 2, 3)
 ENVS = ("acrobot", "cartpole")
 FIGURE_FILES = [f"{name}.{ext}" for name in report.FIGURES for ext in ("png", "pdf")]
-TABLES = ("final_return", "time_to_threshold", "throughput", "staleness", "probability_of_improvement")
+TABLES = ("final_return", "mean_return", "time_to_threshold", "throughput", "staleness", "probability_of_improvement")
 
 
 @pytest.fixture(scope="session")
@@ -491,6 +491,9 @@ def test_per_run_summary_matches_hand_computed_values(sweep: Path):
 
     summary = summary_at(max(returns))
     assert summary["final_return"] == pytest.approx(returns[-1])
+    steps = [row["env_steps"] for row in rows]
+    area = sum((returns[i] + returns[i + 1]) / 2 * (steps[i + 1] - steps[i]) for i in range(len(rows) - 1))
+    assert summary["mean_return"] == pytest.approx(area / (steps[-1] - steps[0]))
     assert summary["steps_per_second"] == pytest.approx(
         (rows[-1]["env_steps"] - rows[0]["env_steps"]) / (rows[-1]["wall_time"] - rows[0]["wall_time"]))
     assert summary["steps_to_threshold"] == rows[best]["env_steps"]
@@ -904,7 +907,8 @@ def test_runs_on_two_clocks_get_each_time_output_once_per_clock(sweep: Path, sim
     skipped = {"speedup_vs_workers_real", "barrier_wait_vs_workers_real"}
     assert {path.stem for path in (out / "figures").glob("*.png")} == whole_figures | (split_figures - skipped)
     split_tables = {f"{name}_{clock}" for name in TABLES if name in report.WALL_CLOCK_OUTPUTS for clock in clocks}
-    assert {path.stem for path in (out / "tables").glob("*.md")} == {"final_return", "staleness"} | split_tables
+    whole_tables = {"final_return", "mean_return", "staleness"}
+    assert {path.stem for path in (out / "tables").glob("*.md")} == whole_tables | split_tables
 
     # Each clock's outputs come from its runs alone, in its words.
     real, simulated = (report_section(text, f"return vs time ({clock} clock)") for clock in clocks)
