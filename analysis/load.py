@@ -490,6 +490,8 @@ def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
     # env, 1e6 for another) describes the env, not a condition to compare.
     swept = [key for key in override_keys
              if (runs[key].astype(str).groupby(runs["env_name"]).nunique(dropna=False) > 1).any()]
+    for key in swept:
+        runs[key] = _numeric_if_all(runs[key])
     label_columns = [*RUN_COLUMNS, *swept]
     frames = {}
     for name, (columns, _) in RECORD_FILES.items():
@@ -498,6 +500,15 @@ def combine(loaded: list[RunData], skipped: list[SkippedRun]) -> RunSet:
         frames[name] = frame.merge(runs[label_columns], on="run_id", how="left")
     no_evaluations = {run.run_id: run.no_evaluations for run in loaded if run.no_evaluations}
     return RunSet(runs, **frames, swept=swept, skipped=skipped, no_evaluations=no_evaluations)
+
+
+def _numeric_if_all(values: pd.Series) -> pd.Series:
+    """A swept factor's values as numbers when every one is a number, so that conditions sort 4 before 16; as
+    they are otherwise (``0,4,16`` but also ``none``: strings)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.isna().any():
+        return values
+    return numbers.astype(int) if values.astype(str).str.fullmatch(r"-?\d+").all() else numbers
 
 
 def _override_values(run: RunData, keys: Iterable[str]) -> dict[str, str]:

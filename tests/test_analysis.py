@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from analysis import figures, report, stats
-from analysis.load import RECORD_FILES, SkippedRun, SkippedRunWarning, load_runs, parse_overrides
+from analysis.load import RECORD_FILES, SkippedRun, SkippedRunWarning, _numeric_if_all, load_runs, parse_overrides
 from experiments.columns import EVAL_COLUMNS, RECORD_COLUMNS
 from tests.conftest import read_csv
 
@@ -191,7 +191,7 @@ def test_overrides_that_vary_become_condition_columns(sweep: Path, tmp_path: Pat
     runset = load_runs(tmp_path)
     assert runset.swept == ["algo.lr"]
     assert "algo.lr" in runset.conditions
-    assert sorted(runset.metrics["algo.lr"].unique()) == ["1e-3", "7e-4"]
+    assert sorted(runset.metrics["algo.lr"].unique()) == [7e-4, 1e-3]  # numbers: conditions sort by value
     assert runset.runs["solved_return"].isna().all()  # no Hydra config: no default threshold
 
 
@@ -935,3 +935,15 @@ def test_runs_on_two_clocks_get_each_time_output_once_per_clock(sweep: Path, sim
     assert [set(part.analysis.runset.runs["clock"]) for part in parts] == [{"real"}, {"simulated"}]
     assert [len(part.analysis.runset.runs) for part in parts] == [6, 4]
     assert [part.file for part in report.outputs("final_return", analysis)] == ["final_return"]
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    (["16", "4", "0"], [16, 4, 0]),
+    (["0.05", "0.2", "0"], [0.05, 0.2, 0.0]),
+    (["vtrace", "none"], ["vtrace", "none"]),
+    (["4", "unset"], ["4", "unset"]),
+])
+def test_a_swept_factor_is_numeric_when_all_its_values_are_so_that_conditions_sort_by_value(values, expected):
+    converted = _numeric_if_all(pd.Series(values))
+    assert converted.tolist() == expected
+    assert sorted(converted.tolist()) == sorted(expected)
