@@ -1,14 +1,17 @@
 """Simulated workers against real ones, side by side: does the calibrated simulator predict this machine?
 
 It calibrates ``sim.*`` here (``experiments.calibrate``), then runs each multi-worker schedule (a2c workers,
-Hogwild, the parameter server) at each worker count twice with the same settings and seed: on real local
-processes, and on ``backend=simulated`` with the calibrated costs. It reports both steady rates (env steps per
-second past the warm-up; virtual seconds for the simulation) and their ratio, and both staleness distributions
-(mean and 95th percentile). Run it on a quiet machine: other load slows the real runs, not the simulated ones.
-Quiet means no other busy process at all, whatever its niceness: with the kernel's autogroups (on by default),
-a busy process of another session at nice 19 competes as an equal of this whole session, and a2c's barrier
-and the parameter server's replies suffer most (each wakes a process that slept). Even then this machine's speed
-varies between runs, so compare several tables before reading a ratio.
+Hogwild, the parameter server, impala) at each worker count with the same settings and seed: on real local
+processes, and on ``backend=simulated`` with the calibrated costs. With one worker among the counts it also fits
+each schedule's ``update_s`` to its real one-worker run (what that schedule's update costs beyond the calibrated
+parts: a barrier, a server's messages, a learner's batching) and simulates every count with it: one worker is
+then the fit, and more workers are the prediction. It reports the steady rates (env steps per second past the
+warm-up; virtual seconds for the simulation), their ratios, and both staleness distributions (mean and 95th
+percentile). Run it on a quiet machine: other load slows the real runs, not the simulated ones. Quiet means no
+other busy process at all, whatever its niceness: with the kernel's autogroups (on by default), a busy process
+of another session at nice 19 competes as an equal of this whole session, and a2c's barrier and the parameter
+server's replies suffer most (each wakes a process that slept); a stopped one (SIGSTOP) is quiet. Even then this
+machine's speed varies between runs, so compare several tables before reading a ratio.
 
     python -m experiments.validate_simulation --workers 1 2 --steps 30000 env=cartpole
 """
@@ -31,7 +34,7 @@ from experiments.config import ConfigError, validate
 from experiments.throughput import steady_rate
 from experiments.train import CONFIG_DIR, train
 
-SCHEDULES = ("a2c_workers", "a3c_hogwild", "a3c_parameter_server")
+SCHEDULES = ("a2c_workers", "a3c_hogwild", "a3c_parameter_server", "impala")
 WARMUP = 0.2  # the fraction of each run left out of its steady rate (process start-up, for the real runs)
 
 
@@ -58,29 +61,80 @@ def run_once(cfg: Any, run_dir: Path) -> dict[str, float]:
 
 def compare(overrides: list[str], schedules: list[str], workers: list[int], steps: int,
             costs: dict[str, float], root: Path) -> list[dict[str, Any]]:
+    """Every schedule at every worker count: real, simulated with ``costs``, and (with one worker among
+    ``workers``) simulated with the schedule's ``update_s`` fitted to its real one-worker run."""
     rows = []
-    sim = [f"sim.{name}={value!r}" for name, value in costs.items()]
     for schedule in schedules:
+        runs = Runs(overrides, schedule, steps, root)
+        real = {count: runs.real(count) for count in workers}
+        calibrated = {count: runs.simulated(count, costs) for count in workers}
+        fitted_costs = {**costs, "update_s": runs.fit_update_s(costs, real[1]["sps"])} if 1 in workers else None
         for count in workers:
-            common = [*overrides, f"+schedule={schedule}", f"algo.num_workers={count}", f"total_env_steps={steps}",
-                      f"log_interval={max(1, steps // 50)}"]
-            name = f"{schedule}_{count}w"
-            real = run_once(compose_run(common), root / f"{name}_real")
-            simulated = run_once(compose_run([*common, "backend=simulated", *sim]), root / f"{name}_simulated")
-            rows.append({"schedule": schedule, "workers": count, "real": real, "simulated": simulated,
-                         "ratio": simulated["sps"] / real["sps"]})
-            print(f"  {name}: real {real['sps']:,.0f} steps/s, simulated {simulated['sps']:,.0f}", file=sys.stderr,
-                  flush=True)
+            row = {"schedule": schedule, "workers": count, "real": real[count], "simulated": calibrated[count],
+                   "ratio": calibrated[count]["sps"] / real[count]["sps"]}
+            if fitted_costs is not None:
+                fitted = runs.simulated(count, fitted_costs)
+                row.update(fitted_update_s=fitted_costs["update_s"], fitted=fitted,
+                           fitted_ratio=fitted["sps"] / real[count]["sps"])
+            rows.append(row)
+            fit = f", with update_s fitted {row['fitted']['sps']:,.0f}" if "fitted" in row else ""
+            print(f"  {schedule}_{count}w: real {real[count]['sps']:,.0f} steps/s, simulated "
+                  f"{calibrated[count]['sps']:,.0f}{fit}", file=sys.stderr, flush=True)
     return rows
 
 
+class Runs:
+    """One schedule's runs, real and simulated, each in a directory of its own under ``root``."""
+
+    def __init__(self, overrides: list[str], schedule: str, steps: int, root: Path):
+        self.overrides, self.schedule, self.steps, self.root = overrides, schedule, steps, root
+        self.count = 0
+
+    def common(self, workers: int) -> list[str]:
+        return [*self.overrides, f"+schedule={self.schedule}", f"algo.num_workers={workers}",
+                f"total_env_steps={self.steps}", f"log_interval={max(1, self.steps // 50)}"]
+
+    def run(self, overrides: list[str], clock: str, workers: int) -> dict[str, float]:
+        self.count += 1
+        return run_once(compose_run(overrides), self.root / f"{self.schedule}_{workers}w_{clock}_{self.count}")
+
+    def real(self, workers: int) -> dict[str, float]:
+        return self.run(self.common(workers), "real", workers)
+
+    def simulated(self, workers: int, costs: dict[str, float]) -> dict[str, float]:
+        sim = [f"sim.{name}={value!r}" for name, value in costs.items()]
+        return self.run([*self.common(workers), "backend=simulated", *sim], "simulated", workers)
+
+    def fit_update_s(self, costs: dict[str, float], real_sps: float) -> float:
+        """The ``update_s`` at which one simulated worker steps at ``real_sps``: what this schedule's real update
+        costs beyond the calibrated parts (its barrier, its server's unpickling and replies, its learner's
+        batching). Seconds per env step grow linearly with ``update_s`` where updates are serial; two simulated
+        runs give the line (the second ``update_s`` larger by a millisecond), and the fit is where it meets the
+        real rate (never below 0)."""
+        def seconds_per_step(update_s: float) -> float:
+            return 1 / self.simulated(1, {**costs, "update_s": update_s})["sps"]
+
+        base, step = costs["update_s"], 1e-3
+        at_base = seconds_per_step(base)
+        slope = (seconds_per_step(base + step) - at_base) / step
+        return max(0.0, base + (1 / real_sps - at_base) / slope)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| schedule | workers | real steps/s | simulated steps/s | simulated / real | staleness mean, real "
-             "/ simulated | staleness p95, real / simulated |", "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    fitted = any("fitted" in row for row in rows)
+    header = "| schedule | workers | real steps/s | simulated steps/s | simulated / real |"
+    header += " update_s fitted at 1 worker (ms) | simulated with it | its / real |" if fitted else ""
+    header += " staleness mean, real / simulated | staleness p95, real / simulated |"
+    rule = "| --- | --- | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if fitted else "") + " --- | --- |"
+    lines = [header, rule]
     for row in rows:
         real, simulated = row["real"], row["simulated"]
-        lines.append(f"| {row['schedule']} | {row['workers']} | {real['sps']:,.0f} | {simulated['sps']:,.0f} | "
-                     f"{row['ratio']:.2f} | {real['staleness_mean']:.2f} / {simulated['staleness_mean']:.2f} | "
+        line = (f"| {row['schedule']} | {row['workers']} | {real['sps']:,.0f} | {simulated['sps']:,.0f} | "
+                f"{row['ratio']:.2f} |")
+        if fitted:
+            line += (f" {row['fitted_update_s'] * 1e3:.3f} | {row['fitted']['sps']:,.0f} | {row['fitted_ratio']:.2f}"
+                     f"{' (the fit)' if row['workers'] == 1 else ''} |")
+        lines.append(line + f" {real['staleness_mean']:.2f} / {simulated['staleness_mean']:.2f} | "
                      f"{real['staleness_p95']:.1f} / {simulated['staleness_p95']:.1f} |")
     return "\n".join(lines)
 

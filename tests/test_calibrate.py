@@ -61,4 +61,11 @@ def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_pat
     for run in ("real", "simulated"):  # one worker: never stale, on either clock
         assert row[run]["sps"] > 0 and row[run]["staleness_mean"] == row[run]["staleness_p95"] == 0
     assert row["ratio"] == pytest.approx(row["simulated"]["sps"] / row["real"]["sps"])
+    # The update_s fitted at one worker makes the simulated worker step at the real one's rate, unless even a
+    # free update is slower than the real one (a calibration taken under load): then it is 0.
+    assert row["fitted_ratio"] == pytest.approx(row["fitted"]["sps"] / row["real"]["sps"])
+    if row["fitted_update_s"] > 0:
+        assert row["fitted_ratio"] == pytest.approx(1.0, rel=0.02)
+    else:
+        assert row["fitted_ratio"] < 1.0
     assert "| a3c_parameter_server | 1 |" in capsys.readouterr().out
