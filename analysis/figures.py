@@ -9,6 +9,7 @@ Legends give the number of seeds behind every line or point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -41,6 +42,7 @@ LINE_STYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 PANEL_SIZE = (4.4, 3.4)
 MIN_WIDTH = 6.4  # inches: wide enough for the legend under a single panel
+LEGEND_ROW_HEIGHT = 0.25  # inches
 
 
 DEFAULT_DPI = 200
@@ -95,6 +97,9 @@ def _legend_below(fig: Figure, handles: list, title: str) -> None:
     handles = sorted(handles, key=lambda handle: (not handle.get_label().startswith("ideal"), handle.get_label()))
     longest = max(len(handle.get_label()) for handle in handles) + 6
     columns = max(1, min(len(handles), int(fig.get_figwidth() * 12 / longest)))
+    # The legend gets room of its own (a row is about a quarter inch, its title another), so that many conditions
+    # lengthen the figure instead of squeezing the panels.
+    fig.set_figheight(fig.get_figheight() + LEGEND_ROW_HEIGHT * (math.ceil(len(handles) / columns) + 1))
     fig.legend(handles=handles, loc="outside lower center", ncols=columns, title=title, frameon=False)
 
 
