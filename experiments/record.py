@@ -56,6 +56,7 @@ RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Kept free while the run lives, so that its final status still fits on a full disk: far more than meta.json.
 META_RESERVE_BYTES = 256 * 1024
+WANDB_MAX_BINS = 512  # wandb.Histogram refuses more
 WANDB_INIT_TIMEOUT_S = 10.0  # W&B's own default (90 s) holds a run without network for a minute and a half
 
 
@@ -67,6 +68,15 @@ class RunFailed(RuntimeError):
 def checkpoint_paths(run_dir: Path) -> tuple[Path, Path]:
     """A run's latest checkpoint and the one before it, which a resume falls back to."""
     return run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "prev.pt"
+
+
+def staleness_bins(staleness: np.ndarray) -> np.ndarray:
+    """Histogram edges with one bin per integer staleness value (counts of 0, 1, 2, ... versions behind), or
+    W&B's most, 512 equal bins, past that."""
+    most = int(staleness.max())
+    if most + 1 <= WANDB_MAX_BINS:
+        return np.arange(most + 2) - 0.5
+    return np.linspace(-0.5, most + 0.5, WANDB_MAX_BINS + 1)
 
 
 def _now_iso() -> str:
@@ -294,14 +304,17 @@ class RunRecord:
         self._restore_signal_handlers()
         if self.logs:
             completed = self._outcome(exc)[0] == "completed"
-            with contextlib.suppress(OSError), self._writing():  # a failure becomes the run's fault
-                self._close_evaluations(completed)
-                self._write_due_row()
-                # A completed run's last row is its end, even between two rows of the grid; a stopped or
-                # failed one ends at its last grid row (a resume carries the interval on from the checkpoint).
-                if completed and self.env_steps > self._last_row[0]:
-                    self._write_metrics_row(self.wall_time())
-                self._flush()
+            try:
+                with contextlib.suppress(OSError), self._writing():  # a failure becomes the run's fault
+                    self._close_evaluations(completed)
+                    self._write_due_row()
+                    # A completed run's last row is its end, even between two rows of the grid; a stopped or
+                    # failed one ends at its last grid row (a resume carries the interval on from the checkpoint).
+                    if completed and self.env_steps > self._last_row[0]:
+                        self._write_metrics_row(self.wall_time())
+                    self._flush()
+            except Exception as error:  # whatever breaks the last rows, meta.json must still say how the run ended
+                self._fault = self._fault or error
         self.status, self.error = self._outcome(exc)
         self._log_end(exc)
         self.meta.update(status=self.status, end_time=_now_iso(), error=self.error, final=self.summary())
@@ -694,21 +707,36 @@ class RunRecord:
         return None
 
     def _log_wandb(self, row: dict[str, Any], staleness: np.ndarray) -> None:
-        if self.wandb_run is None:
-            return
-        import wandb
+        def payload() -> dict[str, Any]:
+            import wandb
 
-        payload = {name: value for name, value in row.items()
-                   if not (isinstance(value, float) and math.isnan(value))}
-        # One bin per integer staleness value, so the histogram reads as counts of 0, 1, 2, ... versions.
-        edges = np.arange(staleness.max() + 2) - 0.5
-        payload["staleness_hist"] = wandb.Histogram(np_histogram=np.histogram(staleness, bins=edges))
-        self.wandb_run.log(payload)
+            logged = {name: value for name, value in row.items()
+                      if not (isinstance(value, float) and math.isnan(value))}
+            logged["staleness_hist"] = wandb.Histogram(np_histogram=np.histogram(staleness,
+                                                                                 bins=staleness_bins(staleness)))
+            return logged
+
+        self._mirror(payload)
 
     def _log_wandb_eval(self, row: dict[str, Any]) -> None:
-        if self.wandb_run is not None:
-            self.wandb_run.log({"env_steps": row["env_steps"], **{
-                f"eval/{name}": row[name] for name in ("return_mean", "return_std", "length_mean", "eval_seconds")}})
+        self._mirror(lambda: {"env_steps": row["env_steps"], **{
+            f"eval/{name}": row[name] for name in ("return_mean", "return_std", "length_mean", "eval_seconds")}})
+
+    def _mirror(self, payload: Callable[[], dict[str, Any]]) -> None:
+        """Log ``payload()`` to W&B. The mirror is optional: if logging fails, the run goes on without it (said in
+        one line, and in meta.json), and the local record, written first, is whole."""
+        if self.wandb_run is None:
+            return
+        try:
+            self.wandb_run.log(payload())
+        except Exception as error:
+            reason = _first_line(error)
+            print(f"warning: W&B logging failed at env step {self.env_steps} ({reason}); the run goes on without "
+                  "a W&B mirror", file=sys.stderr)
+            with contextlib.suppress(Exception):
+                self.wandb_run.finish(exit_code=1)
+            self.wandb_run = None
+            self.meta["wandb"] = {**self.meta.get("wandb", {}), "dropped": f"at env step {self.env_steps}: {reason}"}
 
     def _close_wandb(self) -> None:
         if self.wandb_run is not None:

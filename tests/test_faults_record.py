@@ -268,3 +268,33 @@ def test_wandb_online_without_an_api_key_and_fallback_fail_fails_the_run_in_one_
         "W&B online mode cannot start (no W&B API key: set WANDB_API_KEY or run `wandb login`) and "
         "logger.wandb.fallback=fail")
     assert events(run_dir)[-1]["event"] == "failed" and steps(run_dir) == []
+
+
+# --------------------------------------------------------------------------- the W&B mirror during a run
+def record_updates(record: RunRecord, versions: range, lag: int) -> None:
+    """One worker's 5-step updates, each applied ``lag`` versions after the one it synced to (or at once)."""
+    for version in versions:
+        record.update(0, (version + 1) * 5, max(0, version - lag), version, applied=True, lr=7e-4)
+
+
+def test_staleness_past_wandb_s_histogram_limit_is_binned_and_mirrored(run_dir, capsys):
+    with RunRecord(run_dir, compose_config("log_interval=500", "total_env_steps=5000",
+                                           "logger.wandb.mode=offline")) as record:
+        record_updates(record, range(1000), lag=700)  # 701 staleness values: more than W&B's 512 bins
+    meta = read_meta(run_dir)
+    assert meta["status"] == "completed" and "dropped" not in meta["wandb"]
+    assert max(float(row["staleness_max"]) for row in read_csv(run_dir / "metrics.csv")) == 700
+    assert "W&B" not in capsys.readouterr().err
+
+
+def test_a_wandb_mirror_that_fails_mid_run_is_dropped_in_one_line_and_the_record_stays_whole(run_dir, capsys):
+    with RunRecord(run_dir, compose_config("log_interval=100", "total_env_steps=1000",
+                                           "logger.wandb.mode=offline")) as record:
+        record_updates(record, range(100), lag=0)
+        record.wandb_run.finish()  # the W&B run ends under the record: its next log raises
+        record_updates(record, range(100, 200), lag=0)
+    meta = read_meta(run_dir)
+    assert meta["status"] == "completed" and meta["wandb"]["dropped"].startswith("at env step 500: UsageError")
+    assert steps(run_dir) == list(range(100, 1001, 100))
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
+    assert line.startswith("warning: W&B logging failed at env step 500 (UsageError")
