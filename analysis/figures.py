@@ -10,6 +10,7 @@ Legends give the number of seeds behind every line or point.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -91,10 +92,16 @@ def _series_index(data: pd.DataFrame, series: Sequence[str]) -> dict[tuple, int]
     return {key if isinstance(key, tuple) else (key,): index for index, key in enumerate(keys)}
 
 
+def natural_key(label: str) -> list[str | float]:
+    """Sorts labels with their numbers by value: ``delay=4`` before ``delay=16``, ``0.05`` before ``0.1``."""
+    return [float(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", label))]
+
+
 def _legend_below(fig: Figure, handles: list, title: str) -> None:
     """A legend under the panels, entries in label order (references such as the ideal line go first)."""
     # As many columns as fit the figure's width (about 12 legend characters per inch at this font size).
-    handles = sorted(handles, key=lambda handle: (not handle.get_label().startswith("ideal"), handle.get_label()))
+    handles = sorted(handles, key=lambda handle: (not handle.get_label().startswith("ideal"),
+                                                  natural_key(handle.get_label())))
     longest = max(len(handle.get_label()) for handle in handles) + 6
     columns = max(1, min(len(handles), int(fig.get_figwidth() * 12 / longest)))
     # The legend gets room of its own (a row is about a quarter inch, its title another), so that many conditions

@@ -35,13 +35,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.columns import EPISODE_COLUMNS, EVAL_COLUMNS, METRIC_COLUMNS, UPDATE_COLUMNS
+from experiments.columns import EPISODE_COLUMNS, EVAL_COLUMNS, IMPALA_DEFAULTS, METRIC_COLUMNS, UPDATE_COLUMNS
 
 # Columns that identify a run and its experimental condition in every frame.
 RUN_COLUMNS = ("run_id", "env_name", "env_id", "algo", "mode", "schedule", "num_workers", "num_envs", "seed",
                "clock")
 # What a run's wall_time counts (meta.json "clock"): the machine's seconds, or simulated workers' virtual ones.
 CLOCKS = ("real", "simulated")
+NOT_APPLICABLE = "n/a"  # a swept setting that the run's algorithm does not have
 # The meta.json fields analysis reads, with their types; all but the status name a run's condition and seed.
 REQUIRED_META = {"status": str, "algo": str, "mode": str, "env_id": str, "env_name": str, "num_workers": int,
                  "num_envs": int, "seed": int}
@@ -514,9 +515,18 @@ def _numeric_if_all(values: pd.Series) -> pd.Series:
 def _override_values(run: RunData, keys: Iterable[str]) -> dict[str, str]:
     """The run's value of each override key of the runs loaded: its own override, else its config's value (a run
     that did not override a key, e.g. ``backend`` beside runs given ``backend=simulated``, ran with the config's),
-    else ``unset``: a condition's value is never missing, which would make it no group at all."""
+    else ``unset``: a condition's value is never missing, which would make it no group at all. An IMPALA setting
+    of another algorithm's run (``algo.correction`` of an a3c run beside impala runs) does not apply: ``n/a``."""
     config = run.config or {}
-    return {key: run.overrides.get(key, str(config[key]) if key in config else "unset") for key in keys}
+
+    def value(key: str) -> str:
+        if key in run.overrides:
+            return run.overrides[key]
+        if key.removeprefix("algo.") in IMPALA_DEFAULTS and run.meta.get("algo") not in (None, "impala"):
+            return NOT_APPLICABLE
+        return str(config[key]) if key in config else "unset"
+
+    return {key: value(key) for key in keys}
 
 
 def _eval_interval(config: dict[str, Any] | None) -> float:

@@ -3,6 +3,11 @@
 Kept apart from the record so that analysis reads the contract without importing torch.
 """
 
+# The algo settings only algo=impala has, at the defaults every other algorithm keeps (the config refuses others),
+# so that analysis reads them as not applying to another algorithm's run.
+IMPALA_DEFAULTS = {"batch_size": 1, "queue_depth": 2, "wait_for_update": False, "correction": "vtrace",
+                   "rho_bar": 1.0, "c_bar": 1.0}
+
 # The statistics every schedule reports with an update (algorithms.losses.LOSS_STATS, which analysis may not
 # import; a test keeps the two equal).
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")

@@ -27,14 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from algorithms import NoSuchSchedule, schedule_for
 from algorithms.config import RunConfig
+from experiments.columns import IMPALA_DEFAULTS
 
 OPTIMIZERS = ("rmsprop", "adam", "rmsprop_tf")
 LR_SCHEDULES = ("constant", "linear")
 STALENESS_LR_SCALINGS = ("none", "inverse")
 CORRECTIONS = ("vtrace", "none", "truncated_is")
 # algo.* keys only algo=impala reads, with their defaults: any other algorithm refuses a change.
-IMPALA_DEFAULTS = {"batch_size": 1, "queue_depth": 2, "wait_for_update": False, "correction": "vtrace",
-                   "rho_bar": 1.0, "c_bar": 1.0}
 VECTOR_BACKENDS = ("sync", "async")
 START_METHODS = ("spawn", "forkserver", "fork")
 ACTIVATIONS = ("tanh", "relu")

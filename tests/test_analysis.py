@@ -947,3 +947,20 @@ def test_a_swept_factor_is_numeric_when_all_its_values_are_so_that_conditions_so
     converted = _numeric_if_all(pd.Series(values))
     assert converted.tolist() == expected
     assert sorted(converted.tolist()) == sorted(expected)
+
+
+def test_legend_labels_sort_their_numbers_by_value():
+    labels = ["impala, delay=16", "impala, delay=4", "a3c, delay=64", "impala, p=0.1", "impala, p=0.05"]
+    assert sorted(labels, key=figures.natural_key) == [
+        "a3c, delay=64", "impala, delay=4", "impala, delay=16", "impala, p=0.05", "impala, p=0.1"]
+
+
+def test_an_impala_setting_swept_beside_another_algorithm_s_runs_does_not_apply_to_them(sweep: Path, tmp_path: Path):
+    for seed, correction in ((1, "none"), (2, "vtrace")):
+        copy = copy_run(run_of(sweep, "cartpole", seed), tmp_path / correction, algo="impala", mode="actor_learner",
+                        overrides=[f"algo.correction={correction}"])
+        shutil.rmtree(copy / ".hydra")
+    copy_run(run_of(sweep, "cartpole", 3), tmp_path / "a3c", algo="a3c", mode="parameter_server")
+    runs = load_runs(tmp_path).runs.set_index("algo")
+    assert runs.loc["a3c", "algo.correction"] == "n/a"  # not its config's unused default, vtrace
+    assert sorted(runs.loc["impala", "algo.correction"]) == ["none", "vtrace"]
