@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -103,6 +103,7 @@ def _legend_below(fig: Figure, handles: list, title: str) -> None:
     handles = sorted(handles, key=lambda handle: (not handle.get_label().startswith("ideal"),
                                                   natural_key(handle.get_label())))
     longest = max(len(handle.get_label()) for handle in handles) + 6
+    fig.set_figwidth(max(fig.get_figwidth(), longest / 12))  # a label longer than the panels widens the figure
     columns = max(1, min(len(handles), int(fig.get_figwidth() * 12 / longest)))
     # The legend gets room of its own (a row is about a quarter inch, its title another), so that many conditions
     # lengthen the figure instead of squeezing the panels.
@@ -119,6 +120,19 @@ def _env_titles(frame: pd.DataFrame, env_ids: Mapping[str, str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- learning curves
+def _curve_colours(logged: pd.DataFrame, series: Sequence[str]) -> Callable[[tuple], tuple[float, float, float]]:
+    """A colour per schedule (the same in every figure); when one schedule has several conditions (a staleness or
+    lag sweep), a colour per condition instead, in order along a sequential map, so that the sweep reads as one."""
+    schedules = logged["schedule"].unique()
+    keys = sorted(logged.groupby(list(series), sort=True, dropna=False).size().index,
+                  key=lambda key: natural_key(str(key)))
+    if len(schedules) > 1 or len(keys) < 2:
+        palette = schedule_palette(schedules)
+        return lambda key: palette[dict(zip(series, key, strict=True))["schedule"]]
+    colours = dict(zip(keys, sns.color_palette("viridis", len(keys)), strict=True))
+    return lambda key: colours[key]
+
+
 def plot_curves(returns: pd.DataFrame, aggregated: pd.DataFrame, series: Sequence[str], x: str, estimator: str,
                 confidence: float, thresholds: Mapping[str, float], env_ids: Mapping[str, str],
                 xlabel: str, ylabel: str) -> Figure:
@@ -135,7 +149,7 @@ def plot_curves(returns: pd.DataFrame, aggregated: pd.DataFrame, series: Sequenc
     if logged.empty:
         raise NoData("no run has finished an episode")
     envs = sorted(logged["env_name"].unique())
-    palette = schedule_palette(logged["schedule"])
+    colour_of = _curve_colours(logged, series)
     fig, axes = _panels(_env_titles(logged, env_ids))
     # One legend entry per condition across panels; its seed count may differ between envs.
     seed_counts = logged.groupby([*series, "env_name"], dropna=False)["run_id"].nunique().groupby(
@@ -147,7 +161,7 @@ def plot_curves(returns: pd.DataFrame, aggregated: pd.DataFrame, series: Sequenc
         unshared = []
         for keys, runs in env_runs.groupby(list(series), sort=True, dropna=False):
             condition = dict(zip(series, keys, strict=True))
-            colour = palette[condition["schedule"]]
+            colour = colour_of(keys)
             style = _variant_style(env_runs, series, condition)
             for _, run in runs.groupby("run_id", sort=True):
                 ax.plot(run[x], run["return_mean"], color=colour, linestyle=style, linewidth=0.6, alpha=0.35,

@@ -964,3 +964,16 @@ def test_an_impala_setting_swept_beside_another_algorithm_s_runs_does_not_apply_
     runs = load_runs(tmp_path).runs.set_index("algo")
     assert runs.loc["a3c", "algo.correction"] == "n/a"  # not its config's unused default, vtrace
     assert sorted(runs.loc["impala", "algo.correction"]) == ["none", "vtrace"]
+
+
+def test_curves_of_one_schedule_s_sweep_get_a_colour_each_and_schedules_keep_theirs():
+    series = ["schedule", "algo.staleness.delay"]
+    sweep = pd.DataFrame({"schedule": ["a3c/parameter_server"] * 3, "algo.staleness.delay": [16, 4, 0]})
+    colour_of = figures._curve_colours(sweep, series)
+    assert len({colour_of(("a3c/parameter_server", delay)) for delay in (0, 4, 16)}) == 3
+    mixed = pd.DataFrame({"schedule": ["a3c/parameter_server", "a3c/parameter_server", "single/serial"],
+                          "algo.staleness.delay": [0, 4, 0]})
+    colour_of = figures._curve_colours(mixed, series)
+    palette = figures.schedule_palette(["a3c/parameter_server", "single/serial"])
+    assert colour_of(("a3c/parameter_server", 4)) == colour_of(("a3c/parameter_server", 0)) == palette[
+        "a3c/parameter_server"]
