@@ -68,7 +68,8 @@ def compare(overrides: list[str], schedules: list[str], workers: list[int], step
         runs = Runs(overrides, schedule, steps, root)
         real = {count: runs.real(count) for count in workers}
         calibrated = {count: runs.simulated(count, costs) for count in workers}
-        fitted_costs = {**costs, "update_s": runs.fit_update_s(costs, real[1]["sps"])} if 1 in workers else None
+        fitted_costs = ({**costs, "update_s": runs.fit_update_s(costs, real[1]["sps"], calibrated[1]["sps"])}
+                        if 1 in workers else None)
         for count in workers:
             row = {"schedule": schedule, "workers": count, "real": real[count], "simulated": calibrated[count],
                    "ratio": calibrated[count]["sps"] / real[count]["sps"]}
@@ -105,18 +106,15 @@ class Runs:
         sim = [f"sim.{name}={value!r}" for name, value in costs.items()]
         return self.run([*self.common(workers), "backend=simulated", *sim], "simulated", workers)
 
-    def fit_update_s(self, costs: dict[str, float], real_sps: float) -> float:
+    def fit_update_s(self, costs: dict[str, float], real_sps: float, simulated_sps: float) -> float:
         """The ``update_s`` at which one simulated worker steps at ``real_sps``: what this schedule's real update
         costs beyond the calibrated parts (its barrier, its server's unpickling and replies, its learner's
-        batching). Seconds per env step grow linearly with ``update_s`` where updates are serial; two simulated
-        runs give the line (the second ``update_s`` larger by a millisecond), and the fit is where it meets the
-        real rate (never below 0)."""
-        def seconds_per_step(update_s: float) -> float:
-            return 1 / self.simulated(1, {**costs, "update_s": update_s})["sps"]
-
+        batching). Seconds per env step grow linearly with ``update_s`` where updates are serial; the one-worker
+        run with ``costs`` (``simulated_sps``) and one more with ``update_s`` a millisecond larger give the line,
+        and the fit is where it meets the real rate (never below 0)."""
         base, step = costs["update_s"], 1e-3
-        at_base = seconds_per_step(base)
-        slope = (seconds_per_step(base + step) - at_base) / step
+        at_base = 1 / simulated_sps
+        slope = (1 / self.simulated(1, {**costs, "update_s": base + step})["sps"] - at_base) / step
         return max(0.0, base + (1 / real_sps - at_base) / slope)
 
 
