@@ -118,8 +118,12 @@ class SimConfig:
     path around those operations: syncing the local model, the learning-rate schedule and the non-finite guards,
     copying the gradient into the optimizer, and recording the update's and episodes' rows. Whoever runs the
     update pays it: a Hogwild worker before its apply, the parameter server after each push's apply (it queues
-    pushes like ``apply_s``), an a2c round once after its apply. The defaults are rough figures for CartPole's
-    MLP on a 2 GHz core; ``experiments.calibrate`` measures this machine's."""
+    pushes like ``apply_s``), an a2c round once after its apply. impala's actors and learner have costs of their
+    own: an unroll costs ``n_steps * num_envs * env_step_s + n_steps * forward_s + unroll_s`` (``unroll_s``: the
+    behaviour log-probabilities' batched pass, reading the parameters, writing the unroll and announcing it), and
+    a learner update of ``batch_size`` unrolls ``learn_s + batch_size * learn_unroll_s`` (one batched pass of the
+    corrected loss over them all, the step, publishing the parameters and recording the rows). The defaults are
+    rough figures for CartPole's MLP on a 2 GHz core; ``experiments.calibrate`` measures this machine's."""
 
     env_step_s: float = 1.0e-5  # one env step of one env
     forward_s: float = 5.0e-5  # one acting forward pass over a worker's envs
@@ -129,6 +133,9 @@ class SimConfig:
     latency_s: float = 0.0  # fixed one-way network latency of a message
     apply_s: float = 2.0e-4  # the server's optimizer step with one gradient (or the mean of a round)
     update_s: float = 2.0e-4  # the rest of one update: sync, lr, guards, gradient copy, recording its rows
+    unroll_s: float = 2.0e-4  # an impala actor's unroll beyond its steps and acting passes
+    learn_s: float = 1.0e-3  # an impala learner update's fixed part (one batched pass, step, publish, rows)
+    learn_unroll_s: float = 1.0e-4  # an impala learner update's part per unroll in its batch
     worker_speeds: list[float] | None = None  # per-worker slowness factors (1: nominal), cycled; null: all 1
     jitter_sigma: float = 0.0  # sigma of the log-normal factor drawn for every task (0: none)
     straggler_fraction: float = 0.0  # probability that a task is a straggler's

@@ -40,7 +40,7 @@ from algorithms.learner import (
 )
 from algorithms.parameter_server import evaluation_statistics, keep_statistics
 from algorithms.protocol import Record, SlotFree, UnrollReady, UpdateRow, record_episodes, record_update
-from algorithms.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
+from algorithms.rollout import UNROLL_FIELDS, Episode, Unrolls, join_unrolls, unroll_from
 from algorithms.server import GlobalModel, evaluate_if_due, tend_workers
 from algorithms.shared_memory import ParameterBoard
 from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
@@ -112,13 +112,22 @@ def actor_loop(cfg: Any, worker: int, conn: connection.Connection, slots: Unroll
         while (slot := inbox.take()) is not None:
             version = board.read_into(actor.model.flat_params)
             episodes = actor.collector.collect(actor.model)
-            slots.write(worker, slot, unroll_from(actor.collector, actor.model))
-            conn.send(UnrollReady(worker, slot, version, episodes, actor.steps, time.monotonic(),
-                                  evaluation_statistics(actor)))
+            announce(actor, slots, slot, version, episodes, conn)
             if cfg.algo.wait_for_update:
                 inbox.wait_for(slot)
     finally:
         actor.close()
+
+
+def announce(actor: LocalLearner, slots: UnrollSlots, slot: int, version: int, episodes: list[Episode],
+             conn: connection.Connection) -> UnrollReady:
+    """Write the unroll ``actor`` just collected (with its behaviour log-probabilities) into its ``slot`` and tell
+    the learner; return what it was told."""
+    slots.write(actor.worker, slot, unroll_from(actor.collector, actor.model))
+    ready = UnrollReady(actor.worker, slot, version, episodes, actor.steps, time.monotonic(),
+                        evaluation_statistics(actor))
+    conn.send(ready)
+    return ready
 
 
 # --------------------------------------------------------------------------- the learner
@@ -181,6 +190,12 @@ class SlotQueue:
         if len(self.pending) < self.algo.batch_size or self.stopped or self.learner.finished():
             return False
         batch, self.pending = self.pending[:self.algo.batch_size], self.pending[self.algo.batch_size:]
+        self.update(batch, supervisor)
+        return True
+
+    def update(self, batch: list[UnrollReady], supervisor: Supervisor) -> None:
+        """Learn from ``batch``'s unrolls, publish the new parameters and hand their slots back (before learning,
+        unless ``wait_for_update``)."""
         unrolls = self.slots.gather(batch)
         if not self.algo.wait_for_update:
             self._hand_back(batch, supervisor)
@@ -188,7 +203,6 @@ class SlotQueue:
         self.board.publish(*self.learner.global_model.params_for_worker())
         if self.algo.wait_for_update:
             self._hand_back(batch, supervisor)
-        return True
 
     def _hand_back(self, batch: list[UnrollReady], supervisor: Supervisor) -> None:
         for unroll in batch:

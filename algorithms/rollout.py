@@ -243,7 +243,8 @@ def unroll_from(collector: Collector, model: ActorCritic) -> Unrolls:
     """The unroll ``collector`` just collected with ``model``, with its behaviour log-probabilities (one batched
     pass over the unroll: the same computation the learner makes, so an on-policy ratio is exactly 1)."""
     rollout = collector.rollout
-    log_probs, _, _ = model.evaluate(rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1))
+    with torch.no_grad():
+        log_probs, _, _ = model.evaluate(rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1))
     return Unrolls(rollout.obs, rollout.actions, rollout.rewards, rollout.terminated, rollout.truncated,
                    rollout.truncation_values, log_probs.view(rollout.rewards.shape),
                    torch.from_numpy(collector.current_obs))

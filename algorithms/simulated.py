@@ -225,20 +225,21 @@ def run_impala(cfg: Any, record: Record) -> None:
 
 class SimulatedImpala:
     """impala's actors and learner on the virtual clock. An actor acts an unroll with the parameters published when
-    it starts (``delay`` versions behind, if set); the unroll costs its env steps, a forward pass per step and one
-    for the behaviour log-probabilities, then the actor starts the next one if a slot of its ``queue_depth`` is
-    free, while the unroll travels to the learner (one message of its bytes). The learner, a serial resource, takes
-    ``batch_size`` unrolls in arrival order and publishes ``batch_size * backward_s + apply_s + update_s`` later;
-    slots free when their unrolls are taken (with ``wait_for_update``, when the update is published). The learning
-    is the local learner's (:class:`~algorithms.impala.Learner`)."""
+    it starts (``delay`` versions behind, if set); the unroll costs its env steps, a forward pass per step and
+    ``unroll_s`` (the behaviour log-probabilities, reading the parameters, writing and announcing it), then the
+    actor starts the next one if a slot of its ``queue_depth`` is free, while the unroll travels to the learner
+    (one message of its bytes). The learner, a serial resource, takes
+    ``batch_size`` unrolls in arrival order and publishes ``learn_s + batch_size * learn_unroll_s`` later (one
+    batched pass over them all); slots free when their unrolls are taken (with ``wait_for_update``, when the update
+    is published). The learning is the local learner's (:class:`~algorithms.impala.Learner`)."""
 
     def __init__(self, cfg: Any, record: Record):
         self.cfg, self.algo, self.record = cfg, cfg.algo, record
         self.global_model, self.actors, self.costs, self.clock = start(cfg, record)
         self.learner = Learner(cfg, record, self.global_model)
         sim, algo = cfg.sim, cfg.algo
-        self.unroll_s = algo.n_steps * algo.num_envs * sim.env_step_s + (algo.n_steps + 1) * sim.forward_s
-        self.learn_s = algo.batch_size * sim.backward_s + sim.apply_s + sim.update_s
+        self.unroll_s = algo.n_steps * algo.num_envs * sim.env_step_s + algo.n_steps * sim.forward_s + sim.unroll_s
+        self.learn_s = sim.learn_s + algo.batch_size * sim.learn_unroll_s
         self.events: list[tuple[float, int, int, int, Any]] = []  # time, kind, worker, sequence, payload
         self.sequence = 0  # the last tie-break: payloads are never compared
         self.queue: list[tuple[UnrollReady, Unrolls]] = []  # arrived, in arrival order

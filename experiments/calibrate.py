@@ -23,6 +23,10 @@ The others are medians of ``--repeats`` timings of the operation alone:
   parameters, both pickled, converted to and from the wire and copied into the model as the real ones are) less
   its bytes (``latency_s`` stays 0: one machine).
 
+impala's actors and learner are timed on their own path (:func:`time_impala`): ``unroll_s``, an actor's unroll
+beyond collecting it, and ``learn_s`` and ``learn_unroll_s``, a learner update's fixed part and its part per
+unroll of the batch.
+
 The profile is a YAML file of ``sim.*`` values; written to ``conf/sim/NAME.yaml`` it is selected with
 ``+sim=NAME``, and values given on the command line still win::
 
@@ -41,7 +45,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from algorithms.a3c import HogwildWorker
 from algorithms.config import RunConfig
+from algorithms.impala import Learner, SlotQueue, announce
 from algorithms.learner import LocalLearner, compute_gradients
 from algorithms.protocol import Push, Reply, from_wire, record_episodes, record_update, to_wire
 from algorithms.server import GlobalModel
@@ -61,12 +67,7 @@ from experiments.train import CONFIG_DIR
 
 
 def median_seconds(operation: Callable[[], Any], repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        operation()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
+    return statistics.median(timed_seconds(operation) for _ in range(repeats))
 
 
 def echo(conn: Any) -> None:
@@ -129,6 +130,7 @@ def measure(cfg: DictConfig, repeats: int) -> dict[str, float]:
         "byte_s": byte_s,
         "latency_s": 0.0,
         "update_s": loop["rest"],
+        **time_impala(cfg, repeats),
     }
 
 
@@ -140,15 +142,9 @@ def time_updates(cfg: DictConfig, updates: int) -> dict[str, float]:
     else in the update (syncing, the learning rate and guards, the gradient's copy, recording the rows), each
     update's whole time less its three parts."""
     warmup = max(2, updates // 4)
-    timed = OmegaConf.merge(cfg, {
-        "algo": {"name": "a3c", "mode": "hogwild", "num_workers": 1}, "backend": "local", "device": "cpu",
-        "total_env_steps": (warmup + updates) * cfg.algo.n_steps * cfg.algo.num_envs, "resume": False,
-        "quiet": True, "eval": {"episodes": 0}, "logger": {"wandb": {"mode": "disabled"}}})
-    run_cfg = RunConfig.from_config(OmegaConf.to_object(timed))
     parts: dict[str, list[float]] = {"rollout": [], "gradient": [], "step": [], "rest": []}
-    with (tempfile.TemporaryDirectory(prefix="svrl-calibrate-") as scratch,
-          contextlib.redirect_stdout(sys.stderr),  # the record's summary line: stdout is the profile's
-          RunRecord(scratch, timed) as record):
+    with scratch_run(cfg, {"name": "a3c", "mode": "hogwild", "num_workers": 1},
+                     (warmup + updates) * cfg.algo.n_steps * cfg.algo.num_envs) as (run_cfg, record):
         worker = HogwildWorker(run_cfg, 0, GlobalModel(run_cfg, None, None, shared=False).state(), 0)
         learner, optimizer_step, steps = worker.learner, worker.optimizer.step, []
 
@@ -178,6 +174,87 @@ def time_updates(cfg: DictConfig, updates: int) -> dict[str, float]:
         finally:
             worker.close()
     return {name: statistics.fmean(times[warmup:]) for name, times in parts.items()}
+
+
+@contextlib.contextmanager
+def scratch_run(cfg: DictConfig, algo: dict[str, Any], env_steps: int) -> Iterator[tuple[RunConfig, RunRecord]]:
+    """``cfg`` as a one-process local run of ``algo`` over ``env_steps``, with a run record in a scratch directory
+    (no W&B, no evaluation), for timing its update path."""
+    timed = OmegaConf.merge(cfg, {
+        "algo": algo, "backend": "local", "device": "cpu", "total_env_steps": env_steps, "resume": False,
+        "quiet": True, "eval": {"episodes": 0}, "logger": {"wandb": {"mode": "disabled"}}})
+    with (tempfile.TemporaryDirectory(prefix="svrl-calibrate-") as scratch,
+          contextlib.redirect_stdout(sys.stderr),  # the record's summary line: stdout is the profile's
+          RunRecord(scratch, timed) as record):
+        yield RunConfig.from_config(OmegaConf.to_object(timed)), record
+
+
+def discard(conn: Any) -> None:
+    """The far end of the pipe: say it is reading (a pipe whose reader is still starting fills up and blocks its
+    writer), then read and drop every message, until ``None``."""
+    conn.send("reading")
+    while conn.recv() is not None:
+        pass
+
+
+class HandBack:
+    """Slots handed back through a pipe, as a learner's supervisor hands them to an actor."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def send(self, _worker: int, message: Any) -> None:
+        self.conn.send(message)
+
+
+LEARNER_BATCHES = (1, 2, 4, 8)
+
+
+def time_impala(cfg: DictConfig, repeats: int) -> dict[str, float]:
+    """impala's own costs on its real path, with ``cfg``'s env, model and rollout. ``unroll_s``: an actor's unroll
+    beyond collecting it (reading the published parameters, then :func:`~algorithms.impala.announce`: the
+    behaviour log-probabilities, the slot write and the message to a process that reads it), the mean over
+    ``repeats`` unrolls past a warm-up. ``learn_s`` and ``learn_unroll_s``: the least-squares line through the
+    mean seconds of a learner update (:meth:`~algorithms.impala.SlotQueue.update`: gathering the batch, handing
+    its slots back, the corrected loss and step, publishing, recording the rows) at batch sizes 1, 2, 4 and 8."""
+    warmup, depth = max(10, repeats // 4), max(LEARNER_BATCHES)  # each batch size's first updates are slower
+    context = mp.get_context("spawn")
+    here, there = context.Pipe()
+    process = context.Process(target=discard, args=(there,), daemon=True)
+    process.start()
+    here.recv()
+    with scratch_run(cfg, {"name": "impala", "mode": "actor_learner", "num_workers": 1, "queue_depth": depth,
+                           "wait_for_update": False}, 10**12) as (run_cfg, record):
+        queue = SlotQueue(run_cfg, Learner(run_cfg, record, GlobalModel(run_cfg, None, None, shared=False)))
+        actor = LocalLearner(run_cfg, 0, 0)
+        try:
+            unrolls, announced = [], []
+            for index in range(warmup + repeats):
+                started = time.perf_counter()
+                version = queue.board.read_into(actor.model.flat_params)
+                read = time.perf_counter()
+                episodes = actor.collector.collect(actor.model)
+                collected = time.perf_counter()
+                announced.append(announce(actor, queue.slots, index % depth, version, episodes, here))
+                unrolls.append(read - started + time.perf_counter() - collected)
+            hand_back, updates = HandBack(here), []
+            for size in LEARNER_BATCHES:
+                batch = announced[-size:]  # in distinct slots
+                timings = [timed_seconds(partial(queue.update, batch, hand_back)) for _ in range(warmup + repeats)]
+                updates.append(statistics.fmean(timings[warmup:]))
+        finally:
+            actor.close()
+            here.send(None)
+            process.join(timeout=10)
+    per_unroll, fixed = np.polyfit(LEARNER_BATCHES, updates, 1)
+    return {"unroll_s": statistics.fmean(unrolls[warmup:]), "learn_s": max(float(fixed), 0.0),
+            "learn_unroll_s": max(float(per_unroll), 0.0)}
+
+
+def timed_seconds(operation: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    operation()
+    return time.perf_counter() - started
 
 
 def profile_text(costs: dict[str, float], overrides: list[str]) -> str:

@@ -3,23 +3,28 @@
 It calibrates ``sim.*`` here (``experiments.calibrate``), then runs each multi-worker schedule (a2c workers,
 Hogwild, the parameter server, impala) at each worker count with the same settings and seed: on real local
 processes, and on ``backend=simulated`` with the calibrated costs. With one worker among the counts it also fits
-each schedule's ``update_s`` to its real one-worker run (what that schedule's update costs beyond the calibrated
-parts: a barrier, a server's messages, a learner's batching) and simulates every count with it: one worker is
-then the fit, and more workers are the prediction. It reports the steady rates (env steps per second past the
-warm-up; virtual seconds for the simulation), their ratios, and both staleness distributions (mean and 95th
-percentile). Run it on a quiet machine: other load slows the real runs, not the simulated ones. Quiet means no
-other busy process at all, whatever its niceness: with the kernel's autogroups (on by default), a busy process
-of another session at nice 19 competes as an equal of this whole session, and a2c's barrier and the parameter
-server's replies suffer most (each wakes a process that slept); a stopped one (SIGSTOP) is quiet. Even then this
-machine's speed varies between runs, so compare several tables before reading a ratio.
+one cost of each schedule to its real one-worker run and simulates every count with it: one worker is then the
+fit, and more workers are the prediction. The fitted cost is where that schedule spends what the calibration's
+isolated timings miss: ``update_s`` for a2c and a3c (a barrier, a server's messages), ``learn_s`` for impala (the
+trainer's loop around each update: receiving the actors' announcements and supervising them).
 
-    python -m experiments.validate_simulation --workers 1 2 --steps 30000 env=cartpole
+It reports the steady rates (env steps per second past the warm-up; virtual seconds for the simulation), their
+ratios, and both staleness distributions (mean and 95th percentile). The real rate is the median of ``--trials``
+runs of each setting, made in rounds, and the table gives their range: the same run on this machine varies
+by up to a factor of two from one minute to the next, most for the schedules whose processes wait on each other
+(a2c's barrier, the parameter server's replies, impala's slots), so a single run's ratio says little. Run it on a
+quiet machine: other load slows the real runs, not the simulated ones. Quiet means no other busy process at all,
+whatever its niceness: with the kernel's autogroups (on by default), a busy process of another session at nice
+19 competes as an equal of this whole session; a stopped one (SIGSTOP) is quiet.
+
+    python -m experiments.validate_simulation --workers 1 2 --steps 15000 --trials 3 env=cartpole
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +40,7 @@ from experiments.throughput import steady_rate
 from experiments.train import CONFIG_DIR, train
 
 SCHEDULES = ("a2c_workers", "a3c_hogwild", "a3c_parameter_server", "impala")
+FITTED_COST = {"impala": "learn_s"}  # the others': update_s
 WARMUP = 0.2  # the fraction of each run left out of its steady rate (process start-up, for the real runs)
 
 
@@ -59,26 +65,40 @@ def run_once(cfg: Any, run_dir: Path) -> dict[str, float]:
             "staleness_p95": float(np.percentile(staleness, 95))}
 
 
-def compare(overrides: list[str], schedules: list[str], workers: list[int], steps: int,
+def real_runs(all_runs: list[Runs], workers: list[int], trials: int) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every schedule's real runs at every worker count, ``trials`` times in rounds (so that a slow spell of the
+    machine touches every setting alike): the median rate, every trial's, and the mean staleness statistics."""
+    measured: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for _ in range(trials):
+        for runs in all_runs:
+            for count in workers:
+                measured.setdefault((runs.schedule, count), []).append(runs.real(count))
+    return {key: {"sps": statistics.median(run["sps"] for run in runs), "sps_trials": [run["sps"] for run in runs],
+                  **{name: statistics.fmean(run[name] for run in runs) for name in ("staleness_mean", "staleness_p95")}}
+            for key, runs in measured.items()}
+
+
+def compare(overrides: list[str], schedules: list[str], workers: list[int], steps: int, trials: int,
             costs: dict[str, float], root: Path) -> list[dict[str, Any]]:
-    """Every schedule at every worker count: real, simulated with ``costs``, and (with one worker among
-    ``workers``) simulated with the schedule's ``update_s`` fitted to its real one-worker run."""
-    rows = []
-    for schedule in schedules:
-        runs = Runs(overrides, schedule, steps, root)
-        real = {count: runs.real(count) for count in workers}
+    """Every schedule at every worker count: real (the median of ``trials``), simulated with ``costs``, and (with
+    one worker among ``workers``) simulated with the schedule's fitted cost fitted to its real one-worker run."""
+    rows, all_runs = [], [Runs(overrides, schedule, steps, root) for schedule in schedules]
+    measured = real_runs(all_runs, workers, trials)
+    for runs in all_runs:
+        schedule = runs.schedule
+        real = {count: measured[schedule, count] for count in workers}
         calibrated = {count: runs.simulated(count, costs) for count in workers}
-        fitted_costs = ({**costs, "update_s": runs.fit_update_s(costs, real[1]["sps"], calibrated[1]["sps"])}
-                        if 1 in workers else None)
+        fitted_name = FITTED_COST.get(schedule, "update_s")
+        fitted_costs = {**costs, fitted_name: runs.fit(fitted_name, costs, real[1]["sps"])} if 1 in workers else None
         for count in workers:
             row = {"schedule": schedule, "workers": count, "real": real[count], "simulated": calibrated[count],
                    "ratio": calibrated[count]["sps"] / real[count]["sps"]}
             if fitted_costs is not None:
                 fitted = runs.simulated(count, fitted_costs)
-                row.update(fitted_update_s=fitted_costs["update_s"], fitted=fitted,
+                row.update(fitted_cost=fitted_name, fitted_s=fitted_costs[fitted_name], fitted=fitted,
                            fitted_ratio=fitted["sps"] / real[count]["sps"])
             rows.append(row)
-            fit = f", with update_s fitted {row['fitted']['sps']:,.0f}" if "fitted" in row else ""
+            fit = f", with {fitted_name} fitted {row['fitted']['sps']:,.0f}" if "fitted" in row else ""
             print(f"  {schedule}_{count}w: real {real[count]['sps']:,.0f} steps/s, simulated "
                   f"{calibrated[count]['sps']:,.0f}{fit}", file=sys.stderr, flush=True)
     return rows
@@ -106,31 +126,31 @@ class Runs:
         sim = [f"sim.{name}={value!r}" for name, value in costs.items()]
         return self.run([*self.common(workers), "backend=simulated", *sim], "simulated", workers)
 
-    def fit_update_s(self, costs: dict[str, float], real_sps: float, simulated_sps: float) -> float:
-        """The ``update_s`` at which one simulated worker steps at ``real_sps``: what this schedule's real update
-        costs beyond the calibrated parts (its barrier, its server's unpickling and replies, its learner's
-        batching). Seconds per env step grow linearly with ``update_s`` where updates are serial; the one-worker
-        run with ``costs`` (``simulated_sps``) and one more with ``update_s`` a millisecond larger give the line,
-        and the fit is where it meets the real rate (never below 0)."""
-        base, step = costs["update_s"], 1e-3
-        at_base = 1 / simulated_sps
-        slope = (1 / self.simulated(1, {**costs, "update_s": base + step})["sps"] - at_base) / step
-        return max(0.0, base + (1 / real_sps - at_base) / slope)
+    def fit(self, name: str, costs: dict[str, float], real_sps: float) -> float:
+        """The cost ``name`` at which one simulated worker steps at ``real_sps``. Seconds per env step grow
+        linearly with it where the worker's loop is serial (for impala, once the learner, not the actor, is the
+        slower); one-worker runs with it one and two milliseconds above the calibrated value give the line, and
+        the fit is where it meets the real rate (never below 0)."""
+        low, high, step = costs[name] + 1e-3, costs[name] + 2e-3, 1e-3
+        at_low, at_high = (1 / self.simulated(1, {**costs, name: cost})["sps"] for cost in (low, high))
+        return max(0.0, low + (1 / real_sps - at_low) * step / (at_high - at_low))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     fitted = any("fitted" in row for row in rows)
-    header = "| schedule | workers | real steps/s | simulated steps/s | simulated / real |"
-    header += " update_s fitted at 1 worker (ms) | simulated with it | its / real |" if fitted else ""
+    header = "| schedule | workers | real steps/s, median (range) | simulated steps/s | simulated / real |"
+    header += " cost fitted at 1 worker (ms) | simulated with it | its / real |" if fitted else ""
     header += " staleness mean, real / simulated | staleness p95, real / simulated |"
     rule = "| --- | --- | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if fitted else "") + " --- | --- |"
     lines = [header, rule]
     for row in rows:
         real, simulated = row["real"], row["simulated"]
-        line = (f"| {row['schedule']} | {row['workers']} | {real['sps']:,.0f} | {simulated['sps']:,.0f} | "
+        spread = f" ({min(real['sps_trials']):,.0f}-{max(real['sps_trials']):,.0f})" if "sps_trials" in real else ""
+        line = (f"| {row['schedule']} | {row['workers']} | {real['sps']:,.0f}{spread} | {simulated['sps']:,.0f} | "
                 f"{row['ratio']:.2f} |")
         if fitted:
-            line += (f" {row['fitted_update_s'] * 1e3:.3f} | {row['fitted']['sps']:,.0f} | {row['fitted_ratio']:.2f}"
+            line += (f" `{row['fitted_cost']}` {row['fitted_s'] * 1e3:.3f} | {row['fitted']['sps']:,.0f} | "
+                     f"{row['fitted_ratio']:.2f}"
                      f"{' (the fit)' if row['workers'] == 1 else ''} |")
         lines.append(line + f" {real['staleness_mean']:.2f} / {simulated['staleness_mean']:.2f} | "
                      f"{real['staleness_p95']:.1f} / {simulated['staleness_p95']:.1f} |")
@@ -144,15 +164,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=30_000, help="env steps of every run")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="real runs of each setting, in rounds; their median rate is compared")
     parser.add_argument("--repeats", type=int, default=1000,
                         help="the calibration's timings per cost and timed updates (experiments.calibrate --repeats)")
     parser.add_argument("--out", type=Path, help="write the table and every number here as JSON too")
     args = parser.parse_args(argv)
-    if args.steps < 1 or min(args.workers) < 1 or args.repeats < 1:
-        parser.error(f"--steps {args.steps} --workers {args.workers} --repeats {args.repeats}: must be positive")
+    if args.steps < 1 or min(args.workers) < 1 or args.repeats < 1 or args.trials < 1:
+        parser.error(f"--steps {args.steps} --workers {args.workers} --repeats {args.repeats} --trials "
+                     f"{args.trials}: must be positive")
     costs = measure(compose_run([*args.overrides, "algo=a3c"]), repeats=args.repeats)
     with tempfile.TemporaryDirectory(prefix="svrl-validate-") as scratch:
-        rows = compare(args.overrides, args.schedules, args.workers, args.steps, costs, Path(scratch))
+        rows = compare(args.overrides, args.schedules, args.workers, args.steps, args.trials, costs,
+                       Path(scratch))
     print(table(rows))
     if args.out is not None:
         args.out.write_text(json.dumps({"costs": costs, "rows": rows}, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -18,12 +19,16 @@ def test_the_profile_has_every_measured_cost_and_loads_as_the_sim_config(tmp_pat
     out = tmp_path / "sim" / "here.yaml"
     main(["--out", str(out), "--repeats", "20", "env=cartpole", "algo=a3c"])
     profile = OmegaConf.load(out)
-    measured = ("forward_s", "backward_s", "apply_s", "update_s", "message_s", "byte_s")
+    measured = ("forward_s", "backward_s", "apply_s", "update_s", "message_s", "byte_s", "unroll_s")
     assert all(math.isfinite(profile[name]) and profile[name] > 0 for name in measured)
     # a difference of timings (a rollout less its forward passes), clamped at 0 should noise invert it
     assert math.isfinite(profile.env_step_s) and profile.env_step_s >= 0
     assert profile.latency_s == 0
     assert profile.backward_s > profile.forward_s  # a gradient costs more than acting
+    # impala's behaviour pass over an unroll costs more than one acting pass, its learner's update than a step
+    assert profile.unroll_s > profile.forward_s
+    assert min(profile.learn_s, profile.learn_unroll_s) >= 0  # a line's parts, clamped at 0 should noise invert one
+    assert profile.learn_s + 8 * profile.learn_unroll_s > profile.apply_s
     sim = OmegaConf.merge(OmegaConf.structured(SimConfig), profile)  # the schema takes every key and type
     assert sim.apply_s == profile.apply_s and sim.update_s == profile.update_s and sim.straggler_fraction == 0.0
     assert capsys.readouterr().out == out.read_text()  # the timed run's summary line stays off stdout
@@ -48,24 +53,29 @@ def test_a_bad_config_exits_with_status_2_before_measuring(tmp_path):
     assert exited.value.code == 2 and not (tmp_path / "p.yaml").exists()
 
 
-def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_path, capsys):
+@pytest.mark.parametrize(("schedule", "fitted_cost"), [("a3c_parameter_server", "update_s"),
+                                                      ("impala", "learn_s")])
+def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_path, capsys, schedule, fitted_cost):
     from experiments.validate_simulation import main as validate_main
 
     out = tmp_path / "validation.json"
-    validate_main(["--workers", "1", "--schedules", "a3c_parameter_server", "--steps", "1000", "--out", str(out),
+    validate_main(["--workers", "1", "--schedules", schedule, "--steps", "1000", "--trials", "2", "--out", str(out),
                    "env=cartpole"])
     result = json.loads(out.read_text())
     assert result["costs"]["update_s"] >= 0  # every calibrated cost reaches the simulated run
     (row,) = result["rows"]
-    assert (row["schedule"], row["workers"]) == ("a3c_parameter_server", 1)
-    for run in ("real", "simulated"):  # one worker: never stale, on either clock
-        assert row[run]["sps"] > 0 and row[run]["staleness_mean"] == row[run]["staleness_p95"] == 0
+    assert (row["schedule"], row["workers"]) == (schedule, 1)
+    for run in ("real", "simulated"):  # one a3c worker is never stale, on either clock
+        assert row[run]["sps"] > 0 and (schedule == "impala" or row[run]["staleness_mean"] == 0)
     assert row["ratio"] == pytest.approx(row["simulated"]["sps"] / row["real"]["sps"])
-    # The update_s fitted at one worker makes the simulated worker step at the real one's rate, unless even a
+    trials = row["real"]["sps_trials"]
+    assert len(trials) == 2 and row["real"]["sps"] == pytest.approx(np.mean(trials))  # the median of two
+    # The cost fitted at one worker makes the simulated worker step at the real one's rate, unless even a
     # free update is slower than the real one (a calibration taken under load): then it is 0.
     assert row["fitted_ratio"] == pytest.approx(row["fitted"]["sps"] / row["real"]["sps"])
-    if row["fitted_update_s"] > 0:
+    assert row["fitted_cost"] == fitted_cost
+    if row["fitted_s"] > 0:
         assert row["fitted_ratio"] == pytest.approx(1.0, rel=0.02)
     else:
         assert row["fitted_ratio"] < 1.0
-    assert "| a3c_parameter_server | 1 |" in capsys.readouterr().out
+    assert f"| {schedule} | 1 |" in capsys.readouterr().out

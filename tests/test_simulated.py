@@ -137,3 +137,23 @@ def test_the_server_pays_update_s_per_push_and_hogwild_workers_each_pay_their_ow
         mine = [float(row["wall_time"]) for row in rows if row["worker"] == worker]
         assert np.diff(mine) == pytest.approx([task + sim.update_s + sim.apply_s] * (len(mine) - 1), rel=1e-9)
     assert float(rows[-1]["wall_time"]) < 0.6 * walls[-1]  # twice the parallelism, for as many updates
+
+
+def test_an_impala_update_is_one_batched_pass_and_an_unroll_pays_unroll_s(tmp_path):
+    """The learner, far slower than eight actors, publishes every learn_s + batch_size * learn_unroll_s whatever the
+    batch; one actor in lockstep waits for each update: an unroll (with unroll_s), its message, the update."""
+    setting = [*SIMULATED, "algo=impala", "sim.byte_s=0", "sim.message_s=0.001"]
+    learner_bound = [*setting, "algo.num_workers=8", "total_env_steps=800", "sim.learn_s=0.02"]
+    for batch in (2, 8):
+        record = train_run(tmp_path / f"batch{batch}", *learner_bound, f"algo.batch_size={batch}")
+        walls, versions = walls_by_update(tmp_path / f"batch{batch}")
+        update_walls = [walls[versions.index(version)] for version in sorted(set(versions))]
+        assert np.diff(update_walls) == pytest.approx(
+            [0.02 + batch * record.cfg.sim.learn_unroll_s] * (len(update_walls) - 1), rel=1e-9)
+    record = train_run(tmp_path / "lockstep", *setting, "algo.num_workers=1", "algo.batch_size=1",
+                       "algo.queue_depth=1", "algo.wait_for_update=true", "total_env_steps=300", "sim.unroll_s=0.01")
+    sim, algo = record.cfg.sim, record.cfg.algo
+    unroll = algo.n_steps * sim.env_step_s + algo.n_steps * sim.forward_s + 0.01
+    walls, _ = walls_by_update(tmp_path / "lockstep")
+    assert np.diff(walls) == pytest.approx(
+        [unroll + 0.001 + sim.learn_s + sim.learn_unroll_s] * (len(walls) - 1), rel=1e-9)
