@@ -59,7 +59,7 @@ from algorithms.a3c import HogwildWorker
 from algorithms.config import RunConfig
 from algorithms.impala import Learner, SlotQueue, announce
 from algorithms.learner import LocalLearner, compute_gradients
-from algorithms.protocol import Push, Reply, from_wire, record_episodes, record_update, to_wire
+from algorithms.protocol import Push, Reply, UnrollReady, from_wire, record_episodes, record_update, to_wire
 from algorithms.server import GlobalModel
 from experiments.config import ConfigError, validate
 from experiments.record import RunRecord
@@ -222,33 +222,42 @@ def time_impala(cfg: DictConfig, repeats: int) -> dict[str, float]:
     here, there = context.Pipe()
     process = context.Process(target=discard, args=(there,), daemon=True)
     process.start()
-    here.recv()
-    with scratch_run(cfg, {"name": "impala", "mode": "actor_learner", "num_workers": 1, "queue_depth": depth,
-                           "wait_for_update": False}, 10**12) as (run_cfg, record):
-        queue = SlotQueue(run_cfg, Learner(run_cfg, record, GlobalModel(run_cfg, None, None, shared=False)))
-        actor = LocalLearner(run_cfg, 0, 0)
-        try:
-            unrolls, announced = [], []
-            for index in range(warmup + repeats):
-                started = time.perf_counter()
-                version = queue.board.read_into(actor.model.flat_params)
-                read = time.perf_counter()
-                episodes = actor.collector.collect(actor.model)
-                collected = time.perf_counter()
-                announced.append(announce(actor, queue.slots, index % depth, version, episodes, here))
-                unrolls.append(read - started + time.perf_counter() - collected)
-            hand_back, updates = HandBack(here), []
+    try:
+        here.recv()
+        with scratch_run(cfg, {"name": "impala", "mode": "actor_learner", "num_workers": 1, "queue_depth": depth,
+                               "wait_for_update": False}, 10**12) as (run_cfg, record):
+            queue = SlotQueue(run_cfg, Learner(run_cfg, record, GlobalModel(run_cfg, None, None, shared=False)))
+            unrolls, announced = time_actor(run_cfg, queue, here, warmup + repeats)
+            updates = []
             for size in LEARNER_BATCHES:
                 batch = announced[-size:]  # in distinct slots
-                timings = [timed_seconds(partial(queue.update, batch, hand_back)) for _ in range(warmup + repeats)]
+                timings = [timed_seconds(partial(queue.update, batch, HandBack(here)))
+                           for _ in range(warmup + repeats)]
                 updates.append(statistics.fmean(timings[warmup:]))
-        finally:
-            actor.close()
-            here.send(None)
-            process.join(timeout=10)
+    finally:
+        here.send(None)
+        process.join(timeout=10)
     per_unroll, fixed = np.polyfit(LEARNER_BATCHES, updates, 1)
     return {"unroll_s": statistics.fmean(unrolls[warmup:]), "learn_s": max(float(fixed), 0.0),
             "learn_unroll_s": max(float(per_unroll), 0.0)}
+
+
+def time_actor(cfg: RunConfig, queue: SlotQueue, conn: Any, unrolls: int) -> tuple[list[float], list[UnrollReady]]:
+    """A real actor's loop for ``unrolls`` unrolls into ``queue``'s slots, announced on ``conn``: the seconds of
+    each beyond collecting it, and the announcements."""
+    actor, seconds, announced = LocalLearner(cfg, 0, 0), [], []
+    try:
+        for index in range(unrolls):
+            started = time.perf_counter()
+            version = queue.board.read_into(actor.model.flat_params)
+            read = time.perf_counter()
+            episodes = actor.collector.collect(actor.model)
+            collected = time.perf_counter()
+            announced.append(announce(actor, queue.slots, index % queue.algo.queue_depth, version, episodes, conn))
+            seconds.append(read - started + time.perf_counter() - collected)
+    finally:
+        actor.close()
+    return seconds, announced
 
 
 def timed_seconds(operation: Callable[[], Any]) -> float:
