@@ -88,8 +88,10 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str
         outcome = "skipped"
         print(f"skipped (already completed): {run_dir}", flush=True)
     else:
-        # An interrupted or killed run continues from its checkpoint; a failed one starts afresh.
-        cfg.resume = status in ("interrupted", "running") and any(path.exists() for path in checkpoint_paths(run_dir))
+        # An interrupted or killed run continues from its checkpoint; a failed one starts afresh, and so does a
+        # simulated one, which cannot resume but is deterministic: its rerun leaves the record it would have left.
+        cfg.resume = (status in ("interrupted", "running") and cfg.backend != "simulated"
+                      and any(path.exists() for path in checkpoint_paths(run_dir)))
         try:
             record = train(cfg, str(run_dir), overrides)
             outcome = {"completed": "resumed" if cfg.resume else "completed"}.get(record.status, record.status)

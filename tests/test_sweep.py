@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import read_meta
+from tests.conftest import read_csv, read_meta, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPLODING_ENV = "tests.exploding_env:ExplodingCartPole-v0"
@@ -54,13 +54,11 @@ def test_failing_job_does_not_stop_the_sweep_and_a_rerun_skips_completed_jobs(tm
     assert all(read_meta(sweep_dir / job)["status"] == "completed" for job in good)
 
 
-def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    overrides = ("total_env_steps=10000", "log_interval=500", "checkpoint_interval=100000", "seed=0,1")
-    process = subprocess.Popen(sweep_command(sweep_dir, *overrides), cwd=tmp_path,
+def interrupt_first_job(sweep_dir: Path, first_job: Path, second_job: Path, *overrides: str) -> None:
+    """Start the sweep, Ctrl-C it once its first job has logged a few rows; check that it stopped there."""
+    process = subprocess.Popen(sweep_command(sweep_dir, *overrides), cwd=sweep_dir.parent,
                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    first_job = sweep_dir / "checkpoint_interval=100000,log_interval=500,seed=0,total_env_steps=10000"
     deadline = time.monotonic() + 120
     while not (first_job / "metrics.csv").exists() or len((first_job / "metrics.csv").read_text().splitlines()) < 3:
         assert time.monotonic() < deadline and process.poll() is None
@@ -69,8 +67,16 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     process.communicate(timeout=60)
     assert process.returncode == 130  # Ctrl-C stops the whole sweep, not just the current job
     assert read_meta(first_job)["status"] == "interrupted"
-    assert not (sweep_dir / "checkpoint_interval=100000,log_interval=500,seed=1,total_env_steps=10000").exists()
+    assert not second_job.exists()
 
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    overrides = ("total_env_steps=10000", "log_interval=500", "checkpoint_interval=100000", "seed=0,1")
+    first_job = sweep_dir / "checkpoint_interval=100000,log_interval=500,seed=0,total_env_steps=10000"
+    interrupt_first_job(sweep_dir, first_job,
+                        sweep_dir / "checkpoint_interval=100000,log_interval=500,seed=1,total_env_steps=10000",
+                        *overrides)
     rerun = run_sweep(sweep_dir, *overrides)
     assert rerun.returncode == 0, rerun.stderr
     outcomes = summary(sweep_dir)
@@ -78,6 +84,23 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
                         "checkpoint_interval=100000,log_interval=500,seed=1,total_env_steps=10000": "completed"}
     meta = read_meta(first_job)
     assert meta["status"] == "completed" and len(meta["resumed_at_env_steps"]) == 1
+
+
+def test_an_interrupted_simulated_job_reruns_from_the_start_to_the_record_it_would_have_left(tmp_path):
+    """A simulated run cannot resume (its gradients in flight are not checkpointed), but it is deterministic: the
+    rerun sweep starts it afresh, and its record is an uninterrupted run's, virtual wall times included."""
+    sweep_dir, setting = tmp_path / "sweep", ("algo=a3c", "backend=simulated", "algo.num_workers=4",
+                                              "total_env_steps=20000", "log_interval=500")
+    name = "algo.num_workers=4,algo=a3c,backend=simulated,log_interval=500,seed={},total_env_steps=20000"
+    first_job = sweep_dir / name.format(0)
+    interrupt_first_job(sweep_dir, first_job, sweep_dir / name.format(1), *setting, "seed=0,1")
+    rerun = run_sweep(sweep_dir, *setting, "seed=0,1")
+    assert rerun.returncode == 0, rerun.stderr
+    assert summary(sweep_dir) == {first_job.name: "completed", name.format(1): "completed"}
+    assert read_meta(first_job)["status"] == "completed" and read_meta(first_job)["resumed_at_env_steps"] == []
+    train_run(tmp_path / "uninterrupted", *setting, "seed=0")
+    for record in ("updates.csv", "episodes.csv", "metrics.csv"):
+        assert read_csv(first_job / record) == read_csv(tmp_path / "uninterrupted" / record)
 
 
 def test_parallel_launcher_is_limited_to_the_cpu_budget(tmp_path):
