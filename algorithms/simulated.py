@@ -238,8 +238,8 @@ class SimulatedImpala:
         self.global_model, self.actors, self.costs, self.clock = start(cfg, record)
         self.learner = Learner(cfg, record, self.global_model)
         sim, algo = cfg.sim, cfg.algo
-        self.unroll_s = algo.n_steps * algo.num_envs * sim.env_step_s + algo.n_steps * sim.forward_s + sim.unroll_s
-        self.learn_s = sim.learn_s + algo.batch_size * sim.learn_unroll_s
+        self.unroll_cost_s = algo.n_steps * algo.num_envs * sim.env_step_s + algo.n_steps * sim.forward_s + sim.unroll_s
+        self.update_cost_s = sim.learn_s + algo.batch_size * sim.learn_unroll_s
         self.events: list[tuple[float, int, int, int, Any]] = []  # time, kind, worker, sequence, payload
         self.sequence = 0  # the last tie-break: payloads are never compared
         self.queue: list[tuple[UnrollReady, Unrolls]] = []  # arrived, in arrival order
@@ -269,7 +269,7 @@ class SimulatedImpala:
         unroll = unroll_from(actor.collector, actor.model).copy()
         ready = UnrollReady(worker, 0, version, episodes, actor.steps, now, evaluation_statistics(actor))
         self.held[worker] += 1
-        self.push(now + self.costs.task(worker, self.unroll_s), ACTED, worker, (ready, unroll))
+        self.push(now + self.costs.task(worker, self.unroll_cost_s), ACTED, worker, (ready, unroll))
 
     def acted(self, now: float, worker: int, item: tuple[UnrollReady, Unrolls]) -> None:
         unroll = item[1]
@@ -293,7 +293,7 @@ class SimulatedImpala:
         if not self.algo.wait_for_update:
             self.release(batch, now)
         self.learning = True
-        self.push(now + self.learn_s, LEARNED, -1, batch)
+        self.push(now + self.update_cost_s, LEARNED, -1, batch)
 
     def learned(self, now: float, _: int, batch: list[tuple[UnrollReady, Unrolls]]) -> None:
         self.learner.learn([ready for ready, _ in batch], join_unrolls([unroll for _, unroll in batch]))
