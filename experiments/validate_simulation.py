@@ -10,7 +10,8 @@ trainer's loop around each update: receiving the actors' announcements and super
 
 It reports the steady rates (env steps per second past the warm-up; virtual seconds for the simulation), their
 ratios, and both staleness distributions (mean and 95th percentile). The real rate is the median of ``--trials``
-runs of each setting, made in rounds, and the table gives their range: the same run on this machine varies
+runs of each setting, made in rounds that each start with a calibration (each cost is the median of the rounds'),
+and the table gives their range: the same run on this machine varies
 by up to a factor of two from one minute to the next, most for the schedules whose processes wait on each other
 (a2c's barrier, the parameter server's replies, impala's slots), so a single run's ratio says little. Run it on a
 quiet machine: other load slows the real runs, not the simulated ones. Quiet means no other busy process at all,
@@ -27,6 +28,8 @@ import json
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +68,33 @@ def run_once(cfg: Any, run_dir: Path) -> dict[str, float]:
             "staleness_p95": float(np.percentile(staleness, 95))}
 
 
-def real_runs(all_runs: list[Runs], workers: list[int], trials: int) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every schedule's real runs at every worker count, ``trials`` times in rounds (so that a slow spell of the
-    machine touches every setting alike): the median rate, every trial's, and the mean staleness statistics."""
+def real_runs(all_runs: list[Runs], workers: list[int], trials: int,
+              calibrate: Callable[[], dict[str, float]]) -> tuple[dict[tuple[str, int], dict[str, Any]],
+                                                                 list[dict[str, float]]]:
+    """A calibration, then every schedule's real runs at every worker count, ``trials`` times in rounds (so that a
+    slow spell of the machine touches the calibration and every setting alike): for each setting the median rate,
+    every trial's, and the mean staleness statistics; and each round's calibrated costs."""
     measured: dict[tuple[str, int], list[dict[str, float]]] = {}
+    calibrations = []
     for _ in range(trials):
+        calibrations.append(calibrate())
         for runs in all_runs:
             for count in workers:
                 measured.setdefault((runs.schedule, count), []).append(runs.real(count))
     return {key: {"sps": statistics.median(run["sps"] for run in runs), "sps_trials": [run["sps"] for run in runs],
                   **{name: statistics.fmean(run[name] for run in runs) for name in ("staleness_mean", "staleness_p95")}}
-            for key, runs in measured.items()}
+            for key, runs in measured.items()}, calibrations
 
 
 def compare(overrides: list[str], schedules: list[str], workers: list[int], steps: int, trials: int,
-            costs: dict[str, float], root: Path) -> list[dict[str, Any]]:
-    """Every schedule at every worker count: real (the median of ``trials``), simulated with ``costs``, and (with
-    one worker among ``workers``) simulated with the schedule's fitted cost fitted to its real one-worker run."""
+            calibrate: Callable[[], dict[str, float]], root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every schedule at every worker count: real (the median of ``trials``), simulated with the calibrated costs
+    (each the median of the rounds' calibrations), and (with one worker among ``workers``) simulated with the
+    schedule's fitted cost fitted to its real one-worker run. Returns the rows, and the costs with every
+    calibration."""
     rows, all_runs = [], [Runs(overrides, schedule, steps, root) for schedule in schedules]
-    measured = real_runs(all_runs, workers, trials)
+    measured, calibrations = real_runs(all_runs, workers, trials, calibrate)
+    costs = {name: statistics.median(calibration[name] for calibration in calibrations) for name in calibrations[0]}
     for runs in all_runs:
         schedule = runs.schedule
         real = {count: measured[schedule, count] for count in workers}
@@ -101,7 +112,7 @@ def compare(overrides: list[str], schedules: list[str], workers: list[int], step
             fit = f", with {fitted_name} fitted {row['fitted']['sps']:,.0f}" if "fitted" in row else ""
             print(f"  {schedule}_{count}w: real {real[count]['sps']:,.0f} steps/s, simulated "
                   f"{calibrated[count]['sps']:,.0f}{fit}", file=sys.stderr, flush=True)
-    return rows
+    return rows, {"costs": costs, "calibrations": calibrations}
 
 
 class Runs:
@@ -173,13 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1 or min(args.workers) < 1 or args.repeats < 1 or args.trials < 1:
         parser.error(f"--steps {args.steps} --workers {args.workers} --repeats {args.repeats} --trials "
                      f"{args.trials}: must be positive")
-    costs = measure(compose_run([*args.overrides, "algo=a3c"]), repeats=args.repeats)
+    calibrated = compose_run([*args.overrides, "algo=a3c"])
     with tempfile.TemporaryDirectory(prefix="svrl-validate-") as scratch:
-        rows = compare(args.overrides, args.schedules, args.workers, args.steps, args.trials, costs,
-                       Path(scratch))
+        rows, costs = compare(args.overrides, args.schedules, args.workers, args.steps, args.trials,
+                              partial(measure, calibrated, args.repeats), Path(scratch))
     print(table(rows))
     if args.out is not None:
-        args.out.write_text(json.dumps({"costs": costs, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({**costs, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -59,10 +59,12 @@ def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_pat
     from experiments.validate_simulation import main as validate_main
 
     out = tmp_path / "validation.json"
-    validate_main(["--workers", "1", "--schedules", schedule, "--steps", "1000", "--trials", "2", "--out", str(out),
-                   "env=cartpole"])
+    validate_main(["--workers", "1", "--schedules", schedule, "--steps", "1000", "--trials", "2", "--repeats", "50",
+                   "--out", str(out), "env=cartpole"])
     result = json.loads(out.read_text())
     assert result["costs"]["update_s"] >= 0  # every calibrated cost reaches the simulated run
+    first, second = result["calibrations"]  # one a round; each cost the median (of two: their mean)
+    assert result["costs"]["backward_s"] == pytest.approx((first["backward_s"] + second["backward_s"]) / 2)
     (row,) = result["rows"]
     assert (row["schedule"], row["workers"]) == (schedule, 1)
     for run in ("real", "simulated"):  # one a3c worker is never stale, on either clock
