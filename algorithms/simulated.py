@@ -228,10 +228,10 @@ class SimulatedImpala:
     it starts (``delay`` versions behind, if set); the unroll costs its env steps, a forward pass per step and
     ``unroll_s`` (the behaviour log-probabilities, reading the parameters, writing and announcing it), then the
     actor starts the next one if a slot of its ``queue_depth`` is free, while the unroll travels to the learner
-    (one message of its bytes). The learner, a serial resource, takes
-    ``batch_size`` unrolls in arrival order and publishes ``learn_s + batch_size * learn_unroll_s`` later (one
-    batched pass over them all); slots free when their unrolls are taken (with ``wait_for_update``, when the update
-    is published). The learning is the local learner's (:class:`~algorithms.impala.Learner`)."""
+    (one message of its bytes). The learner, a serial resource, takes ``batch_size`` unrolls in arrival order and
+    publishes ``learn_s + batch_size * learn_unroll_s`` later (one batched pass over them all); slots free when
+    their unrolls are taken (with ``wait_for_update``, when the update is published). The learning is the local
+    learner's (:class:`~algorithms.impala.Learner`)."""
 
     def __init__(self, cfg: Any, record: Record):
         self.cfg, self.algo, self.record = cfg, cfg.algo, record

@@ -11,12 +11,12 @@ trainer's loop around each update: receiving the actors' announcements and super
 It reports the steady rates (env steps per second past the warm-up; virtual seconds for the simulation), their
 ratios, and both staleness distributions (mean and 95th percentile). The real rate is the median of ``--trials``
 runs of each setting, made in rounds that each start with a calibration (each cost is the median of the rounds'),
-and the table gives their range: the same run on this machine varies
-by up to a factor of two from one minute to the next, most for the schedules whose processes wait on each other
-(a2c's barrier, the parameter server's replies, impala's slots), so a single run's ratio says little. Run it on a
-quiet machine: other load slows the real runs, not the simulated ones. Quiet means no other busy process at all,
-whatever its niceness: with the kernel's autogroups (on by default), a busy process of another session at nice
-19 competes as an equal of this whole session; a stopped one (SIGSTOP) is quiet.
+and the table gives their range: the same run on this machine varies by up to a factor of two from one minute to
+the next, most for the schedules whose processes wait on each other (a2c's barrier, the parameter server's
+replies, impala's slots), so a single run's ratio says little. Run it on a quiet machine: other load slows the
+real runs, not the simulated ones. Quiet means no other busy process at all, whatever its niceness: with the
+kernel's autogroups (on by default), a busy process of another session at nice 19 competes as an equal of this
+whole session; a stopped one (SIGSTOP) is quiet.
 
     python -m experiments.validate_simulation --workers 1 2 --steps 15000 --trials 3 env=cartpole
 """
@@ -90,7 +90,7 @@ def compare(overrides: list[str], schedules: list[str], workers: list[int], step
             calibrate: Callable[[], dict[str, float]], root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every schedule at every worker count: real (the median of ``trials``), simulated with the calibrated costs
     (each the median of the rounds' calibrations), and (with one worker among ``workers``) simulated with the
-    schedule's fitted cost fitted to its real one-worker run. Returns the rows, and the costs with every
+    schedule's ``FITTED_COST`` fitted to its real one-worker run. Returns the rows, and the costs with every
     calibration."""
     rows, all_runs = [], [Runs(overrides, schedule, steps, root) for schedule in schedules]
     measured, calibrations = real_runs(all_runs, workers, trials, calibrate)
@@ -156,8 +156,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [header, rule]
     for row in rows:
         real, simulated = row["real"], row["simulated"]
-        spread = f" ({min(real['sps_trials']):,.0f}-{max(real['sps_trials']):,.0f})" if "sps_trials" in real else ""
-        line = (f"| {row['schedule']} | {row['workers']} | {real['sps']:,.0f}{spread} | {simulated['sps']:,.0f} | "
+        spread = f"{min(real['sps_trials']):,.0f}-{max(real['sps_trials']):,.0f}"
+        line = (f"| {row['schedule']} | {row['workers']} | {real['sps']:,.0f} ({spread}) | {simulated['sps']:,.0f} | "
                 f"{row['ratio']:.2f} |")
         if fitted:
             line += (f" `{row['fitted_cost']}` {row['fitted_s'] * 1e3:.3f} | {row['fitted']['sps']:,.0f} | "
