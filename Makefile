@@ -15,11 +15,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The suite runs in parallel (pytest-xdist; an idle worker takes tests queued for a busy one), slow tests first;
+# TEST_WORKERS=0 runs it in one process. The 15 slowest tests are printed at the end, so that regressions show.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=15
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The demo study (every schedule, 3 seeds, CartPole-v1, about 4 minutes on 2 cores), then its report.
 # Re-running skips the completed runs and only redraws the report.

@@ -15,11 +15,11 @@ from multiprocessing import connection
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
 from algorithms.evaluation import take_snapshot
 from algorithms.learner import LocalLearner, NonFiniteGuard, learner_device, learning_rate, make_optimizer
 from algorithms.parameter_server import ParameterServer, pipe_worker
+from algorithms.processes import process_context
 from algorithms.protocol import (
     EpisodeRow,
     Join,
@@ -39,7 +39,7 @@ from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProc
 def run_hogwild(cfg: Any, record: Record) -> None:
     torch.set_num_threads(cfg.torch_threads)  # the trainer's, and the in-process worker's
     shared = cfg.algo.num_workers > 1
-    global_model = GlobalModel(cfg, record.resume_state, mp.get_context(cfg.algo.start_method), shared)
+    global_model = GlobalModel(cfg, record.resume_state, process_context(cfg.algo.start_method), shared)
     (train_hogwild if shared else train_one_worker)(cfg, record, global_model)
 
 

@@ -45,7 +45,7 @@ class AlgoConfig:
     normalize_advantage: bool = False
     lock: bool = False
     max_restarts: int = 3
-    start_method: str = "spawn"
+    start_method: str = "forkserver"
     on_nonfinite: str = "fail"  # a NaN or infinite loss or gradient: fail the run, or skip_update (drop it)
     max_nonfinite_skips: int = 10  # with skip_update: fail after this many non-finite updates of a worker in a row
     staleness: StalenessConfig = field(default_factory=StalenessConfig)

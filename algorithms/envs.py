@@ -23,7 +23,12 @@ worker the seed is ``seed + worker`` and no two envs in a run share a seed.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import pickle
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -33,6 +38,7 @@ from gymnasium.utils import EzPickle
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 from algorithms.atari import wrap_atari
+from algorithms.processes import process_context
 
 
 def worker_seed(seed: int, worker: int, num_envs: int) -> int:
@@ -72,12 +78,53 @@ MINATAR_PROBE_ID = "MinAtar/Breakout-v1"  # registered with all the others, v0 a
 
 
 def register_minatar_envs() -> None:
-    """MinAtar's ids, once per process (registering them again warns). Importing MinAtar takes seconds (it
-    imports matplotlib), so only what needs its envs calls this."""
+    """MinAtar's ids, once per process (registering them again warns). MinAtar imports matplotlib and seaborn
+    for its renderer, seconds of CPU in every process that steps its games: they load on the first render."""
     if MINATAR_PROBE_ID not in gym.registry:
-        import minatar.gym
+        with _plotting_deferred(minatar_modules=("minatar.environment", "minatar.gym")):
+            import minatar.gym
 
         minatar.gym.register_envs()
+
+
+class _DeferredModule:
+    """Stands for a module until one of its attributes is read, then imports it."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+PLOTTING = {"plt": "matplotlib.pyplot", "colors": "matplotlib.colors", "sns": "seaborn"}
+
+
+def _cannot_render_filter(record: logging.LogRecord) -> bool:
+    """Drops MinAtar's warning that it cannot render, which the stand-ins make untrue."""
+    return not record.getMessage().startswith("Cannot import")
+
+
+@contextmanager
+def _plotting_deferred(minatar_modules: tuple[str, ...]) -> Iterator[None]:
+    """Import MinAtar with matplotlib and seaborn unavailable (it catches that, and logs that it cannot render),
+    then give its modules stand-ins that import them when a render first uses them."""
+    hidden = {name: sys.modules.get(name) for name in ("matplotlib", "seaborn")}
+    sys.modules.update(dict.fromkeys(hidden))  # None: importing the name raises ImportError
+    root = logging.getLogger()
+    root.addFilter(_cannot_render_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(_cannot_render_filter)
+        for name, module in hidden.items():
+            if module is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = module
+    for module in minatar_modules:
+        for alias, name in PLOTTING.items():
+            setattr(sys.modules[module], alias, _DeferredModule(name))
 
 
 def register_ale_envs() -> None:
@@ -104,11 +151,13 @@ class ChannelsFirst(gym.ObservationWrapper):
         return np.ascontiguousarray(observation.transpose(2, 0, 1), dtype=np.uint8)
 
 
-def make_vector_env(env_cfg: Any, num_envs: int, backend: str = "sync") -> VectorEnv:
-    """``num_envs`` copies of the env in lockstep; ``backend="async"`` runs each in a subprocess."""
+def make_vector_env(env_cfg: Any, num_envs: int, backend: str = "sync", start_method: str = "forkserver") -> VectorEnv:
+    """``num_envs`` copies of the env in lockstep; ``backend="async"`` runs each in a subprocess started with
+    ``start_method``."""
     env_fns = [partial(make_env, env_cfg) for _ in range(num_envs)]
     if backend == "async":
-        return AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn")
+        process_context(start_method)  # a forkserver with the run's preloads, shared with its workers
+        return AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP, context=start_method)
     # copy=False: the collector copies observations into its own storage before the next step.
     return SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
 

@@ -33,7 +33,7 @@ def run(cfg: Any, record: Record) -> None:
     """collect -> returns and loss -> step -> record, until the budget or a stop; checkpoint on the way."""
     torch.set_num_threads(cfg.torch_threads)
     algo, num_envs = cfg.algo, cfg.algo.num_envs
-    envs = make_vector_env(cfg.env, num_envs, algo.vector_backend)
+    envs = make_vector_env(cfg.env, num_envs, algo.vector_backend, algo.start_method)
     try:
         model = build_model(cfg, envs).place(learner_device(cfg))
         optimizer = make_optimizer(model, algo)

@@ -10,6 +10,7 @@ process is stopped (terminate, then kill) by :class:`WorkerProcesses`.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -22,9 +23,9 @@ from multiprocessing import connection
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
 from algorithms.learner import NonFiniteUpdate
+from algorithms.processes import process_context
 from algorithms.protocol import Record, WorkerDone, WorkerError
 
 POLL_S = 0.02  # how often a trainer drains its workers' rows and checks that they are alive
@@ -161,12 +162,17 @@ def _terminate_now() -> None:
 
 
 def watch_parent(interval: float = 1.0) -> None:
-    """Exit this process when its parent dies (a SIGKILLed trainer must not leave workers running)."""
+    """Exit this process when the trainer that started it dies: a SIGKILLed trainer must not leave workers
+    running. A forkserver's worker is the forkserver's child, and the forkserver lives on while its workers do,
+    so the trainer is watched through the sentinel that multiprocessing gives each child (ready once the trainer
+    is gone), and the parent pid as well (under ``fork`` a sibling may hold the sentinel open)."""
+    trainer = multiprocessing.parent_process()
+    sentinels = [] if trainer is None else [trainer.sentinel]
     parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
+        while not connection.wait(sentinels, timeout=interval) and os.getppid() == parent:
+            pass
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -183,7 +189,7 @@ class WorkerProcesses:
     """Worker processes of one run, keyed by worker index; a context manager that stops them all."""
 
     def __init__(self, start_method: str):
-        self.context = mp.get_context(start_method)
+        self.context = process_context(start_method)
         self.processes: dict[int, Any] = {}
 
     def start(self, worker: int, target: Callable[..., None], args: tuple[Any, ...]) -> int:

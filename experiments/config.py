@@ -147,11 +147,12 @@ def _registered_id(env: DictConfig) -> str:
             importlib.import_module(module)
         except ImportError as error:
             raise ConfigError("env.id", env.id, f"cannot import module {module!r}: {error}") from error
-    # The ALE's ids are cheap to register, and then an ALE id is told which preprocessing it needs whatever
-    # env.preprocessing says; MinAtar's import takes seconds, so its ids only when something asks for them.
-    register_ale_envs()
+    # MinAtar's and the ALE's ids are registered only when something asks for them: a process that trains
+    # CartPole imports neither. An ALE id is then told which preprocessing it needs whatever env.preprocessing says.
     if env.preprocessing == "minatar" or name.lower().startswith("minatar/"):
         register_minatar_envs()
+    if name not in gym.registry:
+        register_ale_envs()
     ids = tuple(gym.registry.keys())
     if name not in ids:
         close = difflib.get_close_matches(name, ids, n=3, cutoff=0.6)

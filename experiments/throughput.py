@@ -326,6 +326,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="config overrides for every run, e.g. model.hidden_sizes=[64,64] algo.n_steps=5")
     parser.add_argument("--json", type=Path, default=Path("throughput.json"), help="where to write the results")
     parser.add_argument("--keep", type=Path, help="keep the runs' directories here instead of a temporary one")
+    parser.add_argument("--ray-calls", type=int, default=2000, metavar="N",
+                        help="with a Ray spec: round trips in each of the three batches that time a bare Ray call "
+                             "(default 2000)")
     parser.add_argument("--against", type=Path, metavar="DIR",
                         help="also measure every run with the benchmark of this checkout of another commit (e.g. "
                              "made with git worktree add DIR REV), right after it here; report the ratio")
@@ -359,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
                       args.keep, against, args.sb3)
     floor = None
     if any(spec.backend == "ray" for spec in args.specs):
-        floor = ray_call_floor(compose_run(args.specs[0], args.env, args.steps, log_rows=50, extra=args.set))
+        floor = ray_call_floor(compose_run(args.specs[0], args.env, args.steps, log_rows=50, extra=args.set),
+                               args.ray_calls)
     against_header = None if against is None else f"vs {against.path.name}"
     checkout = None if against is None else {"dir": str(against.path), **git_state(against.path)}
     print(table(results, against_header))

@@ -42,6 +42,25 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
+@pytest.fixture(scope="session")
+def cluster():
+    """One local Ray cluster (2 CPUs) per pytest process, started when a test first asks for it: runs in this
+    process join it instead of starting their own, which costs seconds of CPU each. Tests of how a run starts
+    and stops its own cluster run the command line instead."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")  # a new cluster
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests run first, so that short ones fill the parallel workers' last minutes instead of one long
+    test running on alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def check_applied_versions(rows: list[dict]) -> None:
     """Applied updates took each version exactly once; staleness is version_at_apply - version_at_sync."""
     applied = sorted(row["version_at_apply"] for row in rows if row["applied"])

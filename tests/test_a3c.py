@@ -35,7 +35,7 @@ from tests.conftest import (
     read_meta,
     train_run,
 )
-from tests.processes import worker_pids
+from tests.processes import shared_memory_mapped, worker_pids
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["algo=a3c", "env=cartpole", "log_interval=500"]
@@ -53,23 +53,6 @@ def checkpoint(run_dir: Path) -> dict:
 def updates(run_dir: Path) -> list[dict[str, int | float]]:
     return [{key: float(value) if key in ("wall_time", "lr", "wait_time") else int(value)
              for key, value in row.items()} for row in read_csv(run_dir / "updates.csv")]
-
-
-def shared_memory_of(*pids: int) -> set[str]:
-    """Files in /dev/shm that these processes map (and that still exist: not the unlinked ones)."""
-    names = set()
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            continue
-        names.update(line.split("/dev/shm/")[1] for line in maps.splitlines()
-                     if "/dev/shm/" in line and not line.endswith("(deleted)"))
-    return names
-
-
-def existing(names: set[str]) -> set[str]:
-    return {name for name in names if Path("/dev/shm", name).exists()}
 
 
 # --------------------------------------------------------------------------- config
@@ -203,7 +186,7 @@ def test_max_staleness_drops_and_counts_stale_gradients(run_dir):
 # --------------------------------------------------------------------------- worker processes
 @pytest.mark.parametrize("lock", [True, False])
 def test_hogwild_workers_record_every_update_with_its_versions(run_dir, lock):
-    before = shared_memory_of(os.getpid())
+    before = shared_memory_mapped(os.getpid())
     record = train_run(run_dir, *FAST, "algo.num_workers=2", f"algo.lock={lock}", "algo.optimizer=adam",
                        "total_env_steps=4000")
     assert record.status == "completed"
@@ -223,7 +206,7 @@ def test_hogwild_workers_record_every_update_with_its_versions(run_dir, lock):
     metrics = read_csv(run_dir / "metrics.csv")
     assert {"staleness_mean", "staleness_max", "staleness_p95"} <= metrics[0].keys()
     assert worker_pids(os.getpid()) == []
-    assert shared_memory_of(os.getpid()) == before  # the run's locks and tensors are gone
+    assert shared_memory_mapped(os.getpid()) <= before  # the run's locks and tensors are gone
 
 
 def test_parameter_server_answers_each_gradient_with_fresh_delayed_parameters(run_dir):
@@ -347,7 +330,7 @@ def test_ctrl_c_ends_cleanly_with_a_final_checkpoint(tmp_path):
             time.sleep(0.1)
         workers = worker_pids(trainer.pid)
         assert len(workers) == 2
-        run_shared_memory = shared_memory_of(trainer.pid, *workers)
+        run_shared_memory = shared_memory_mapped(trainer.pid)
         assert run_shared_memory  # the global lock's semaphore at least
         os.killpg(trainer.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         assert trainer.wait(timeout=60) == 130
@@ -361,15 +344,18 @@ def test_ctrl_c_ends_cleanly_with_a_final_checkpoint(tmp_path):
     state = checkpoint(run_dir)
     assert state["optimizer"]["state"][0]["square_avg"].abs().sum() > 0
     assert state["policy_version"] == meta["final"]["policy_version"] == len(read_csv(run_dir / "updates.csv"))
-    assert existing(run_shared_memory) == set(), "leaked shared memory"
+    assert not any(Path("/dev/shm", name).exists() for name in run_shared_memory), "leaked shared memory"
 
 
 # --------------------------------------------------------------------------- learning
 @pytest.mark.slow
 def test_two_hogwild_workers_learn_cartpole(run_dir):
-    # Lock-free interleaving is not reproducible, so the budget leaves room. Measured (2 workers, seeds
-    # 0-5, quiet machine): the best 20-episode mean within 60k steps was 465, 463, 500, 500, 416 and 500,
-    # and 180 by 40k steps once under load. A random policy scores about 22.
+    """Lock-free interleaving is not reproducible, so the budget leaves room. Measured (2 workers, seeds
+    0-5, quiet machine): the best 20-episode mean within 60k steps was 465, 463, 500, 500, 416 and 500,
+    and 180 by 40k steps once under load. A random policy scores about 22.
+
+    Cost: two busy worker processes for about 10 s on two idle cores.
+    """
     record = train_run(run_dir, *FAST, "algo.num_workers=2", "seed=0", "total_env_steps=60000",
                        "log_interval=5000")
     returns = [float(row["return_mean"]) for row in read_csv(run_dir / "metrics.csv")]

@@ -21,7 +21,16 @@ from algorithms.learner import NonFiniteUpdate
 from algorithms.reaper import POLL_S
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
-from tests.processes import ROOT, alive, cli, events, shared_memory_entries, start_cli, wait_for_rows, worker_pids
+from tests.processes import (
+    ROOT,
+    SharedMemoryWatch,
+    alive,
+    events,
+    start_cli,
+    wait_for_rows,
+    wait_until_gone,
+    worker_pids,
+)
 
 NAN_ENV = "env.id=tests.exploding_env:NaNRewardCartPole-v0"
 FAST = ["total_env_steps=600", "checkpoint_interval=50", "log_interval=50"]
@@ -87,17 +96,21 @@ def test_skip_update_fails_after_too_many_non_finite_updates_in_a_row(run_dir):
 
 @pytest.mark.parametrize("schedule", ["a2c-workers", "hogwild-2", "parameter-server-2", "impala-2"])
 def test_a_sigkilled_trainer_resumes_with_every_policy_version_recorded_once(tmp_path, schedule):
-    run_dir, shared_memory_before = tmp_path / "run", shared_memory_entries()
+    run_dir = tmp_path / "run"
     args = [*SCHEDULES[schedule], "env=cartpole", "checkpoint_interval=1000", "log_interval=250", "quiet=true",
             "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}"]
     process = start_cli(tmp_path, *args, "total_env_steps=100000000")
-    wait_for_rows(run_dir, 5, process)  # past the first checkpoint, with rows after it
-    os.kill(process.pid, signal.SIGKILL)
-    process.communicate(timeout=30)
-    total = (int(read_csv(run_dir / "metrics.csv")[-1]["env_steps"]) // 1000 + 1) * 1000
-    resumed = subprocess.run(cli(*args, "resume=true", f"total_env_steps={total}"), cwd=tmp_path, timeout=300,
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert resumed.returncode == 0, resumed.stderr
+    with SharedMemoryWatch(process.pid) as shared_memory:
+        wait_for_rows(run_dir, 5, process)  # past the first checkpoint, with rows after it
+        workers = worker_pids(process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+        assert len(workers) == 2 and not wait_until_gone(workers), "workers outlived their trainer"
+        total = (int(read_csv(run_dir / "metrics.csv")[-1]["env_steps"]) // 1000 + 1) * 1000
+        resumed = start_cli(tmp_path, *args, "resume=true", f"total_env_steps={total}")
+        shared_memory.watch(resumed.pid)
+        _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
     assert read_meta(run_dir)["status"] == "completed"
     updates = read_csv(run_dir / "updates.csv")
     assert [int(row["update"]) for row in updates] == list(range(1, len(updates) + 1))
@@ -107,7 +120,7 @@ def test_a_sigkilled_trainer_resumes_with_every_policy_version_recorded_once(tmp
     assert sorted(versions) == list(range(final)) and set(versions.values()) == {rows_per_version}
     steps = [int(row["env_steps"]) for row in read_csv(run_dir / "metrics.csv")]
     assert steps == sorted(set(steps))
-    assert shared_memory_entries() <= shared_memory_before  # nothing leaked, even by the killed trainer
+    assert not shared_memory.leaked()  # nothing leaked, even by the killed trainer
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

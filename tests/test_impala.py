@@ -235,10 +235,13 @@ def test_a_bad_impala_setting_is_refused_naming_the_key(overrides, key):
 # --------------------------------------------------------------------------- learning
 @pytest.mark.slow
 def test_two_actors_learn_cartpole(run_dir):
-    # The order of two actors' unrolls is not reproducible, so the bar leaves room. Measured (2 actors, 2 unrolls
-    # per update, 100k steps, on this 2-core machine): the 20-episode mean first reached 475 at 44k, 32k and 66k
-    # steps (seeds 0, 1, 2); of seven more seed-0 runs six passed 350 (two reached 500, one peaked at 447) and one
-    # did not. A random policy scores about 22; a learner that does not learn stays under 100.
+    """The order of two actors' unrolls is not reproducible, so the bar leaves room. Measured (2 actors, 2 unrolls
+    per update, 100k steps, on this 2-core machine): the 20-episode mean first reached 475 at 44k, 32k and 66k
+    steps (seeds 0, 1, 2); of seven more seed-0 runs six passed 350 (two reached 500, one peaked at 447) and one
+    did not. A random policy scores about 22; a learner that does not learn stays under 100.
+
+    Cost: three busy processes (two actors, the learner) for about 19 s on two idle cores.
+    """
     record = train_run(run_dir, *IMPALA, "algo.num_workers=2", "algo.batch_size=2", "total_env_steps=100000",
                        "log_interval=1000")
     assert record.status == "completed"

@@ -39,9 +39,11 @@ def test_the_mujoco_suite_runs_every_schedule_on_the_four_envs_at_the_zoo_s_budg
     assert {job.total_env_steps for job in jobs} == {1_000_000}
 
 
-@pytest.mark.parametrize("schedule", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("ray")
-                                      else name for name in SCHEDULES])
-def test_every_schedule_trains_hopper_with_normalizers_kept_as_documented(tmp_path, schedule):
+@pytest.mark.parametrize("schedule", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("ray") else name
+                                      for name in SCHEDULES])
+def test_every_schedule_trains_hopper_with_normalizers_kept_as_documented(tmp_path, schedule, request):
+    if schedule.startswith("ray"):
+        request.getfixturevalue("cluster")
     run_dir = tmp_path / "run"
     record = train_run(run_dir, *SCHEDULES[schedule], "env=hopper", f"total_env_steps={BUDGET}", "log_interval=100",
                        "eval.episodes=2", "eval.interval=200")

@@ -1,4 +1,4 @@
-"""The Ray backend: config rules; on one local Ray cluster (2 CPUs, started once for the module), the
+"""The Ray backend: config rules; on one local Ray cluster (2 CPUs, the session's ``cluster``), the
 parameter-server and workers schedules give the local backend's parameters and run record, worker actors
 killed mid-run are restarted and recorded, exhausted restarts fail the run clearly, a synchronous run
 resumes as a local one does, and no actor outlives its run; a Ctrl-C'd command line leaves no Ray
@@ -31,7 +31,7 @@ from tests.conftest import (
     read_meta,
     train_run,
 )
-from tests.processes import shared_memory_entries  # noqa: E402
+from tests.processes import SharedMemoryWatch, alive, wait_until_gone  # noqa: E402
 
 ray = pytest.importorskip("ray")
 from algorithms.learner import NonFiniteUpdate  # noqa: E402
@@ -165,15 +165,6 @@ def test_an_unfinished_round_s_episodes_are_recorded_when_the_run_ends():
 
 
 # --------------------------------------------------------------------------- one local cluster for the rest
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")  # a new cluster
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
 
@@ -186,22 +177,6 @@ def events(run_dir: Path, kind: str | None = None) -> list[dict]:
 def updates(run_dir: Path) -> list[dict]:
     return [{key: float(value) if key in ("wall_time", "lr", "wait_time") else int(value)
              for key, value in row.items()} for row in read_csv(run_dir / "updates.csv")]
-
-
-def alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status
-
-
-def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
-    """The pids still alive after ``timeout`` (ray.kill is asynchronous)."""
-    deadline = time.monotonic() + timeout
-    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
 
 
 def started_pids(run_dir: Path) -> list[int]:
@@ -240,7 +215,7 @@ def test_one_worker_actor_gives_the_parameters_of_single(cluster, tmp_path, algo
     assert_same_training(tmp_path / "single", tmp_path / "ray")
     assert all(row["staleness"] == 0 for row in updates(tmp_path / "ray"))
     assert [entry["nodes"] for entry in events(tmp_path / "ray", "ray_cluster")] == [1]
-    assert wait_gone(started_pids(tmp_path / "ray")) == []  # the run's actors are gone with it
+    assert wait_until_gone(started_pids(tmp_path / "ray")) == []  # the run's actors are gone with it
 
 
 def test_two_worker_actors_give_the_local_backends_synchronous_run(cluster, tmp_path):
@@ -294,7 +269,7 @@ def test_impala_actors_give_the_local_impala_run(cluster, tmp_path):
     assert [row["staleness"] for row in updates(tmp_path / "ray")] == [min(version, 2) for version in range(200)]
     (final,) = read_csv(tmp_path / "ray" / "evals.csv")
     assert (final["env_steps"], final["policy_version"]) == ("1000", "200")
-    assert wait_gone(started_pids(tmp_path / "ray")) == []
+    assert wait_until_gone(started_pids(tmp_path / "ray")) == []
 
 
 def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cluster, run_dir):
@@ -309,7 +284,7 @@ def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cl
     metrics = read_csv(run_dir / "metrics.csv")
     assert all(float(row["staleness_mean"]) >= 1 and float(row["staleness_max"]) >= 1 for row in metrics)
     assert checkpoint(run_dir)["policy_version"] == record.policy_version == len(rows)
-    assert wait_gone(started_pids(run_dir)) == []
+    assert wait_until_gone(started_pids(run_dir)) == []
 
 
 def kill_a_worker_once_running(run_dir: Path, killed: list[int]) -> threading.Thread:
@@ -352,7 +327,7 @@ def test_a_killed_worker_actor_is_restarted_resynced_and_recorded(cluster, run_d
     if "algo=a2c" in algo:  # the round the worker died in was redone: every round has both workers' gradients
         assert record.policy_version == 600 and record.updates == 1200
         assert [row["version_at_sync"] for row in rows] == [version for version in range(600) for _ in (0, 1)]
-    assert wait_gone(started_pids(run_dir)) == []
+    assert wait_until_gone(started_pids(run_dir)) == []
 
 
 def test_a_death_beyond_max_restarts_fails_the_run_clearly(cluster, run_dir):
@@ -367,7 +342,7 @@ def test_a_death_beyond_max_restarts_fails_the_run_clearly(cluster, run_dir):
     assert meta["status"] == "failed" and "no restart is left" in meta["error"] and "worker 0" in meta["error"]
     assert events(run_dir, "worker_restarted") == []
     assert checkpoint(run_dir)["policy_version"] == meta["final"]["policy_version"] > 0  # the final checkpoint
-    assert wait_gone(started_pids(run_dir)) == []
+    assert wait_until_gone(started_pids(run_dir)) == []
 
 
 def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(cluster, run_dir):
@@ -383,15 +358,15 @@ def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(cluster, 
     assert all("RuntimeError: simulator diverged" in failure["error"] for failure in meta["worker_failures"])
     assert len(events(run_dir, "worker_restarted")) == 1
     assert len(read_csv(run_dir / "updates.csv")) == 118  # the 59 rounds before both workers' 300th step
-    assert wait_gone(started_pids(run_dir)) == []
+    assert wait_until_gone(started_pids(run_dir)) == []
 
 
 @pytest.mark.parametrize("schedule", ["parameter_server", "workers", "impala"])
 def test_a_diverged_ray_run_fails_at_once_naming_the_update_and_keeps_a_finite_checkpoint(cluster, run_dir, schedule):
     # Each worker's env gives a NaN reward on its 100th step: the server refuses that update and stops the run.
-    shared_memory_before = shared_memory_entries()
-    with pytest.raises(NonFiniteUpdate, match=r"non-finite (policy_loss|value_loss) in worker [01]'s update at "
-                                              r"policy version \d+, env step \d+ \(algo.on_nonfinite=fail\)"):
+    with SharedMemoryWatch() as shared_memory, pytest.raises(
+            NonFiniteUpdate, match=r"non-finite (policy_loss|value_loss) in worker [01]'s update at "
+                                   r"policy version \d+, env step \d+ \(algo.on_nonfinite=fail\)"):
         train_run(run_dir, *{"parameter_server": PS, "workers": WORKERS, "impala": IMPALA}[schedule],
                   "algo.num_workers=2", "env.id=tests.exploding_env:NaNRewardCartPole-v0", "total_env_steps=2000",
                   "checkpoint_interval=100")
@@ -400,14 +375,14 @@ def test_a_diverged_ray_run_fails_at_once_naming_the_update_and_keeps_a_finite_c
     saved = checkpoint(run_dir)
     assert all(bool(torch.isfinite(tensor).all()) for tensor in saved["model"].values())
     assert events(run_dir, "worker_restarted") == []
-    assert wait_gone(started_pids(run_dir)) == []
-    assert shared_memory_entries() <= shared_memory_before  # the server actor holds no process lock
+    assert wait_until_gone(started_pids(run_dir)) == []
+    assert not shared_memory.leaked()  # the server actor holds no process lock
 
 
 def test_throughput_measures_both_backends_in_one_run(cluster, tmp_path, capsys):
     path = tmp_path / "throughput.json"
     throughput_main(["--runs", "a3c:parameter_server:2w", "a3c:parameter_server:2w:ray", "--steps", "1500",
-                     "--raw-seconds", "0.2", "--json", str(path)])
+                     "--raw-seconds", "0.2", "--ray-calls", "100", "--json", str(path)])
     result = json.loads(path.read_text())
     local, remote = result["runs"]
     assert (local["backend"], remote["backend"]) == ("local", "ray")
@@ -449,7 +424,7 @@ def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path, algo
     finally:
         if trainer.poll() is None:
             trainer.kill()
-    assert wait_gone(sorted(started)) == [], "orphan Ray processes"
+    assert wait_until_gone(sorted(started)) == [], "orphan Ray processes"
     meta = read_meta(run_dir)
     assert meta["status"] == "interrupted"
     versions = max(row["version_at_apply"] for row in updates(run_dir)) + 1  # every update is applied
@@ -465,7 +440,7 @@ def test_ctrl_c_stops_a_ray_run_cleanly_and_leaves_no_ray_process(tmp_path, algo
 def test_a_sigkilled_driver_leaves_no_ray_process_and_resumes(tmp_path):
     """SIGKILL gives the driver no chance to stop its cluster: Ray's own processes must follow it, and the
     run resumes from its last checkpoint with every policy version recorded once."""
-    run_dir, shared_memory_before = tmp_path / "run", shared_memory_entries()
+    run_dir = tmp_path / "run"
     args = [*PS, "algo.num_workers=2", "checkpoint_interval=1000", "quiet=true", "logger.wandb.mode=disabled",
             f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -473,18 +448,19 @@ def test_a_sigkilled_driver_leaves_no_ray_process_and_resumes(tmp_path):
                                cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while not ((run_dir / "checkpoints" / "last.pt").exists() and len(read_csv(run_dir / "metrics.csv")) > 3):
-            assert time.monotonic() < deadline and trainer.poll() is None
-            time.sleep(0.1)
-        started = live_descendants(trainer.pid)
-        os.kill(trainer.pid, signal.SIGKILL)
-        trainer.wait(timeout=30)
+        with SharedMemoryWatch(trainer.pid) as shared_memory:
+            deadline = time.monotonic() + 120
+            while not ((run_dir / "checkpoints" / "last.pt").exists() and len(read_csv(run_dir / "metrics.csv")) > 3):
+                assert time.monotonic() < deadline and trainer.poll() is None
+                time.sleep(0.1)
+            started = live_descendants(trainer.pid)
+            os.kill(trainer.pid, signal.SIGKILL)
+            trainer.wait(timeout=30)
     finally:
         if trainer.poll() is None:
             trainer.kill()
-    assert wait_gone(sorted(started)) == [], "orphan Ray processes"
-    assert shared_memory_entries() <= shared_memory_before
+    assert wait_until_gone(sorted(started)) == [], "orphan Ray processes"
+    assert not shared_memory.leaked()
     assert read_meta(run_dir)["status"] == "running"  # a SIGKILL leaves no chance to write more
     total = (int(read_csv(run_dir / "metrics.csv")[-1]["env_steps"]) // 1000 + 1) * 1000
     resumed = subprocess.run([sys.executable, "-m", "experiments.train", *args, "resume=true",

@@ -280,6 +280,9 @@ def test_single_worker_learns_cartpole(tmp_path):
     Measured on the reference 2-core machine (seeds 0, 1, 2): the best 20-episode mean return reached
     500, 464 and 500, and the mean of the last 100 episodes was 428, 174 and 500 (a random policy
     scores about 22). The thresholds leave room for the single-env A2C's known oscillation.
+
+    Cost: two busy processes for about 30 s on two idle cores (test_single_worker_learns_cartpole in
+    ``make test``'s durations table).
     """
     processes = {seed: subprocess.Popen(
         cli("algo=single", "env=cartpole", f"seed={seed}", "total_env_steps=100000", *FAST,
