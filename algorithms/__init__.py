@@ -39,6 +39,11 @@ class Schedule:
         """Whether the whole training loop runs in the trainer process."""
         return not self.worker_processes or (self.one_worker_in_process and num_workers == 1)
 
+    def starts_local_processes(self, num_workers: int, vector_backend: str) -> bool:
+        """Whether a run starts processes on this machine through multiprocessing (workers, actors, or envs
+        stepped in subprocesses)."""
+        return self.backend == "local" and (not self.trains_in_trainer(num_workers) or vector_backend == "async")
+
     def busy_processes(self, num_workers: int, per_worker: int = 1) -> int:
         """CPU-bound processes a run keeps busy; ``per_worker`` counts a worker's env subprocesses too."""
         if self.trains_in_trainer(num_workers):

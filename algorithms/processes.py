@@ -12,7 +12,8 @@ import multiprocessing
 import multiprocessing.forkserver
 from typing import Any
 
-FORKSERVER_PRELOAD = ("torch", "gymnasium", "algorithms.a2c", "algorithms.a3c", "algorithms.impala")
+# torch._dynamo: a torch optimizer imports it when it is first built (about a second of CPU).
+FORKSERVER_PRELOAD = ("torch", "torch._dynamo", "gymnasium", "algorithms.a2c", "algorithms.a3c", "algorithms.impala")
 
 
 def process_context(start_method: str) -> Any:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from algorithms import schedule_for
 from algorithms.config import RunConfig
+from algorithms.processes import process_context
 from experiments.config import exit_on_config_error, exit_on_invalid
 from experiments.plan import check_command_line
 from experiments.sweep import run_sweep_job
@@ -38,6 +39,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> RunRecord:
     """Validate ``cfg`` and train it into ``run_dir``; return the closed record."""
     exit_on_invalid(cfg)
+    schedule = schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
+    if schedule.starts_local_processes(cfg.algo.num_workers, cfg.algo.vector_backend):
+        # The forkserver imports torch for the workers on another core while this process imports its own.
+        process_context(cfg.algo.start_method)
     # Imported here so that bad input is refused without loading torch (about 2 s). torch optimizers
     # import torch._dynamo on their first construction (about 1.3 s); importing it before the record
     # opens keeps that one-time cost out of the wall-clock of whichever run comes first in a process.
@@ -45,7 +50,7 @@ def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> 
 
     from experiments.record import RunRecord
 
-    algorithm = schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend).load()
+    algorithm = schedule.load()
     record = RunRecord(run_dir, cfg, overrides)
     with record:
         # Algorithms get plain dataclasses: attribute access on them is ~100x cheaper than on a

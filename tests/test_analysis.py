@@ -26,7 +26,7 @@ import yaml
 from analysis import figures, report, stats
 from analysis.load import RECORD_FILES, SkippedRun, SkippedRunWarning, _numeric_if_all, load_runs, parse_overrides
 from experiments.columns import EVAL_COLUMNS, RECORD_COLUMNS
-from tests.conftest import read_csv
+from tests.conftest import built_once, read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (1, 2, 3)
@@ -37,15 +37,13 @@ TABLES = ("final_return", "mean_return", "time_to_threshold", "throughput", "sta
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real multirun sweep, launched by the real command line: 2 envs x 3 seeds."""
-    sweep_dir = tmp_path_factory.mktemp("runs") / "sweep"
-    subprocess.run(
+    """A real multirun sweep, launched by the real command line: 2 envs x 3 seeds (run once for all workers)."""
+    return built_once(tmp_path_factory, "analysis-sweep", lambda built: subprocess.run(
         [sys.executable, "-m", "experiments.train", "-m", f"seed={','.join(map(str, SEEDS))}",
          f"env={','.join(ENVS)}", "total_env_steps=3000", "log_interval=500", "quiet=true",
-         "logger.wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"],
+         "logger.wandb.mode=disabled", f"hydra.sweep.dir={built / 'sweep'}"],
         cwd=ROOT, check=True, capture_output=True, timeout=300,
-    )
-    return sweep_dir
+    )) / "sweep"
 
 
 def run_of(sweep: Path, env: str, seed: int) -> Path:
@@ -83,14 +81,12 @@ def relabelled(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def simulated_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real multirun on simulated workers (virtual seconds): a2c workers and the a3c parameter server, 1 and 2
     workers, on CartPole, one seed; all four reach a return of 20, the 1-worker runs too (tested below)."""
-    sweep_dir = tmp_path_factory.mktemp("simulated") / "sweep"
-    subprocess.run(
+    return built_once(tmp_path_factory, "analysis-simulated-sweep", lambda built: subprocess.run(
         [sys.executable, "-m", "experiments.train", "-m", "+schedule=a2c_workers,a3c_parameter_server",
          "algo.num_workers=1,2", "backend=simulated", "seed=1", "env=cartpole", "total_env_steps=3000",
-         "log_interval=500", "quiet=true", "logger.wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"],
+         "log_interval=500", "quiet=true", "logger.wandb.mode=disabled", f"hydra.sweep.dir={built / 'sweep'}"],
         cwd=ROOT, check=True, capture_output=True, timeout=300,
-    )
-    return sweep_dir
+    )) / "sweep"
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, float]]:
