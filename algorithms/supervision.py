@@ -245,6 +245,9 @@ class Supervisor:
         self.errors: dict[int, str] = {}
         self.handled: set[int] = set()  # exited workers already dealt with
         self.done: set[int] = set()  # workers that finished their loop and are only exiting
+        # Messages read from an exited worker's pipe while answering its exit (its last rows or checkpoint
+        # part come before its WorkerDone): handed out by the next messages().
+        self.pending: list[tuple[int, Any]] = []
         self.watchdog = StallWatchdog()
 
     def start(self, worker: int) -> int:
@@ -263,11 +266,15 @@ class Supervisor:
             self.record.event("worker_started", worker=worker, pid=pid)
 
     def running(self) -> bool:
-        """Whether any worker has neither finished its loop nor had its exit dealt with."""
-        return bool(set(self.processes.processes) - self.done - self.handled)
+        """Whether any worker has neither finished its loop nor had its exit dealt with, or a message of an
+        exited worker waits to be handed out."""
+        return bool(self.pending) or bool(set(self.processes.processes) - self.done - self.handled)
 
     def messages(self, timeout: float) -> list[tuple[int, Any]]:
         """Wait up to ``timeout`` for any message or exit; return the messages other than done and errors."""
+        if self.pending:
+            received, self.pending = self.pending, []
+            return received
         sentinels = [self.processes.processes[w].sentinel for w in self.processes.alive()]
         ready = set(connection.wait([*self.conns.values(), *sentinels], timeout))
         received = []
@@ -306,7 +313,8 @@ class Supervisor:
             if exit.worker in self.handled:
                 continue
             if exit.worker in self.conns:
-                self._receive(exit.worker)  # a WorkerDone or a traceback sent just before exiting
+                # its last messages, then a WorkerDone or a traceback, sent just before exiting
+                self.pending.extend((exit.worker, message) for message in self._receive(exit.worker))
             self.handled.add(exit.worker)
             if exit.worker in self.done and exit.exitcode == 0:
                 continue

@@ -153,6 +153,7 @@ def test_an_exception_in_a_worker_fails_the_run_with_its_message(run_dir):
     assert len(read_csv(run_dir / "updates.csv")) >= 118
 
 
+@pytest.mark.slow
 def test_signal_checkpoints_and_resume_continues_in_workers_mode(tmp_path):
     """SIGTERM to the trainer, as a scheduler stops a job (the record handles SIGINT the same way: see
     tests/test_train.py, which sends it)."""

@@ -53,6 +53,7 @@ def test_a_bad_config_exits_with_status_2_before_measuring(tmp_path):
     assert exited.value.code == 2 and not (tmp_path / "p.yaml").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("schedule", "fitted_cost"), [("a3c_parameter_server", "update_s"),
                                                       ("impala", "learn_s")])
 def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_path, capsys, schedule, fitted_cost):

@@ -94,6 +94,7 @@ def test_skip_update_fails_after_too_many_non_finite_updates_in_a_row(run_dir):
     assert applied[-3:] == ["0", "0", "0"] and read_meta(run_dir)["status"] == "failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["a2c-workers", "hogwild-2", "parameter-server-2", "impala-2"])
 def test_a_sigkilled_trainer_resumes_with_every_policy_version_recorded_once(tmp_path, schedule):
     run_dir = tmp_path / "run"

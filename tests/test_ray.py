@@ -240,6 +240,7 @@ def test_two_worker_actors_give_the_local_backends_synchronous_run(cluster, tmp_
     assert all(float(row["staleness_max"]) == 0 and float(row["barrier_wait_mean"]) >= 0 for row in metrics)
 
 
+@pytest.mark.slow
 def test_a_resumed_synchronous_run_gives_the_local_backends_resumed_run(cluster, tmp_path):
     """A Ray a2c run's final checkpoint holds every worker's collector state: resuming it on Ray continues
     exactly as the local backend resumes its own (a local checkpoint is the same format: the local backend's
@@ -305,6 +306,7 @@ def kill_a_worker_once_running(run_dir: Path, killed: list[int]) -> threading.Th
     return thread
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", [PS, WORKERS, IMPALA], ids=["parameter_server", "workers", "impala"])
 def test_a_killed_worker_actor_is_restarted_resynced_and_recorded(cluster, run_dir, algo):
     killed: list[int] = []

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_csv, read_meta, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +88,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     assert meta["status"] == "completed" and len(meta["resumed_at_env_steps"]) == 1
 
 
+@pytest.mark.slow
 def test_an_interrupted_simulated_job_reruns_from_the_start_to_the_record_it_would_have_left(tmp_path):
     """A simulated run cannot resume (its gradients in flight are not checkpointed), but it is deterministic: the
     rerun sweep starts it afresh, and its record is an uninterrupted run's, virtual wall times included."""
