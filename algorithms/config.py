@@ -49,7 +49,7 @@ class AlgoConfig:
     on_nonfinite: str = "fail"  # a NaN or infinite loss or gradient: fail the run, or skip_update (drop it)
     max_nonfinite_skips: int = 10  # with skip_update: fail after this many non-finite updates of a worker in a row
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
-    # impala only (algorithms/impala.py): the learner's batch, the actors' queue and the off-policy correction.
+    # impala only (algorithms/transports/local/actor_learner.py): the learner's batch, the actors' queue and the off-policy correction.
     batch_size: int = 1  # unrolls per learner update
     queue_depth: int = 2  # unroll slots per actor: how many of its unrolls may wait for the learner
     wait_for_update: bool = False  # an actor acts again only once its last unroll's update is published
@@ -98,7 +98,7 @@ class EnvConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation episodes, played apart from training (``algorithms.evaluation``) into ``evals.csv``."""
+    """Evaluation episodes, played apart from training (``algorithms.core.evaluation``) into ``evals.csv``."""
 
     interval: int | None = None  # env steps between evaluations; null: only the final one, at the end of the run
     episodes: int = 10  # per evaluation; 0 turns evaluation off, the final one too

@@ -19,7 +19,7 @@ The others are medians of ``--repeats`` timings of the operation alone:
 - ``byte_s``: per byte of a message through a process pipe, fitted over round trips of an empty message and one
   of the model's parameters' size;
 - ``message_s``: the rest of a message: half the round trip of a real parameter-server exchange (a worker's
-  :class:`~algorithms.protocol.Push` of its gradient, answered with a :class:`~algorithms.protocol.Reply` of
+  :class:`~algorithms.infra.messages.Push` of its gradient, answered with a :class:`~algorithms.infra.messages.Reply` of
   parameters, both pickled, converted to and from the wire and copied into the model as the real ones are) less
   its bytes (``latency_s`` stays 0: one machine).
 
@@ -55,12 +55,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from algorithms.a3c import HogwildWorker
 from algorithms.config import RunConfig
-from algorithms.impala import Learner, SlotQueue, announce
-from algorithms.learner import LocalLearner, compute_gradients
-from algorithms.protocol import Push, Reply, UnrollReady, from_wire, record_episodes, record_update, to_wire
-from algorithms.server import GlobalModel
+from algorithms.infra.messages import Push, Reply, UnrollReady, from_wire, record_episodes, record_update, to_wire
+from algorithms.schedules.actor_learner import Learner
+from algorithms.schedules.global_model import GlobalModel
+from algorithms.schedules.hogwild import HogwildWorker
+from algorithms.schedules.worker import LocalLearner
+from algorithms.transports.local.actor_learner import SlotQueue, announce
+from algorithms.updates.actor_critic import compute_gradients
 from experiments.config import ConfigError, validate
 from experiments.record import RunRecord
 from experiments.train import CONFIG_DIR
@@ -136,7 +138,7 @@ def measure(cfg: DictConfig, repeats: int) -> dict[str, float]:
 
 def time_updates(cfg: DictConfig, updates: int) -> dict[str, float]:
     """Mean seconds of the parts of an update on the real update path, over ``updates`` updates past a warm-up:
-    the loop of a one-worker a3c run (``algorithms.a3c.train_one_worker``'s: ``HogwildWorker.step`` taken part by
+    the loop of a one-worker a3c run (``algorithms.transports.local.asynchronous.train_one_worker``'s: ``HogwildWorker.step`` taken part by
     part, then its rows recorded) with ``cfg``'s env, model and rollout, into a scratch run record. ``rollout``:
     collecting one; ``gradient``: ``compute_gradients``; ``step``: the optimizer's step; ``rest``: everything
     else in the update (syncing, the learning rate and guards, the gradient's copy, recording the rows), each
@@ -212,10 +214,10 @@ LEARNER_BATCHES = (1, 2, 4, 8)
 
 def time_impala(cfg: DictConfig, repeats: int) -> dict[str, float]:
     """impala's own costs on its real path, with ``cfg``'s env, model and rollout. ``unroll_s``: an actor's unroll
-    beyond collecting it (reading the published parameters, then :func:`~algorithms.impala.announce`: the
+    beyond collecting it (reading the published parameters, then :func:`~algorithms.transports.local.actor_learner.announce`: the
     behaviour log-probabilities, the slot write and the message to a process that reads it), the mean over
     ``repeats`` unrolls past a warm-up. ``learn_s`` and ``learn_unroll_s``: the least-squares line through the
-    mean seconds of a learner update (:meth:`~algorithms.impala.SlotQueue.update`: gathering the batch, handing
+    mean seconds of a learner update (:meth:`~algorithms.transports.local.actor_learner.SlotQueue.update`: gathering the batch, handing
     its slots back, the corrected loss and step, publishing, recording the rows) at batch sizes 1, 2, 4 and 8."""
     warmup, depth = max(10, repeats // 4), max(LEARNER_BATCHES)  # each batch size's first updates are slower
     context = mp.get_context("spawn")

@@ -8,7 +8,7 @@ Kept apart from the record so that analysis reads the contract without importing
 IMPALA_DEFAULTS = {"batch_size": 1, "queue_depth": 2, "wait_for_update": False, "correction": "vtrace",
                    "rho_bar": 1.0, "c_bar": 1.0}
 
-# The statistics every schedule reports with an update (algorithms.losses.LOSS_STATS, which analysis may not
+# The statistics every schedule reports with an update (algorithms.infra.messages.LOSS_STATS, which analysis may not
 # import; a test keeps the two equal).
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
 # Statistics only some schedules report with an update, averaged into metrics.csv like the loss statistics (empty

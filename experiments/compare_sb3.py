@@ -81,7 +81,7 @@ def sb3_evaluation(cfg: DictConfig) -> float:
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from algorithms.envs import make_env
+    from algorithms.core.envs import make_env
     from experiments.sb3_peer import build_peer
 
     torch.set_num_threads(cfg.torch_threads)

@@ -38,7 +38,7 @@ VECTOR_BACKENDS = ("sync", "async")
 START_METHODS = ("spawn", "forkserver", "fork")
 ACTIVATIONS = ("tanh", "relu")
 CNN_TORSOS = ("auto", "nature", "minatar")
-NATURE_MIN_SIDE = 36  # algorithms.nets' (spelt out so that validating does not import torch)
+NATURE_MIN_SIDE = 36  # algorithms.core.nets' (spelt out so that validating does not import torch)
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_FALLBACKS = ("offline", "fail")
 NONFINITE_POLICIES = ("fail", "skip_update")
@@ -111,7 +111,7 @@ def _positive_int(key: str, value: int) -> None:
 def env_spaces(env_yaml: str) -> tuple[Any, Any]:
     """Observation and action spaces of the env an EnvConfig (as YAML, to be hashable) makes, preprocessing
     included (builds the env once, then caches)."""
-    from algorithms.envs import make_env
+    from algorithms.core.envs import make_env
 
     env = make_env(OmegaConf.create(env_yaml))
     try:
@@ -139,7 +139,7 @@ def _registered_id(env: DictConfig) -> str:
     """env.id without gymnasium's optional "module:" part (importing the module registers the env)."""
     import gymnasium as gym
 
-    from algorithms.envs import register_ale_envs, register_minatar_envs
+    from algorithms.core.envs import register_ale_envs, register_minatar_envs
 
     module, _, name = env.id.rpartition(":")
     if module:
@@ -164,7 +164,7 @@ def _registered_id(env: DictConfig) -> str:
 def _validate_env(env: DictConfig) -> None:
     from gymnasium import spaces
 
-    from algorithms.envs import preprocessing_for
+    from algorithms.core.envs import preprocessing_for
 
     _one_of("env.preprocessing", env.preprocessing, tuple(PREPROCESSING_TAKES))
     _validate_atari(env)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from algorithms import schedule_for
-from algorithms.evaluation import EvalResult, EvalSnapshot, Evaluator, next_evaluation_at
+from algorithms.core.evaluation import EvalResult, EvalSnapshot, Evaluator, next_evaluation_at
 
 Row = tuple[Any, ...]  # one row of evals.csv (experiments.columns.EVAL_COLUMNS)
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from algorithms.checkpoint import nonfinite_entry
 from algorithms.config import AlgoConfig
-from algorithms.learner import compute_gradients
-from algorithms.nets import ActorCritic
-from algorithms.rollout import Rollout
+from algorithms.core.nets import ActorCritic
+from algorithms.core.rollout import Rollout
+from algorithms.infra.checkpoint import nonfinite_entry
+from algorithms.updates.actor_critic import compute_gradients
 
 RTOL, ATOL = 1e-4, 1e-5
 BATCHES = {  # name: (observation space, action count)

@@ -10,7 +10,7 @@ restarts, interrupts), ``checkpoints/last.pt`` (and ``prev.pt``, the one before)
 Local files are the source of truth. They are appended in whole lines and flushed as the run goes, so a
 killed run keeps everything up to its last interval, and no failure (a full disk included) leaves a torn
 line or ``meta.json`` at ``running``. Algorithms talk to the record only through ``episode``, ``update``,
-``event``, the evaluation calls and the checkpoint calls (see ``algorithms.protocol.Record``); the record derives every
+``event``, the evaluation calls and the checkpoint calls (see ``algorithms.infra.messages.Record``); the record derives every
 aggregate. docs/design.md says how it keeps the metrics grid, resumes and fails.
 """
 
@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from algorithms.checkpoint import (
+from algorithms.core.evaluation import EvalSnapshot
+from algorithms.infra.checkpoint import (
     CheckpointError,
     CheckpointRefused,
     dropped_partial_episodes,
@@ -46,7 +47,6 @@ from algorithms.checkpoint import (
     write_checkpoint,
     write_file,
 )
-from algorithms.evaluation import EvalSnapshot
 from experiments.blowup import BlowupWatch
 from experiments.columns import EVAL_COLUMNS, LOSS_STATS, METRIC_COLUMNS, OFF_POLICY_STATS, RECORD_COLUMNS
 from experiments.evaluations import Evaluations, Row

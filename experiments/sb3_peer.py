@@ -4,7 +4,7 @@ The peer gets what our learner gets: the same number of envs stepped in lockstep
 and optimizer (``rmsprop_tf`` is SB3's ``RMSpropTFLike``), the same network (separate MLPs; the Nature CNN;
 for MinAtar the paper's torso as a features extractor, over frames already in [0, 1]), ``VecNormalize`` where the
 env normalizes observations or rewards, and one torch thread.
-Its envs are ours (``algorithms.envs.make_env``), except on Atari by default, where they are SB3's own
+Its envs are ours (``algorithms.core.envs.make_env``), except on Atari by default, where they are SB3's own
 ``AtariWrapper`` and ``VecFrameStack`` with the same settings, as its users run them (``envs_from="ours"``
 leaves only the learners' difference). Its steady rate is timed past a warm-up, as ours is read from metrics
 rows past the same fraction of the run. Stable-Baselines3 is a development dependency: this module imports
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from algorithms.envs import make_env
-from algorithms.nets import cnn_kind, cnn_torso
+from algorithms.core.envs import make_env
+from algorithms.core.nets import cnn_kind, cnn_torso
 
 
 def minatar_extractor() -> type:
@@ -63,7 +63,7 @@ def sb3_atari_envs(cfg: Any) -> Any:
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
-    from algorithms.envs import register_ale_envs
+    from algorithms.core.envs import register_ale_envs
 
     register_ale_envs()
     atari = cfg.env.atari

@@ -37,7 +37,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from algorithms import algorithm_modes, backends
-from algorithms.envs import make_env
+from algorithms.core.envs import make_env
 from experiments.config import ConfigError, validate
 from experiments.record import git_state
 from experiments.train import CONFIG_DIR, train
@@ -241,7 +241,7 @@ def ray_call_floor(cfg: Any, calls: int = 2000) -> dict[str, float]:
     push and its answer carry), median of three batches of ``calls`` after a warm-up, on a local cluster."""
     import ray
 
-    from algorithms.learner import build_spaces_model
+    from algorithms.core.model import build_spaces_model
 
     class Echo:
         def echo(self, payload: Any) -> Any:

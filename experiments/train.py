@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from algorithms import schedule_for
 from algorithms.config import RunConfig
-from algorithms.processes import process_context
+from algorithms.infra.processes import process_context
 from experiments.config import exit_on_config_error, exit_on_invalid
 from experiments.plan import check_command_line
 from experiments.sweep import run_sweep_job

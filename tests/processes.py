@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from algorithms.reaper import descendants, stat_fields
+from algorithms.infra.reaper import descendants, stat_fields
 from tests.conftest import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]

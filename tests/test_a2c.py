@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.a2c import ReplicaDivergence, checkpoint_from_parts
-from algorithms.supervision import WorkerFailure
+from algorithms.infra.supervision import WorkerFailure
+from algorithms.schedules.synchronous import ReplicaDivergence, checkpoint_from_parts
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
 from tests.processes import ROOT, alive, cli, events, start_cli, wait_for_rows

@@ -22,10 +22,10 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from algorithms.a3c import HogwildWorker
-from algorithms.server import GlobalModel
-from algorithms.shared_memory import TRAINER, HolderLock
-from algorithms.supervision import WorkerFailure
+from algorithms.infra.shared_memory import TRAINER, HolderLock
+from algorithms.infra.supervision import WorkerFailure
+from algorithms.schedules.global_model import GlobalModel
+from algorithms.schedules.hogwild import HogwildWorker
 from experiments.config import ConfigError, validate
 from tests.conftest import (
     check_applied_versions,

@@ -123,7 +123,7 @@ def test_columns_analysis_requires_are_part_of_the_run_record():
 
 
 def test_the_record_columns_name_the_loss_statistics_algorithms_report():
-    from algorithms.losses import LOSS_STATS as ALGORITHM_LOSS_STATS
+    from algorithms.infra.messages import LOSS_STATS as ALGORITHM_LOSS_STATS
     from experiments.columns import LOSS_STATS
 
     assert LOSS_STATS == ALGORITHM_LOSS_STATS

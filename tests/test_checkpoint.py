@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint, write_checkpoint
+from algorithms.infra.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint, write_checkpoint
 from tests.conftest import train_run
 
 FAST = ["env=cartpole", "total_env_steps=300", "checkpoint_interval=100", "log_interval=100"]

@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch.distributions import Categorical, Normal
 
-from algorithms.envs import ObservationNormalizer, RewardScaler, RunningMeanStd, make_vector_env
-from algorithms.learner import build_collector, build_model, compute_gradients, make_optimizer
-from algorithms.nets import ActorCritic
+from algorithms.core.envs import ObservationNormalizer, RewardScaler, RunningMeanStd, make_vector_env
+from algorithms.core.model import build_model
+from algorithms.core.nets import ActorCritic
+from algorithms.core.optimizers import make_optimizer
+from algorithms.core.rollout import build_collector
+from algorithms.updates.actor_critic import compute_gradients
 from tests.conftest import compose_config
 
 CARTPOLE = gym.make("CartPole-v1")

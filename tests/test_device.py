@@ -8,7 +8,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from algorithms.nets import ActorCritic
+from algorithms.core.nets import ActorCritic
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, train_run
 

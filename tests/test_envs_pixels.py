@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import algorithms.envs
-from algorithms.envs import make_env, make_vector_env
+import algorithms.core.envs
+from algorithms.core.envs import make_env, make_vector_env
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config
 
@@ -85,13 +85,13 @@ class Game(NamedTuple):
 def play_one_game(monkeypatch, name: str) -> Game:
     """One game with random actions in a run's vector env (same-step autoreset), with GameScores underneath."""
     probes: list[GameScores] = []
-    make_registered_env = algorithms.envs.make_registered_env
+    make_registered_env = algorithms.core.envs.make_registered_env
 
     def probed(env_cfg, **forced_kwargs):
         probes.append(GameScores(make_registered_env(env_cfg, **forced_kwargs)))
         return probes[-1]
 
-    monkeypatch.setattr(algorithms.envs, "make_registered_env", probed)
+    monkeypatch.setattr(algorithms.core.envs, "make_registered_env", probed)
     envs = make_vector_env(env_config(name), 1)
     rng = np.random.default_rng(0)
     _, info = envs.reset(seed=0)

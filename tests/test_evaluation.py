@@ -9,10 +9,10 @@ import pytest
 import torch
 from gymnasium.wrappers import TransformReward
 
-from algorithms.atari import EpisodicLife
-from algorithms.evaluation import Evaluator, next_evaluation_at, take_snapshot
-from algorithms.learner import build_spaces_model
-from algorithms.rollout import Collector
+from algorithms.core.atari import EpisodicLife
+from algorithms.core.evaluation import Evaluator, next_evaluation_at, take_snapshot
+from algorithms.core.model import build_spaces_model
+from algorithms.core.rollout import Collector
 from tests.conftest import compose_config, read_csv, train_run
 from tests.test_resume import assert_identical, final_state, records
 

@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 import torch
 
-from algorithms.checkpoint import read_checkpoint
-from algorithms.learner import NonFiniteUpdate
-from algorithms.reaper import POLL_S
+from algorithms.infra.checkpoint import read_checkpoint
+from algorithms.infra.reaper import POLL_S
+from algorithms.infra.supervision import NonFiniteUpdate
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
 from tests.processes import (
@@ -152,7 +152,7 @@ def test_a_finite_blowup_is_reported_once_as_a_warning_and_an_event(run_dir, cap
 
 GUARDED = """
 import subprocess, sys, time
-from algorithms.reaper import Reaper
+from algorithms.infra.reaper import Reaper
 reaper = Reaper().__enter__()
 child = subprocess.Popen(["sleep", "60"])
 print(child.pid, flush=True)
@@ -183,7 +183,7 @@ def test_the_reaper_kills_what_a_sigkilled_process_started_and_only_then(end):
 STOPPED_WORKER = """
 import sys, time
 from pathlib import Path
-from algorithms.supervision import uninterruptible, worker_setup
+from algorithms.infra.supervision import uninterruptible, worker_setup
 worker_setup(1)
 marker = Path(sys.argv[2])
 if sys.argv[1] == "inside":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from algorithms.checkpoint import CheckpointRefused, read_checkpoint, write_checkpoint
+from algorithms.infra.checkpoint import CheckpointRefused, read_checkpoint, write_checkpoint
 from experiments.columns import RECORD_COLUMNS
 from experiments.record import RunFailed, RunRecord
 from experiments.sweep import run_sweep_job

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.checkpoint import read_checkpoint
-from algorithms.envs import make_vector_env
-from algorithms.learner import build_model, compute_gradients, off_policy_gradients, start_collector
-from algorithms.rollout import Unrolls, unroll_from
-from algorithms.shared_memory import ParameterBoard
-from algorithms.supervision import WorkerFailure
+from algorithms.core.envs import make_vector_env
+from algorithms.core.model import build_model
+from algorithms.core.rollout import Unrolls, start_collector, unroll_from
+from algorithms.infra.checkpoint import read_checkpoint
+from algorithms.infra.shared_memory import ParameterBoard
+from algorithms.infra.supervision import WorkerFailure
+from algorithms.updates.actor_critic import compute_gradients
+from algorithms.updates.off_policy import off_policy_gradients
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
 from tests.processes import worker_pids

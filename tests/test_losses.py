@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.losses import actor_critic_loss, gae_advantages, n_step_returns, vtrace
+from algorithms.core.losses import actor_critic_loss, gae_advantages, n_step_returns, vtrace
 
 GAMMA = 0.9
 # Two envs, three steps. Env 0 ends no episode. Env 1 terminates at step 0 and is truncated by a

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.envs import RunningMeanStd
+from algorithms.core.envs import RunningMeanStd
 from experiments.plan import compose_jobs
 from tests.conftest import read_csv, read_meta, train_run
 from tests.test_pixels import SCHEDULES

@@ -11,9 +11,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import RecordEpisodeStatistics
 
-from algorithms.learner import compute_gradients
-from algorithms.nets import ActorCritic
-from algorithms.rollout import Collector
+from algorithms.core.nets import ActorCritic
+from algorithms.core.rollout import Collector
+from algorithms.updates.actor_critic import compute_gradients
 
 ATARI = spaces.Box(0, 255, (4, 84, 84), np.uint8)
 MINATAR = spaces.Box(0, 1, (7, 10, 10), np.uint8)

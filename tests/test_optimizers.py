@@ -9,10 +9,10 @@ import gymnasium as gym
 import pytest
 import torch
 
-from algorithms.checkpoint import make_checkpoint, read_checkpoint, restore_model, write_checkpoint
-from algorithms.learner import make_optimizer
-from algorithms.nets import ActorCritic
-from algorithms.shared_memory import attach_optimizer_state, share_optimizer_state
+from algorithms.core.nets import ActorCritic
+from algorithms.core.optimizers import make_optimizer
+from algorithms.infra.checkpoint import make_checkpoint, read_checkpoint, restore_model, write_checkpoint
+from algorithms.infra.shared_memory import attach_optimizer_state, share_optimizer_state
 
 ZOO_ATARI = SimpleNamespace(optimizer="rmsprop_tf", lr=7e-4, rmsprop_alpha=0.99, optimizer_eps=1e-5)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from algorithms.losses import LOSS_STATS
-from algorithms.supervision import WorkerFailure
+from algorithms.infra.messages import LOSS_STATS
+from algorithms.infra.supervision import WorkerFailure
 from experiments.config import ConfigError, validate
 from experiments.throughput import main as throughput_main
 from tests.conftest import (
@@ -34,11 +34,14 @@ from tests.conftest import (
 from tests.processes import SharedMemoryWatch, alive, wait_until_gone  # noqa: E402
 
 ray = pytest.importorskip("ray")
-from algorithms.learner import NonFiniteUpdate  # noqa: E402
-from algorithms.protocol import Push, to_wire  # noqa: E402
-from algorithms.ray_backend import SynchronousServer  # noqa: E402  (needs ray)
-from algorithms.reaper import descendants  # noqa: E402
-from algorithms.rollout import Episode  # noqa: E402
+from algorithms.infra.messages import (  # noqa: E402
+    Episode,  # noqa: E402
+    Push,
+    to_wire,
+)
+from algorithms.infra.reaper import descendants  # noqa: E402
+from algorithms.infra.supervision import NonFiniteUpdate  # noqa: E402
+from algorithms.transports.ray import SynchronousServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PS = ["algo=a3c", "algo.mode=parameter_server", "backend=ray", "log_interval=500"]
@@ -199,9 +202,9 @@ def assert_same_training(reference: Path, other: Path) -> None:
 def test_actors_import_this_checkout(cluster):
     @ray.remote
     def where() -> str:
-        import algorithms.ray_backend
+        import algorithms.transports.ray
 
-        return algorithms.ray_backend.__file__
+        return algorithms.transports.ray.__file__
 
     assert Path(ray.get(where.remote())).resolve().parent.parent == ROOT
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from algorithms.processes import process_context
+from algorithms.infra.processes import process_context
 from experiments.startup import main as startup_main
 from tests.processes import ROOT, loaded_modules
 
@@ -19,7 +19,7 @@ OPTIONAL = ("minatar", "ale_py", "mujoco", "seaborn", "matplotlib")
 VALIDATE_AND_STEP = f"""
 import sys
 from experiments.config import validate
-from algorithms.envs import make_env
+from algorithms.core.envs import make_env
 from tests.conftest import compose_config
 cfg = compose_config("env=" + sys.argv[1])
 validate(cfg)
@@ -31,7 +31,7 @@ print(",".join(name for name in {OPTIONAL!r} if name in sys.modules))
 RENDER_MINATAR = f"""
 import sys
 import gymnasium as gym
-from algorithms.envs import register_minatar_envs
+from algorithms.core.envs import register_minatar_envs
 register_minatar_envs()
 env = gym.make("MinAtar/Breakout-v1", render_mode="rgb_array")
 env.reset(seed=0)

@@ -1,7 +1,7 @@
 """Simulated workers (``backend=simulated``): ``num_workers`` virtual workers in one process, on a virtual clock.
 
 Each virtual worker has its own envs, collector, generator and local model (a
-:class:`~algorithms.learner.LocalLearner`), and the learning is real: every rollout, gradient and update is
+:class:`~algorithms.schedules.worker.LocalLearner`), and the learning is real: every rollout, gradient and update is
 computed. Only time is modelled, by :class:`CostModel` (``sim.*``): a worker's task (collect a rollout, compute
 its gradient), every message and every update's bookkeeping (``update_s``: syncing, the learning rate and guards,
 recording the rows) take virtual seconds, and the server applies one gradient at a time. Events are
@@ -10,7 +10,7 @@ from the schedule as it would on ``num_workers`` machines, and the same config a
 any worker count. The record's ``wall_time`` is the virtual clock (``meta.json`` says ``clock: simulated``).
 
 - a3c ``parameter_server``: a worker syncs to the parameters the server answered it with, computes, and pushes;
-  pushes queue at the server in arrival order (:class:`~algorithms.parameter_server.ParameterServer` applies
+  pushes queue at the server in arrival order (:class:`~algorithms.schedules.parameter_server.ParameterServer` applies
   them, as the local and Ray servers do), each taking the server ``apply_s + update_s``. Each message costs
   ``message_s + bytes * byte_s + latency_s``.
 - a3c ``hogwild``: the same, with workers stepping shared memory themselves: no messages, a worker pays its own
@@ -34,20 +34,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from algorithms.a2c import SyncLog
-from algorithms.checkpoint import make_checkpoint
-from algorithms.impala import Learner
-from algorithms.learner import (
-    LocalLearner,
-    NonFiniteGuard,
-    average_gradients,
-    learning_rate,
-    set_learning_rate,
-)
-from algorithms.parameter_server import ParameterServer, evaluation_statistics
-from algorithms.protocol import EpisodeRow, Push, Record, UnrollReady, UpdateRow, to_wire
-from algorithms.rollout import UNROLL_FIELDS, Episode, Unrolls, join_unrolls, unroll_from
-from algorithms.server import GlobalModel, evaluate_if_due
+from algorithms.core.optimizers import set_learning_rate
+from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
+from algorithms.infra.checkpoint import make_checkpoint
+from algorithms.infra.messages import Episode, EpisodeRow, Push, Record, UnrollReady, UpdateRow, to_wire
+from algorithms.infra.shared_memory import average_gradients
+from algorithms.schedules.actor_learner import Learner
+from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
+from algorithms.schedules.parameter_server import ParameterServer, evaluation_statistics
+from algorithms.schedules.synchronous import SyncLog
+from algorithms.schedules.worker import LocalLearner
+from algorithms.updates.guard import NonFiniteGuard
+from algorithms.updates.rule import learning_rate
 
 
 class CostModel:
@@ -231,7 +229,7 @@ class SimulatedImpala:
     (one message of its bytes). The learner, a serial resource, takes ``batch_size`` unrolls in arrival order and
     publishes ``learn_s + batch_size * learn_unroll_s`` later (one batched pass over them all); slots free when
     their unrolls are taken (with ``wait_for_update``, when the update is published). The learning is the local
-    learner's (:class:`~algorithms.impala.Learner`)."""
+    learner's (:class:`~algorithms.schedules.actor_learner.Learner`)."""
 
     def __init__(self, cfg: Any, record: Record):
         self.cfg, self.algo, self.record = cfg, cfg.algo, record

@@ -19,8 +19,6 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import numpy as np
 import torch
 
-from algorithms.learner import average_gradients
-
 Row = TypeVar("Row", bound=NamedTuple)
 NOBODY = -1  # the holder of a free HolderLock
 TRAINER = -2  # the trainer's holder id (workers use their index)
@@ -326,3 +324,10 @@ class GradientExchange:
 
     def stop_voted(self, slot: int) -> bool:
         return bool(self._votes[slot].any())
+
+
+def average_gradients(gradients: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = gradients.sum(0) / len(gradients)`` for ``[num_workers, num_params]`` gradients, summed in worker
+    order: the same bits wherever it is computed (every local replica, or the Ray backend's server)."""
+    torch.sum(gradients, dim=0, out=out)
+    out.div_(len(gradients))

@@ -1,21 +1,22 @@
 """The parameter-server protocol, written once over any transport (pipes here, Ray calls in ``ray_backend``).
 
-A worker joins, then loops: sync to the parameters of the server's :class:`~algorithms.protocol.Reply` ->
+A worker joins, then loops: sync to the parameters of the server's :class:`~algorithms.infra.messages.Reply` ->
 learn -> push the gradient tagged with the reply's version (one push in flight per worker). The server
 applies each push at its current version and answers with what to learn with next, or ``None`` to stop.
-A transport only has to carry :class:`~algorithms.protocol.Join`, :class:`~algorithms.protocol.Push` and
+A transport only has to carry :class:`~algorithms.infra.messages.Join`, :class:`~algorithms.infra.messages.Push` and
 replies: :class:`PipeLink` does it over a process pipe.
 """
 
 from __future__ import annotations
 
 import time
-from multiprocessing import connection
 from typing import Any, Protocol
 
-from algorithms.learner import LocalLearner, NonFiniteGuard, learning_rate
-from algorithms.protocol import Join, Push, Record, Reply, UpdateRow, from_wire, record_update, to_wire
-from algorithms.server import GlobalModel, apply_gradient
+from algorithms.infra.messages import Push, Record, Reply, UpdateRow, from_wire, record_update, to_wire
+from algorithms.schedules.global_model import GlobalModel
+from algorithms.schedules.worker import LocalLearner
+from algorithms.updates.guard import NonFiniteGuard
+from algorithms.updates.rule import apply_gradient, learning_rate
 
 
 class ServerLink(Protocol):
@@ -49,34 +50,10 @@ def keep_statistics(global_model: GlobalModel, push: Push) -> None:
         global_model.obs_statistics.publish(push.obs_statistics)
 
 
-class PipeLink:
-    """The transport over a worker process's pipe to the trainer."""
-
-    def __init__(self, conn: connection.Connection, worker: int):
-        self.conn, self.worker = conn, worker
-
-    def join(self) -> Reply | None:
-        self.conn.send(Join(self.worker, time.monotonic()))
-        return self.conn.recv()
-
-    def push(self, push: Push) -> Reply | None:
-        self.conn.send(push)
-        return self.conn.recv()
-
-
-def pipe_worker(cfg: Any, worker: int, conn: connection.Connection, env_steps: int) -> None:
-    """A worker process of the local parameter server, starting at ``env_steps``."""
-    learner = LocalLearner(cfg, worker, env_steps)
-    try:
-        parameter_server_worker(learner, PipeLink(conn, worker))
-    finally:
-        learner.close()
-
-
 class ParameterServer:
     """The server half of the protocol, whatever carries its messages.
 
-    Each :class:`~algorithms.protocol.Push` is applied at the current version (or dropped as too stale),
+    Each :class:`~algorithms.infra.messages.Push` is applied at the current version (or dropped as too stale),
     its episodes and update recorded; every join or push is answered with the parameters to learn with next
     (``delay`` versions behind, if set), or ``None`` once the budget is spent or a stop was requested.
     """

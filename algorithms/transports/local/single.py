@@ -11,22 +11,16 @@ from typing import Any
 
 import torch
 
-from algorithms.checkpoint import check_collectors, make_checkpoint, restore_model
-from algorithms.envs import make_vector_env
-from algorithms.evaluation import take_snapshot
-from algorithms.learner import (
-    NonFiniteGuard,
-    build_model,
-    compute_gradients,
-    learner_device,
-    learning_rate,
-    make_optimizer,
-    restore_rng_state,
-    rng_state,
-    set_learning_rate,
-    start_collector,
-)
-from algorithms.protocol import Record, UpdateRow, record_episodes, record_update
+from algorithms.core.envs import make_vector_env
+from algorithms.core.evaluation import take_snapshot
+from algorithms.core.model import build_model, learner_device
+from algorithms.core.optimizers import make_optimizer, set_learning_rate
+from algorithms.core.rollout import start_collector
+from algorithms.infra.checkpoint import check_collectors, make_checkpoint, restore_model, restore_rng_state, rng_state
+from algorithms.infra.messages import Record, UpdateRow, record_episodes, record_update
+from algorithms.updates.actor_critic import compute_gradients
+from algorithms.updates.guard import NonFiniteGuard
+from algorithms.updates.rule import learning_rate
 
 
 def run(cfg: Any, record: Record) -> None:

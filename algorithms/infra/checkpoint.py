@@ -15,9 +15,11 @@ from __future__ import annotations
 import io
 import math
 import os
+import random
 from pathlib import Path
 from typing import Any, TypedDict
 
+import numpy as np
 import torch
 
 CHECKPOINT_FORMAT = 1
@@ -31,7 +33,7 @@ class Checkpoint(TypedDict):
     env_steps: int
     policy_version: int
     collectors: list[dict[str, Any]]  # Collector.state_dict() of each worker that keeps one; [] when none does
-    # (each with its episodes in progress, and its envs pickled when they can be: see algorithms.envs)
+    # (each with its episodes in progress, and its envs pickled when they can be: see algorithms.core.envs)
     rng: dict[str, Any] | None  # the training process's torch/numpy/python generators (in-process schedules)
     snapshots: dict[str, Any] | None  # SnapshotRing.state_dict() when algo.staleness.delay > 0
     record: dict[str, Any]  # the run record's counters, added by the record when it saves
@@ -186,3 +188,13 @@ def dropped_partial_episodes(checkpoint: dict[str, Any]) -> list[dict[str, Any]]
                                                 collector["episodes_in_progress"]["lengths"], strict=True))
         if length > 0
     ]
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])

@@ -1,36 +1,33 @@
 """A2C workers mode: synchronous gradient averaging across worker processes.
 
 Each worker collects with its own envs and model replica and computes its clipped gradient, exactly as an
-A3C worker does; then all meet at a shared-memory barrier (:class:`~algorithms.shared_memory.GradientExchange`)
+A3C worker does; then all meet at a shared-memory barrier (:class:`~algorithms.infra.shared_memory.GradientExchange`)
 and every replica applies the same mean (summed in worker order) with its own optimizer, so the replicas
 stay bit-identical without sending parameters. A2C and A3C thus differ only in the update protocol. The
 trainer only supervises and records, one complete update at a time (:class:`SyncLog`). Vector mode is
-``algorithms.single`` with more envs. See docs/design.md for stopping, checkpoints and faults.
+``algorithms.transports.local.single`` with more envs. See docs/design.md for stopping, checkpoints and faults.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections import defaultdict
 from dataclasses import dataclass
 from multiprocessing import connection
 from typing import Any
 
 import torch
 
-from algorithms.checkpoint import check_collectors, make_checkpoint, restore_model
-from algorithms.evaluation import EvalSnapshot, next_evaluation_at, take_snapshot
-from algorithms.learner import (
-    LocalLearner,
-    NonFiniteGuard,
-    build_spaces_model,
-    learning_rate,
-    make_optimizer,
-    set_learning_rate,
-)
-from algorithms.protocol import CheckpointPart, EpisodeRow, Record, UpdateRow, record_episode, record_update
-from algorithms.shared_memory import GradientExchange, SharedRows
-from algorithms.supervision import POLL_S, STALL_TIMEOUT_S, RestartPolicy, Supervisor, WorkerProcesses
+from algorithms.core.evaluation import EvalSnapshot, next_evaluation_at, take_snapshot
+from algorithms.core.model import build_spaces_model
+from algorithms.core.optimizers import make_optimizer, set_learning_rate
+from algorithms.infra.checkpoint import check_collectors, restore_model
+from algorithms.infra.messages import CheckpointPart, EpisodeRow, Record, UpdateRow
+from algorithms.infra.shared_memory import GradientExchange, SharedRows
+from algorithms.infra.supervision import POLL_S, STALL_TIMEOUT_S, RestartPolicy, Supervisor, WorkerProcesses
+from algorithms.schedules.synchronous import SyncLog, checkpoint_crossed
+from algorithms.schedules.worker import LocalLearner
+from algorithms.updates.guard import NonFiniteGuard
+from algorithms.updates.rule import learning_rate
 
 BARRIER_TIMEOUT_S = 2 * STALL_TIMEOUT_S  # a worker's own limit, should the trainer be unable to end the run
 
@@ -45,12 +42,6 @@ class WorkerStart:
     version: int
     env_steps: int
     states: bytes | None = None
-
-
-def checkpoint_crossed(env_steps: int, steps_per_update: int, interval: int) -> bool:
-    """Whether the update that brought the run to ``env_steps`` passed a multiple of ``interval``
-    (the run record's ``checkpoint_due`` rule, computed by every worker from the same counters)."""
-    return env_steps // interval > (env_steps - steps_per_update) // interval
 
 
 def synchronous_worker(cfg: Any, worker: int, conn: connection.Connection, start: WorkerStart,
@@ -110,81 +101,6 @@ def send_checkpoint_part(conn: connection.Connection, worker: int, learner: Loca
 
 
 # --------------------------------------------------------------------------- the trainer
-class ReplicaDivergence(RuntimeError):
-    """The replicas' parameters differ: the synchronous update is broken."""
-
-
-def checkpoint_from_parts(parts: dict[int, dict[str, Any]], version: int, env_steps: int) -> dict[str, Any]:
-    """The run's checkpoint from every worker's part, after checking that all replicas are bit-identical."""
-    reference = parts[0]["params"]
-    differing = [worker for worker, part in sorted(parts.items()) if not torch.equal(part["params"], reference)]
-    if differing:
-        gap = max(float((parts[worker]["params"] - reference).abs().max()) for worker in differing)
-        raise ReplicaDivergence(f"at policy version {version} the parameters of workers {differing} differ from "
-                                f"worker 0's (max abs difference {gap:g})")
-    return make_checkpoint(parts[0]["model"], parts[0]["optimizer"], env_steps, version,
-                           collectors=[parts[worker]["collector"] for worker in sorted(parts)])
-
-
-class SyncLog:
-    """Moves the workers' rows into the run record one complete synchronous update at a time, in order,
-    and saves a checkpoint right after the rows of the update it was taken at."""
-
-    def __init__(self, record: Record, num_workers: int, version: int, env_steps: int):
-        self.record, self.num_workers = record, num_workers
-        self.version, self.env_steps = version, env_steps  # the next update to record, the steps before it
-        self.updates: dict[int, list[tuple[int, UpdateRow]]] = defaultdict(list)
-        self.episodes: dict[int, list[tuple[int, EpisodeRow]]] = defaultdict(list)
-        self.snapshots: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
-
-    def add_snapshot(self, worker: int, part: CheckpointPart) -> None:
-        self.snapshots[part.version][worker] = pickle.loads(part.part)
-
-    def add(self, worker: int, updates: list[UpdateRow], episodes: list[EpisodeRow]) -> None:
-        for row in updates:
-            self.updates[int(row.version_at_sync)].append((worker, row))
-        for episode in episodes:
-            self.episodes[int(episode.version)].append((worker, episode))
-
-    def drain(self, tables: dict[int, tuple[SharedRows[UpdateRow], SharedRows[EpisodeRow]]]) -> None:
-        # Updates first: a worker writes an update's episodes before the update, so every update drained
-        # here has its episodes in the drain that follows.
-        drained = {worker: updates.drain() for worker, (updates, _) in tables.items()}
-        for worker, (_, episodes) in tables.items():
-            self.add(worker, drained[worker], episodes.drain())
-
-    def record_complete(self) -> bool:
-        """Record every update whose rows all arrived, then the checkpoint taken after it if there is one
-        (once every part of it arrived); return whether any update was recorded."""
-        progressed = False
-        while len(rows := self.updates.get(self.version, ())) == self.num_workers:
-            after = self.version + 1
-            checkpoint = any(row.checkpoint for _, row in rows)
-            if checkpoint and len(self.snapshots.get(after, ())) < self.num_workers:
-                break  # its parts are on their way
-            self._record(self.version)
-            progressed = True
-            if checkpoint:
-                self.record.save_checkpoint(checkpoint_from_parts(self.snapshots.pop(after), after, self.env_steps))
-        return progressed
-
-    def record_rest(self) -> None:
-        """After a failure: record every row that arrived, complete update or not."""
-        for version in sorted(set(self.updates) | set(self.episodes)):
-            self._record(version)
-
-    def finished(self) -> bool:
-        """Whether every row that arrived is recorded and every checkpoint saved."""
-        return not (self.updates or self.episodes or self.snapshots)
-
-    def _record(self, version: int) -> None:
-        # by env step, then worker: the same order however the workers' rows arrived
-        for worker, episode in sorted(self.episodes.pop(version, []), key=lambda item: (item[1].env_steps, item[0])):
-            record_episode(self.record, worker, episode)
-        for worker, row in sorted(self.updates.pop(version, []), key=lambda item: item[0]):
-            record_update(self.record, worker, row)
-            self.env_steps = int(row.env_steps)
-        self.version = version + 1
 
 
 def worker_starts(cfg: Any, resume_state: dict[str, Any] | None) -> list[WorkerStart]:

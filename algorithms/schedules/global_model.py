@@ -16,16 +16,11 @@ from typing import Any
 
 import torch
 
-from algorithms.checkpoint import check_snapshots, make_checkpoint, restore_model
-from algorithms.evaluation import take_snapshot
-from algorithms.learner import (
-    build_spaces_model,
-    make_optimizer,
-    restore_rng_state,
-    rng_state,
-    set_learning_rate,
-)
-from algorithms.shared_memory import (
+from algorithms.core.evaluation import take_snapshot
+from algorithms.core.model import build_spaces_model
+from algorithms.core.optimizers import make_optimizer
+from algorithms.infra.checkpoint import check_snapshots, make_checkpoint, restore_model, restore_rng_state, rng_state
+from algorithms.infra.shared_memory import (
     TRAINER,
     HolderLock,
     ObsStatistics,
@@ -142,33 +137,3 @@ def evaluate_if_due(cfg: Any, record: Any, global_model: GlobalModel, workers_do
         record.evaluate(snapshot)
 
 
-def tend_workers(cfg: Any, record: Any, global_model: GlobalModel, supervisor: Any, finishing: bool) -> None:
-    """What a trainer serving worker processes does after each batch of messages: answer the workers' exits
-    (``supervisor``, an ``algorithms.supervision.Supervisor``), evaluate and checkpoint when due, watch for a stall."""
-    supervisor.handle_exits(finishing=finishing)
-    evaluate_if_due(cfg, record, global_model, workers_done=False)
-    if record.checkpoint_due(global_model.counters.env_steps):
-        record.save_checkpoint(global_model.checkpoint())
-    supervisor.check_stall()
-
-
-def apply_gradient(optimizer: torch.optim.Optimizer, params: torch.Tensor, gradient: torch.Tensor, version: int,
-                   version_at_sync: int, lr: float, staleness_cfg: Any,
-                   snapshots: SnapshotRing | None) -> tuple[bool, float]:
-    """Step ``params`` with a copy of ``gradient`` at ``version``, unless too stale; return (applied, lr).
-
-    The step size is ``lr``, divided by ``max(1, staleness)`` under ``lr_scaling=inverse``. The gradient is
-    copied into ``params.grad``, a buffer of this process's own: aliasing a worker's ``.grad`` instead (as a
-    popular A3C implementation does) silently sums gradients across steps.
-    """
-    staleness = version - version_at_sync
-    if staleness_cfg.max is not None and staleness > staleness_cfg.max:
-        return False, lr
-    if staleness_cfg.lr_scaling == "inverse":
-        lr /= max(1, staleness)
-    set_learning_rate(optimizer, lr)
-    params.grad.copy_(gradient)
-    optimizer.step()
-    if snapshots is not None:
-        snapshots.record(version + 1, params)
-    return True, lr

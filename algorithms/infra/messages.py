@@ -16,9 +16,6 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from algorithms.losses import LOSS_STATS
-from algorithms.rollout import Episode
-
 
 class Record(Protocol):
     """What an algorithm may call on the run record."""
@@ -35,7 +32,7 @@ class Record(Protocol):
 
     def evaluation_due(self, env_steps: int) -> bool: ...
 
-    def evaluate(self, snapshot: Any) -> None: ...  # an algorithms.evaluation.EvalSnapshot
+    def evaluate(self, snapshot: Any) -> None: ...  # an algorithms.core.evaluation.EvalSnapshot
 
     def checkpoint_due(self, env_steps: int) -> bool: ...
 
@@ -179,3 +176,15 @@ def read_only_view(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(array)
+
+
+# What every update reports about its loss: the three terms below and the pre-clipping gradient norm.
+LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
+
+
+class Episode(NamedTuple):
+    """An episode that ended during a rollout."""
+
+    ret: float  # undiscounted sum of raw rewards (the game score under episodes_from_info)
+    length: int
+    steps_into_rollout: int  # env steps (all envs together) from the rollout's start to this end

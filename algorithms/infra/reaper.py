@@ -2,7 +2,7 @@
 
 A Ray driver that starts its own cluster stops it in ``ray.shutdown``; SIGKILLed, it cannot, and while
 Ray's GCS and raylet follow their driver, the agents the raylet starts (``DashboardAgent``,
-``RuntimeEnvAgent``) are left running under init. :class:`Reaper` starts ``python -m algorithms.reaper
+``RuntimeEnvAgent``) are left running under init. :class:`Reaper` starts ``python -m algorithms.infra.reaper
 PID`` in a session of its own, holding the read end of a pipe whose write end only the guarded process
 holds. Every ``POLL_S`` the reaper notes the guarded process's descendants (pid and start time, so that a
 reused pid is never hit); when the pipe closes without the word ``done`` (the process died), it sends
@@ -97,7 +97,7 @@ class Reaper:
         read_end, self._write_end = os.pipe()
         os.set_inheritable(read_end, True)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "algorithms.reaper", str(os.getpid()), str(read_end)],
+            [sys.executable, "-m", "algorithms.infra.reaper", str(os.getpid()), str(read_end)],
             pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,
             cwd=str(Path(__file__).resolve().parents[1]))
         os.close(read_end)

@@ -13,9 +13,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# What every update reports about its loss: the three terms below and the pre-clipping gradient norm.
-LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
-
 
 def _check_shapes(**arrays: np.ndarray) -> int:
     shape = arrays["rewards"].shape

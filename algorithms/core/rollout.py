@@ -15,15 +15,16 @@ reports in the vector env's info at a game over (its score and length; see :func
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-from algorithms.envs import ObservationNormalizer, RewardScaler, restore_envs, save_envs
-from algorithms.nets import ActorCritic
+from algorithms.core.envs import ObservationNormalizer, RewardScaler, restore_envs, save_envs, worker_seed
+from algorithms.core.nets import ActorCritic
+from algorithms.infra.messages import Episode
 
 
 @dataclass
@@ -66,14 +67,6 @@ def join_unrolls(unrolls: list[Unrolls]) -> Unrolls:
     """Unrolls side by side, their envs concatenated (in a new tensor: the parts may be reused at once)."""
     return Unrolls(**{name: torch.cat([getattr(unroll, name) for unroll in unrolls],
                                       dim=0 if name == "bootstrap_obs" else 1) for name in UNROLL_FIELDS})
-
-
-class Episode(NamedTuple):
-    """An episode that ended during a rollout."""
-
-    ret: float  # undiscounted sum of raw rewards (the game score under episodes_from_info)
-    length: int
-    steps_into_rollout: int  # env steps (all envs together) from the rollout's start to this end
 
 
 def game_overs(info: dict[str, Any]) -> list[tuple[int, float, int]]:
@@ -248,3 +241,33 @@ def unroll_from(collector: Collector, model: ActorCritic) -> Unrolls:
     return Unrolls(rollout.obs, rollout.actions, rollout.rewards, rollout.terminated, rollout.truncated,
                    rollout.truncation_values, log_probs.view(rollout.rewards.shape),
                    torch.from_numpy(collector.current_obs))
+
+
+def reset_seed(cfg: Any, worker: int, num_envs: int, env_steps: int) -> int:
+    """Seed for a worker's envs and sampling when (re)starting at ``env_steps``: fresh runs use the worker seed."""
+    return worker_seed(cfg.seed, worker, num_envs) + env_steps
+
+
+def build_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0) -> Collector:
+    """A collector over ``envs`` with the normalizers the env config asks for, sampling with the seed of a
+    worker (re)starting at ``env_steps`` (a resumed one then loads its saved generator). Atari's episodes are
+    the games its envs' ``RecordEpisodeStatistics`` reports, not the lives its training episodes end at."""
+    env_cfg, num_envs = cfg.env, envs.num_envs
+    obs_normalizer = (ObservationNormalizer(envs.single_observation_space.shape, env_cfg.clip_obs)
+                      if env_cfg.normalize_obs else None)
+    reward_scaler = (RewardScaler(num_envs, cfg.algo.gamma, env_cfg.clip_reward)
+                     if env_cfg.normalize_reward else None)
+    return Collector(envs, cfg.algo.n_steps, reset_seed(cfg, worker, num_envs, env_steps),
+                     obs_normalizer, reward_scaler, episodes_from_info=env_cfg.preprocessing == "atari")
+
+
+def start_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0,
+                    state: dict[str, Any] | None = None) -> Collector:
+    """A collector ready to collect: continuing a checkpoint's ``state`` when given (its episodes in progress
+    too when the state saved the envs), else in fresh episodes seeded for ``env_steps``."""
+    collector = build_collector(cfg, envs, worker, env_steps)
+    if state is not None:
+        collector.load_state_dict(state)
+    if not collector.started:
+        collector.reset(reset_seed(cfg, worker, envs.num_envs, env_steps))
+    return collector

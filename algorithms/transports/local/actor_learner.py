@@ -1,14 +1,14 @@
 """IMPALA (Espeholt et al. 2018): actors make trajectories stale, the learner corrects for it with V-trace.
 
 ``num_workers`` actor processes each step ``num_envs`` envs. At the start of every unroll an actor copies the
-latest parameters the learner published (a :class:`~algorithms.shared_memory.ParameterBoard`, ``staleness.delay``
+latest parameters the learner published (a :class:`~algorithms.infra.shared_memory.ParameterBoard`, ``staleness.delay``
 versions behind if set), acts ``n_steps`` steps without autograd, writes the unroll with its behaviour
 log-probabilities into one of its ``queue_depth`` preallocated shared-memory slots (:class:`UnrollSlots`) and
-tells the learner which slot and which policy version (:class:`~algorithms.protocol.UnrollReady`, a few bytes:
+tells the learner which slot and which policy version (:class:`~algorithms.infra.messages.UnrollReady`, a few bytes:
 the arrays never travel through a pipe). An actor whose slots are all waiting for the learner waits too, so
 the queue is bounded. The learner (the trainer process, on ``device``) takes unrolls in the order they were
 sent, ``batch_size`` at a time, computes the corrected loss (``algo.correction``;
-:func:`~algorithms.learner.off_policy_gradients`), steps the optimizer and publishes the new parameters.
+:func:`~algorithms.updates.off_policy.off_policy_gradients`), steps the optimizer and publishes the new parameters.
 
 Every unroll is one row of ``updates.csv``: ``version_at_sync`` is the version it was acted with,
 ``version_at_apply`` the version its update was applied to. With one actor, ``batch_size=1`` and
@@ -28,28 +28,23 @@ from typing import Any
 
 import torch
 
-from algorithms.envs import make_vector_env
-from algorithms.learner import (
-    LocalLearner,
-    NonFiniteGuard,
-    build_collector,
-    learner_device,
-    learning_rate,
-    off_policy_gradients,
-    set_learning_rate,
-)
-from algorithms.parameter_server import evaluation_statistics, keep_statistics
-from algorithms.protocol import Record, SlotFree, UnrollReady, UpdateRow, record_episodes, record_update
-from algorithms.rollout import UNROLL_FIELDS, Episode, Unrolls, join_unrolls, unroll_from
-from algorithms.server import GlobalModel, evaluate_if_due, tend_workers
-from algorithms.shared_memory import ParameterBoard
-from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
+from algorithms.core.envs import make_vector_env
+from algorithms.core.model import learner_device
+from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, build_collector, join_unrolls, unroll_from
+from algorithms.infra.messages import Episode, Record, SlotFree, UnrollReady
+from algorithms.infra.shared_memory import ParameterBoard
+from algorithms.infra.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
+from algorithms.schedules.actor_learner import Learner
+from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
+from algorithms.schedules.parameter_server import evaluation_statistics
+from algorithms.schedules.worker import LocalLearner
+from algorithms.transports.local.asynchronous import tend_workers
 
 
 class UnrollSlots:
     """``queue_depth`` unroll slots per actor in shared memory, laid out as an actor's collector lays out its
     rollout. Slot ``(worker, slot)`` is written by that actor alone, and read by the learner only after the
-    actor announced it; the learner hands it back with :class:`~algorithms.protocol.SlotFree`."""
+    actor announced it; the learner hands it back with :class:`~algorithms.infra.messages.SlotFree`."""
 
     def __init__(self, cfg: Any):
         envs = make_vector_env(cfg.env, cfg.algo.num_envs)
@@ -78,7 +73,7 @@ class UnrollSlots:
 
 # --------------------------------------------------------------------------- the actor process
 class Inbox:
-    """An actor's free slots, replenished by the learner's :class:`~algorithms.protocol.SlotFree` answers;
+    """An actor's free slots, replenished by the learner's :class:`~algorithms.infra.messages.SlotFree` answers;
     ``None`` from the learner stops the actor."""
 
     def __init__(self, conn: connection.Connection, free_slots: list[int]):
@@ -131,39 +126,6 @@ def announce(actor: LocalLearner, slots: UnrollSlots, slot: int, version: int, e
 
 
 # --------------------------------------------------------------------------- the learner
-class Learner:
-    """The learner over any transport (slots here, Ray calls in ``ray_backend``): one update from a batch of unrolls,
-    the new parameters published, and a row recorded per unroll."""
-
-    def __init__(self, cfg: Any, record: Record, global_model: GlobalModel):
-        self.cfg, self.algo, self.record, self.global_model = cfg, cfg.algo, record, global_model
-        self.guard = NonFiniteGuard(cfg.algo, worker=0)
-
-    def finished(self) -> bool:
-        return self.global_model.counters.env_steps >= self.cfg.total_env_steps
-
-    def learn(self, batch: list[UnrollReady], unrolls: Unrolls) -> None:
-        """Step with the corrected loss on ``unrolls`` (announced by ``batch``, in that order), then record."""
-        model, counters = self.global_model, self.global_model.counters
-        version, env_steps = counters.version, counters.env_steps
-        steps = sum(unroll.steps for unroll in batch)
-        lr = learning_rate(self.algo, env_steps, self.cfg.total_env_steps)
-        stats, importance_ratio = off_policy_gradients(model.model, unrolls, self.algo)
-        applied = self.guard.admits(stats, version, env_steps + steps)
-        if applied:
-            set_learning_rate(model.optimizer, lr)
-            model.optimizer.step()
-            self.guard.check_parameters(model.model.flat_params, version, env_steps + steps)
-            if model.snapshots is not None:
-                model.snapshots.record(version + 1, model.model.flat_params)
-        counters.version, counters.env_steps = version + applied, env_steps + steps
-        for unroll in batch:
-            keep_statistics(model, unroll)
-            record_episodes(self.record, unroll.worker, env_steps, unroll.episodes)
-            env_steps += unroll.steps
-        for unroll in batch:  # all at the update's env step, as a synchronous round's rows
-            record_update(self.record, unroll.worker, UpdateRow(counters.env_steps, unroll.version, version, applied,
-                                                                lr, **stats), importance_ratio=importance_ratio)
 
 
 class SlotQueue:

@@ -8,7 +8,7 @@ learner (not env wrappers), so episode statistics always see raw rewards and the
 in checkpoints.
 
 Preprocessing (``env.preprocessing``): ``none`` makes the registered env as it is; ``minatar`` turns MinAtar's
-10x10xC boolean grids into channels-first uint8; ``atari`` builds the Atari stack of ``algorithms.atari``
+10x10xC boolean grids into channels-first uint8; ``atari`` builds the Atari stack of ``algorithms.core.atari``
 (4x84x84 uint8 frame stacks). Image observations stay uint8 until the model scales them. MinAtar's and the
 ALE's ids are registered by :func:`make_env` itself, because spawned processes start with gymnasium's only.
 
@@ -37,8 +37,8 @@ import numpy as np
 from gymnasium.utils import EzPickle
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
-from algorithms.atari import wrap_atari
-from algorithms.processes import process_context
+from algorithms.core.atari import wrap_atari
+from algorithms.infra.processes import process_context
 
 
 def worker_seed(seed: int, worker: int, num_envs: int) -> int:

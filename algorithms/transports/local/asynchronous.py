@@ -2,38 +2,41 @@
 
 Hogwild workers step shared parameters and a shared optimizer themselves (``lock`` serializes the sync
 and the apply, so versions are exact); parameter-server workers push gradients that the trainer applies
-in arrival order (``algorithms.parameter_server``). Controlled staleness (``algo.staleness``) and the
-version bookkeeping live in ``algorithms.server``. With ``num_workers=1`` either mode runs its one worker
+in arrival order (``algorithms.schedules.parameter_server``). Controlled staleness (``algo.staleness``) and the
+version bookkeeping live in ``algorithms.schedules.global_model``. With ``num_workers=1`` either mode runs its one worker
 in the trainer process and gives ``single``'s parameters exactly. See docs/design.md for the details.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from multiprocessing import connection
 from typing import Any
 
 import torch
 
-from algorithms.evaluation import take_snapshot
-from algorithms.learner import LocalLearner, NonFiniteGuard, learner_device, learning_rate, make_optimizer
-from algorithms.parameter_server import ParameterServer, pipe_worker
-from algorithms.processes import process_context
-from algorithms.protocol import (
+from algorithms.core.evaluation import take_snapshot
+from algorithms.core.model import learner_device
+from algorithms.infra.messages import (
+    Episode,
     EpisodeRow,
     Join,
     Push,
     Record,
+    Reply,
     UpdateRow,
     record_episode,
     record_episodes,
     record_update,
 )
-from algorithms.rollout import Episode
-from algorithms.server import GlobalModel, GlobalState, apply_gradient, evaluate_if_due, tend_workers
-from algorithms.shared_memory import SharedRows, attach_optimizer_state
-from algorithms.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses, uninterruptible
+from algorithms.infra.processes import process_context
+from algorithms.infra.shared_memory import SharedRows
+from algorithms.infra.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
+from algorithms.schedules.global_model import GlobalModel, GlobalState, evaluate_if_due
+from algorithms.schedules.hogwild import HogwildWorker
+from algorithms.schedules.parameter_server import ParameterServer, parameter_server_worker
+from algorithms.schedules.worker import LocalLearner
 
 
 def run_hogwild(cfg: Any, record: Record) -> None:
@@ -50,65 +53,6 @@ def run_parameter_server(cfg: Any, record: Record) -> None:
 
 
 # --------------------------------------------------------------------------- hogwild
-Report = Callable[[UpdateRow, Sequence[Episode]], None]  # a worker's rows, reported while it holds the lock
-
-class HogwildWorker:
-    """One worker of the shared global model: sync -> learn -> apply, callable step by step."""
-
-    def __init__(self, cfg: Any, worker: int, state: GlobalState, env_steps: int,
-                 collector_state: dict[str, Any] | None = None):
-        self.cfg, self.algo, self.worker, self.state = cfg, cfg.algo, worker, state
-        self.learner = LocalLearner(cfg, worker, env_steps, collector_state)
-        if state.params.grad is None:
-            # The global tensor arrives without .grad in a spawned worker: give it one of this process's
-            # own, into which each local gradient is copied.
-            state.params.grad = torch.zeros_like(state.params)
-        self.optimizer = make_optimizer(state.params, self.algo)
-        attach_optimizer_state(self.optimizer, state.optimizer_state)
-        self.guard = NonFiniteGuard(self.algo, worker)
-
-    def step(self, report: Report | None = None) -> tuple[UpdateRow, list[Episode]]:
-        """One update; returns its row and the episodes that ended (also given to ``report``, see :meth:`apply`)."""
-        version_at_sync = self.sync()
-        episodes, stats = self.learner.learn()
-        return self.apply(version_at_sync, stats, episodes, report), episodes
-
-    def sync(self) -> int:
-        """Copy the global parameters (``delay`` versions behind, if set) into the local model; return their version."""
-        with self.state.locked(self.worker) if self.algo.lock else contextlib.nullcontext():
-            version, params = self.state.counters.version, self.state.params
-            if self.state.snapshots is not None:
-                version, params = self.state.snapshots.delayed(version)
-            self.learner.model.flat_params.copy_(params)
-            return version
-
-    def apply(self, version_at_sync: int, stats: dict[str, float], episodes: Sequence[Episode] = (),
-              report: Report | None = None) -> UpdateRow:
-        """Step the global model with the local gradient (or drop it), then take the version it was applied to
-        and advance the env steps. With ``lock`` all of it holds the lock; lock-free, only taking the version,
-        and ``report(row, episodes)``, so that a checkpoint taken under the lock accounts for exactly the rows
-        reported before it. A stopping trainer's SIGTERM waits for the row (:func:`uninterruptible`)."""
-        state, counters = self.state, self.state.counters
-        with uninterruptible(), state.locked(self.worker) if self.algo.lock else contextlib.nullcontext():
-            lr = learning_rate(self.algo, counters.env_steps, self.cfg.total_env_steps)
-            version, env_steps = counters.version, counters.env_steps + self.learner.steps  # for messages
-            applied = self.guard.admits(stats, version, env_steps)
-            if applied:
-                applied, lr = apply_gradient(self.optimizer, state.params, self.learner.model.flat_grads, version,
-                                             version_at_sync, lr, self.algo.staleness, state.snapshots)
-                if self.algo.lock:  # lock-free, a read races other workers' steps: the next loss check sees it
-                    self.guard.check_parameters(state.params, version, env_steps)
-            with contextlib.nullcontext() if self.algo.lock else state.locked(self.worker):
-                version_at_apply = counters.version
-                counters.version += applied
-                counters.env_steps = env_steps = counters.env_steps + self.learner.steps
-                row = UpdateRow(env_steps, version_at_sync, version_at_apply, applied, lr, **stats)
-                if report is not None:
-                    report(row, episodes)
-        return row
-
-    def close(self) -> None:
-        self.learner.close()
 
 
 def train_one_worker(cfg: Any, record: Record, global_model: GlobalModel) -> None:
@@ -237,3 +181,37 @@ def serve_parameters(cfg: Any, record: Record, global_model: GlobalModel) -> Non
             processes.stop()
             record.save_checkpoint(global_model.checkpoint())
     evaluate_if_due(cfg, record, global_model, workers_done=True)
+
+
+class PipeLink:
+    """The transport over a worker process's pipe to the trainer."""
+
+    def __init__(self, conn: connection.Connection, worker: int):
+        self.conn, self.worker = conn, worker
+
+    def join(self) -> Reply | None:
+        self.conn.send(Join(self.worker, time.monotonic()))
+        return self.conn.recv()
+
+    def push(self, push: Push) -> Reply | None:
+        self.conn.send(push)
+        return self.conn.recv()
+
+
+def pipe_worker(cfg: Any, worker: int, conn: connection.Connection, env_steps: int) -> None:
+    """A worker process of the local parameter server, starting at ``env_steps``."""
+    learner = LocalLearner(cfg, worker, env_steps)
+    try:
+        parameter_server_worker(learner, PipeLink(conn, worker))
+    finally:
+        learner.close()
+
+
+def tend_workers(cfg: Any, record: Any, global_model: GlobalModel, supervisor: Any, finishing: bool) -> None:
+    """What a trainer serving worker processes does after each batch of messages: answer the workers' exits
+    (``supervisor``, an ``algorithms.infra.supervision.Supervisor``), evaluate and checkpoint when due, watch for a stall."""
+    supervisor.handle_exits(finishing=finishing)
+    evaluate_if_due(cfg, record, global_model, workers_done=False)
+    if record.checkpoint_due(global_model.counters.env_steps):
+        record.save_checkpoint(global_model.checkpoint())
+    supervisor.check_stall()

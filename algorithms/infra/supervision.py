@@ -24,9 +24,8 @@ from typing import Any
 
 import torch
 
-from algorithms.learner import NonFiniteUpdate
-from algorithms.processes import process_context
-from algorithms.protocol import Record, WorkerDone, WorkerError
+from algorithms.infra.messages import Record, WorkerDone, WorkerError
+from algorithms.infra.processes import process_context
 
 POLL_S = 0.02  # how often a trainer drains its workers' rows and checks that they are alive
 STALL_TIMEOUT_S = 120.0  # no update for this long while workers are alive: fail instead of hanging
@@ -330,3 +329,7 @@ class Supervisor:
 
     def check_stall(self, detail: str = "") -> None:
         self.watchdog.check(self.env_steps(), self.processes.alive(), detail)
+
+
+class NonFiniteUpdate(RuntimeError):
+    """A NaN or infinite loss, gradient or parameter: the run has diverged and must not be recorded as a success."""

@@ -1,11 +1,11 @@
 """The a3c parameter-server and a2c workers schedules on Ray actors (``backend=ray``), for more than one machine.
 
 The same parts as the local schedules, over Ray calls instead of pipes: worker actors run the
-parameter-server worker loop (``algorithms.parameter_server``) on a :class:`~algorithms.learner.LocalLearner`;
-the server actor holds the :class:`~algorithms.server.GlobalModel` and applies pushes with the local
+parameter-server worker loop (``algorithms.schedules.parameter_server``) on a :class:`~algorithms.schedules.worker.LocalLearner`;
+the server actor holds the :class:`~algorithms.schedules.global_model.GlobalModel` and applies pushes with the local
 server's rules (a3c), or is the a2c barrier and applies the workers' mean (:class:`SynchronousServer`).
 The driver records what the server did (:class:`RecordBuffer`, replayed every ``POLL_S``) and supervises
-the workers with the local backend's :class:`~algorithms.supervision.RestartPolicy`. See docs/ray.md and
+the workers with the local backend's :class:`~algorithms.infra.supervision.RestartPolicy`. See docs/ray.md and
 docs/design.md.
 """
 
@@ -29,26 +29,12 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 import algorithms
-from algorithms.a2c import SyncLog, checkpoint_crossed
-from algorithms.checkpoint import check_collectors
-from algorithms.evaluation import EvalSnapshot, next_evaluation_at
-from algorithms.impala import Learner
-from algorithms.learner import (
-    LocalLearner,
-    NonFiniteGuard,
-    NonFiniteUpdate,
-    average_gradients,
-    learner_device,
-    learning_rate,
-    set_learning_rate,
-)
-from algorithms.parameter_server import (
-    ParameterServer,
-    evaluation_statistics,
-    keep_statistics,
-    parameter_server_worker,
-)
-from algorithms.protocol import (
+from algorithms.core.evaluation import EvalSnapshot, next_evaluation_at
+from algorithms.core.model import learner_device
+from algorithms.core.optimizers import set_learning_rate
+from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
+from algorithms.infra.checkpoint import check_collectors
+from algorithms.infra.messages import (
     EpisodeRow,
     Push,
     Record,
@@ -59,10 +45,21 @@ from algorithms.protocol import (
     read_only_view,
     to_wire,
 )
-from algorithms.reaper import Reaper
-from algorithms.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
-from algorithms.server import GlobalModel, evaluate_if_due
-from algorithms.supervision import RestartPolicy, StallWatchdog, WorkerFailure
+from algorithms.infra.reaper import Reaper
+from algorithms.infra.shared_memory import average_gradients
+from algorithms.infra.supervision import NonFiniteUpdate, RestartPolicy, StallWatchdog, WorkerFailure
+from algorithms.schedules.actor_learner import Learner
+from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
+from algorithms.schedules.parameter_server import (
+    ParameterServer,
+    evaluation_statistics,
+    keep_statistics,
+    parameter_server_worker,
+)
+from algorithms.schedules.synchronous import SyncLog, checkpoint_crossed
+from algorithms.schedules.worker import LocalLearner
+from algorithms.updates.guard import NonFiniteGuard
+from algorithms.updates.rule import learning_rate
 
 POLL_S = 0.05  # how often the driver replays the server's record calls and checks its workers
 WORKER_ERRORS = (RayActorError, RayTaskError)  # a worker actor that died, or whose code raised
@@ -138,7 +135,7 @@ class RayLink:
 
 
 class RayWorker:
-    """A worker actor: a :class:`~algorithms.learner.LocalLearner` that computes gradients and never applies them."""
+    """A worker actor: a :class:`~algorithms.schedules.worker.LocalLearner` that computes gradients and never applies them."""
 
     def __init__(self, cfg: Any, worker: int):
         torch.set_num_threads(cfg.torch_threads)
@@ -215,8 +212,8 @@ def replay(record: Record, calls: list[RecordCall]) -> None:
 
 
 class ParameterServerActor:
-    """The a3c server actor: the local parameter server's rules (:class:`~algorithms.parameter_server.ParameterServer`)
-    over the run's :class:`~algorithms.server.GlobalModel`, recording into a :class:`RecordBuffer`."""
+    """The a3c server actor: the local parameter server's rules (:class:`~algorithms.schedules.parameter_server.ParameterServer`)
+    over the run's :class:`~algorithms.schedules.global_model.GlobalModel`, recording into a :class:`RecordBuffer`."""
 
     @staticmethod
     def actor_options(algo: Any) -> dict[str, Any]:

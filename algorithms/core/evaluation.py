@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from algorithms.envs import ObservationNormalizer, make_vector_env
-from algorithms.learner import build_model
-from algorithms.protocol import from_wire, to_wire
-from algorithms.shared_memory import ObsStatistics
+from algorithms.core.envs import ObservationNormalizer, make_vector_env
+from algorithms.core.model import build_model
+from algorithms.infra.messages import from_wire, to_wire
+from algorithms.infra.shared_memory import ObsStatistics
 
 # Evaluation envs' seeds sit this far above the run's seed, apart from every training env's (seed + worker
 # offsets + env steps); MinAtar seeds numpy's RandomState, which takes seeds below 2**32.

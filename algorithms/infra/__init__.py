@@ -1,0 +1,1 @@
+"""Plumbing that knows no reinforcement learning: messages, checkpoint files, worker supervision, shared memory, processes."""

@@ -1,0 +1,1 @@
+"""The local transport: worker processes on this machine, pipes and shared memory."""
