@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from omegaconf import DictConfig
 
 from algorithms import schedule_for
-from algorithms.core.evaluation import EvalResult, EvalSnapshot, Evaluator, next_evaluation_at
+from algorithms.config import RunConfig
+from algorithms.core.evaluation import EvalResult, Evaluator, next_evaluation_at
+from algorithms.infra.messages import EvalSnapshot
 
 Row = tuple[Any, ...]  # one row of evals.csv (experiments.columns.EVAL_COLUMNS)
 
@@ -32,7 +35,7 @@ def eval_row(snapshot: EvalSnapshot, wall_time: float, result: EvalResult, deter
 class Evaluations:
     """Evaluations of one run, from the env step it starts at (0, or where it resumes)."""
 
-    def __init__(self, cfg: Any, env_steps: int):
+    def __init__(self, cfg: DictConfig, env_steps: int):
         self.cfg = cfg
         schedule = schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
         self.in_trainer = schedule.trains_in_trainer(cfg.algo.num_workers)  # then training waits for evaluation
@@ -59,7 +62,8 @@ class Evaluations:
 
     def _play(self, snapshot: EvalSnapshot) -> EvalResult:
         if self._evaluator is None:  # built where it plays: in the background thread when there is one
-            self._evaluator = Evaluator(self.cfg)
+            # The run's structured config (experiments.config.Config), which reads as the RunConfig it extends.
+            self._evaluator = Evaluator(cast(RunConfig, self.cfg))
         return self._evaluator.evaluate(snapshot)
 
     def finished(self) -> list[Row]:

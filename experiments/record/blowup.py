@@ -31,7 +31,7 @@ class Blowup:
 class BlowupWatch:
     def __init__(self, factor: float, window: int):
         self.factor = factor
-        self.history = {name: deque(maxlen=window) for name in WATCHED}
+        self.history: dict[str, deque[float]] = {name: deque(maxlen=window) for name in WATCHED}
         self.reported: set[str] = set()  # quantities already reported since the last metrics row
 
     def observe(self, stats: dict[str, float]) -> list[Blowup]:
