@@ -1,18 +1,61 @@
 """The schedules: which code trains each (algorithm, mode, backend), decided in this one table.
 
 ``experiments.train`` runs ``schedule_for(...).load()``, config validation accepts exactly the keys of
-:data:`SCHEDULES`, and the throughput benchmark and the sweep's CPU budget read the same entries. A new
-schedule or transport is one entry here (and its module). Entries name their function as
-``"module:function"`` and import it only when a run starts, so reading the table loads neither torch
-nor Ray.
+:data:`SCHEDULES`, and the throughput benchmark and the sweep's CPU budget read the same entries. An entry declares:
+
+- ``entry``: the function that runs it, as ``"module:function"``;
+- ``rule``: the update rule its learner applies, as ``"module:Class"`` (:meth:`Schedule.load_rule`);
+- how its processes are laid out (``worker_processes``, ``one_worker_in_process``, ``server_process``,
+  ``learner_on_device``), which the CPU budget and the ``device`` check read;
+- ``checks``: what it accepts beyond the rules that hold for every schedule: the settings it pins (keys it does not
+  read, such as impala's ``batch_size`` for a2c, or cannot vary, such as ``resume`` for a simulated run) and rules of
+  its own (hogwild's ``staleness.delay`` needs ``lock``). ``experiments.config.validate`` runs them through
+  :meth:`Schedule.problems` without knowing any schedule by name; :mod:`algorithms.schedule_checks` spells each out.
+
+A new schedule, transport or update rule is one entry here, its module and its YAML. Entries name their code as
+strings and import it only when a run starts, so reading the table, or validating a config against it, loads
+neither torch, Ray nor gymnasium.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from algorithms.schedule_checks import (
+    A2C_WORKERS_STEP_ENVS,
+    A3C_WORKERS_STEP_ENVS,
+    ACTORS_LAG_BY_DELAY_ONLY,
+    CHECKPOINTED_AT_END_ONLY,
+    FRESH_GRADIENTS,
+    IMPALA_ACTORS_STEP_ENVS,
+    LEARNS_ON_POLICY,
+    NO_LOCK,
+    ONE_ENV_IN_ONE_PROCESS,
+    ONE_LEARNER_PROCESS,
+    RAY_ACTORS_STEP_ENVS,
+    ROUNDS_FAIL_ON_NONFINITE,
+    VIRTUAL_WORKERS_STEP_ENVS,
+    Check,
+    Problem,
+    delay_needs_lock,
+    learner_batch_fills,
+    off_policy_correction,
+    ray_actor_cpus,
+    ray_address,
+    ray_local_cluster_fits,
+    ray_start_timeout,
+    sim_costs,
+    sim_stragglers,
+)
+
+
+def _import(target: str) -> Any:
+    """The object a ``"module:name"`` string names, importing its module."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -24,16 +67,27 @@ class Schedule:
     backend: str
     entry: str  # "module:function", called as function(cfg, record)
     summary: str
+    rule: str  # "module:Class", the update rule its learner applies
     worker_processes: bool  # each worker is a process (or actor) of its own
     one_worker_in_process: bool = False  # with num_workers=1 the worker runs in the trainer process
     server_process: bool = False  # the trainer itself is busy serving parameters
     # One process learns (computes the loss, applies gradients), so its model can sit on an accelerator
     # (``device``); workers that learn in processes of their own, or share CPU memory, stay on the CPU.
     learner_on_device: bool = False
+    # What it accepts beyond every schedule's rules, checked in this order (algorithms.schedule_checks).
+    checks: tuple[Check, ...] = ()
 
     def load(self) -> Callable[[Any, Any], None]:
-        module, _, function = self.entry.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _import(self.entry)
+
+    def load_rule(self) -> type:
+        return _import(self.rule)
+
+    def problems(self, cfg: Any) -> Iterator[Problem]:
+        """Each value of ``cfg`` this schedule cannot run with, in the order of its checks. Lazily: a caller that
+        stops at the first never runs a later check on a value an earlier one refused."""
+        for check in self.checks:
+            yield from check(cfg)
 
     def trains_in_trainer(self, num_workers: int) -> bool:
         """Whether the whole training loop runs in the trainer process."""
@@ -51,38 +105,63 @@ class Schedule:
         return num_workers * per_worker + int(self.server_process)
 
 
+ACTOR_CRITIC_RULE = "algorithms.updates.actor_critic:NStepActorCritic"
+OFF_POLICY_RULE = "algorithms.updates.off_policy:OffPolicyActorCritic"
+
+# What each algorithm and mode accepts, whatever the backend, in the order a bad config is told about it.
+SINGLE = (ONE_ENV_IN_ONE_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY)
+A2C_VECTOR = (ONE_LEARNER_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY)
+A2C_WORKERS = (A2C_WORKERS_STEP_ENVS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ROUNDS_FAIL_ON_NONFINITE)
+A3C_HOGWILD = (delay_needs_lock, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY)
+A3C_PARAMETER_SERVER = (NO_LOCK, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY)
+IMPALA = (ACTORS_LAG_BY_DELAY_ONLY, learner_batch_fills, off_policy_correction, IMPALA_ACTORS_STEP_ENVS)
+# What each transport adds: its own group of settings (ray.*, sim.*) and what its workers cannot do.
+LOCAL: tuple[Check, ...] = ()
+RAY = (RAY_ACTORS_STEP_ENVS, ray_address, ray_actor_cpus, ray_start_timeout, ray_local_cluster_fits)
+SIMULATED = (sim_costs, sim_stragglers, CHECKPOINTED_AT_END_ONLY, VIRTUAL_WORKERS_STEP_ENVS)
+
 _ENTRIES = (
     Schedule("single", "serial", "local", "algorithms.transports.local.single:run",
-             "one env, one process, one update per n_steps", worker_processes=False, learner_on_device=True),
+             "one env, one process, one update per n_steps", worker_processes=False, learner_on_device=True,
+             rule=ACTOR_CRITIC_RULE, checks=SINGLE + LOCAL),
     Schedule("a2c", "vector", "local", "algorithms.transports.local.single:run",
-             "one learner steps num_envs envs in lockstep", worker_processes=False, learner_on_device=True),
+             "one learner steps num_envs envs in lockstep", worker_processes=False, learner_on_device=True,
+             rule=ACTOR_CRITIC_RULE, checks=A2C_VECTOR + LOCAL),
     Schedule("a2c", "workers", "local", "algorithms.transports.local.synchronous:run",
-             "worker processes average their gradients at a shared-memory barrier", worker_processes=True),
+             "worker processes average their gradients at a shared-memory barrier", worker_processes=True,
+             rule=ACTOR_CRITIC_RULE, checks=A2C_WORKERS + LOCAL),
     Schedule("a3c", "hogwild", "local", "algorithms.transports.local.asynchronous:run_hogwild",
              "worker processes step shared parameters and optimizer state", worker_processes=True,
-             one_worker_in_process=True),
+             one_worker_in_process=True, rule=ACTOR_CRITIC_RULE, checks=A3C_HOGWILD + LOCAL),
     Schedule("a3c", "parameter_server", "local", "algorithms.transports.local.asynchronous:run_parameter_server",
              "the trainer applies workers' gradients in arrival order", worker_processes=True,
-             one_worker_in_process=True, server_process=True, learner_on_device=True),
+             one_worker_in_process=True, server_process=True, learner_on_device=True,
+             rule=ACTOR_CRITIC_RULE, checks=A3C_PARAMETER_SERVER + LOCAL),
     Schedule("impala", "actor_learner", "local", "algorithms.transports.local.actor_learner:run",
              "actor processes send unrolls through shared memory; the trainer learns from them with V-trace",
-             worker_processes=True, server_process=True, learner_on_device=True),
+             worker_processes=True, server_process=True, learner_on_device=True,
+             rule=OFF_POLICY_RULE, checks=IMPALA + LOCAL),
     Schedule("a2c", "workers", "ray", "algorithms.transports.ray:run_workers",
-             "worker actors; a server actor is the barrier and applies the mean", worker_processes=True),
+             "worker actors; a server actor is the barrier and applies the mean", worker_processes=True,
+             rule=ACTOR_CRITIC_RULE, checks=A2C_WORKERS + RAY),
     Schedule("a3c", "parameter_server", "ray", "algorithms.transports.ray:run_parameter_server",
              "worker actors; a server actor applies gradients in arrival order", worker_processes=True,
-             server_process=True),
+             server_process=True, rule=ACTOR_CRITIC_RULE, checks=A3C_PARAMETER_SERVER + RAY),
     Schedule("impala", "actor_learner", "ray", "algorithms.transports.ray:run_impala",
              "actor actors send unrolls; the driver learns from them with V-trace", worker_processes=True,
-             server_process=True, learner_on_device=True),
+             server_process=True, learner_on_device=True, rule=OFF_POLICY_RULE, checks=IMPALA + RAY),
     Schedule("a2c", "workers", "simulated", "algorithms.transports.simulated:run_synchronous",
-             "virtual workers on a virtual clock meet at a barrier each round", worker_processes=False),
+             "virtual workers on a virtual clock meet at a barrier each round", worker_processes=False,
+             rule=ACTOR_CRITIC_RULE, checks=A2C_WORKERS + SIMULATED),
     Schedule("a3c", "hogwild", "simulated", "algorithms.transports.simulated:run_hogwild",
-             "virtual workers on a virtual clock step the parameters one at a time", worker_processes=False),
+             "virtual workers on a virtual clock step the parameters one at a time", worker_processes=False,
+             rule=ACTOR_CRITIC_RULE, checks=A3C_HOGWILD + SIMULATED),
     Schedule("a3c", "parameter_server", "simulated", "algorithms.transports.simulated:run_parameter_server",
-             "virtual workers on a virtual clock; their pushes queue at the server", worker_processes=False),
+             "virtual workers on a virtual clock; their pushes queue at the server", worker_processes=False,
+             rule=ACTOR_CRITIC_RULE, checks=A3C_PARAMETER_SERVER + SIMULATED),
     Schedule("impala", "actor_learner", "simulated", "algorithms.transports.simulated:run_impala",
-             "virtual actors on a virtual clock; their unrolls queue at one learner", worker_processes=False),
+             "virtual actors on a virtual clock; their unrolls queue at one learner", worker_processes=False,
+             rule=OFF_POLICY_RULE, checks=IMPALA + SIMULATED),
 )
 SCHEDULES: dict[tuple[str, str, str], Schedule] = {(s.algo, s.mode, s.backend): s for s in _ENTRIES}
 

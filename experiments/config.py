@@ -3,8 +3,9 @@
 ``Config`` is the algorithms' :class:`~algorithms.config.RunConfig` plus what only the harness reads
 (logging, resuming, the CPU budget), registered in Hydra's ConfigStore as ``base_config``; the YAML files
 in ``conf/`` only set values. :func:`validate` rejects anything else that makes a config unusable, naming
-the key and the value; which (algo, mode, backend) combinations exist is decided by
-``algorithms.SCHEDULES``. ``experiments.composition`` turns what Hydra and OmegaConf refuse while
+the key and the value. It holds the rules every schedule shares; which (algo, mode, backend) combinations
+exist, and what each of them accepts beyond those rules, is decided by its entry in ``algorithms.SCHEDULES``
+(this module names no schedule). ``experiments.composition`` turns what Hydra and OmegaConf refuse while
 composing (``algo.lr=fast``, unknown keys and groups) into the same :class:`ConfigError`, and
 :func:`exit_on_config_error` prints any of them as one line with exit status 2.
 """
@@ -20,20 +21,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from algorithms import NoSuchSchedule, schedule_for
-from algorithms.config import RunConfig
-from experiments.columns import IMPALA_DEFAULTS
+from algorithms import NoSuchSchedule, Schedule, schedule_for
+from algorithms.config import EnvConfig, RunConfig
 
 OPTIMIZERS = ("rmsprop", "adam", "rmsprop_tf")
 LR_SCHEDULES = ("constant", "linear")
 STALENESS_LR_SCALINGS = ("none", "inverse")
-CORRECTIONS = ("vtrace", "none", "truncated_is")
-# algo.* keys only algo=impala reads, with their defaults: any other algorithm refuses a change.
 VECTOR_BACKENDS = ("sync", "async")
 START_METHODS = ("spawn", "forkserver", "fork")
 ACTIVATIONS = ("tanh", "relu")
@@ -113,7 +111,7 @@ def env_spaces(env_yaml: str) -> tuple[Any, Any]:
     included (builds the env once, then caches)."""
     from algorithms.core.envs import make_env
 
-    env = make_env(OmegaConf.create(env_yaml))
+    env = make_env(cast(EnvConfig, OmegaConf.create(env_yaml)))  # a DictConfig reads as its dataclass
     try:
         return env.observation_space, env.action_space
     finally:
@@ -178,7 +176,7 @@ def _validate_env(env: DictConfig) -> None:
     except Exception as error:  # missing extras, bad kwargs: the env's own words say why
         raise ConfigError("env.id", env.id, f"cannot be created: {error}") from error
     _require(
-        isinstance(action_space, spaces.Discrete | spaces.Box) and len(action_space.shape) <= 1,
+        isinstance(action_space, spaces.Discrete | spaces.Box) and len(action_space.shape or ()) <= 1,
         "env.id", env.id,
         f"has action space {action_space}; the actor-critic supports Discrete and 1-D Box actions",
     )
@@ -196,19 +194,11 @@ def _validate_env(env: DictConfig) -> None:
 def _validate_nonfinite(algo: DictConfig) -> None:
     _one_of("algo.on_nonfinite", algo.on_nonfinite, NONFINITE_POLICIES)
     _positive_int("algo.max_nonfinite_skips", algo.max_nonfinite_skips)
-    if algo.name == "a2c" and algo.mode == "workers":
-        _require(algo.on_nonfinite == "fail", "algo.on_nonfinite", algo.on_nonfinite,
-                 "a synchronous round cannot be skipped by one replica alone; mode=workers fails on a non-finite "
-                 "update (mode=vector can skip)")
 
 
 def _validate_algo(algo: DictConfig) -> None:
     for key in ("num_workers", "num_envs", "n_steps"):
         _positive_int(f"algo.{key}", algo[key])
-    if algo.name == "single":
-        for key in ("num_workers", "num_envs"):
-            _require(algo[key] == 1, f"algo.{key}", algo[key],
-                     "algo=single runs one env in one process; use algo=a2c or algo=a3c for more")
     _require(math.isfinite(algo.lr) and algo.lr > 0, "algo.lr", algo.lr, "must be a finite number > 0")
     _require(0 < algo.gamma <= 1, "algo.gamma", algo.gamma, "must lie in (0, 1]")
     _require(0 <= algo.gae_lambda <= 1, "algo.gae_lambda", algo.gae_lambda, "must lie in [0, 1]")
@@ -230,51 +220,6 @@ def _validate_algo(algo: DictConfig) -> None:
     if staleness.max is not None:
         _require(staleness.max >= 0, "algo.staleness.max", staleness.max, "must be >= 0 (null: never drop)")
     _one_of("algo.staleness.lr_scaling", staleness.lr_scaling, STALENESS_LR_SCALINGS)
-    if algo.name == "a3c" and algo.mode == "hogwild":
-        _require(staleness.delay == 0 or algo.lock, "algo.staleness.delay", staleness.delay,
-                 "needs algo.lock=true in mode=hogwild (a parameter snapshot must not change while a worker "
-                 "copies it)")
-    if algo.name == "a3c" and algo.mode == "parameter_server":
-        _require(not algo.lock, "algo.lock", algo.lock,
-                 "is a mode=hogwild setting; the parameter server applies one gradient at a time")
-    if algo.name == "a3c" and algo.num_workers > 1:
-        _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
-                 "a3c worker processes step their envs themselves (they cannot start env subprocesses)")
-    if algo.name == "a2c" and algo.mode == "vector":
-        _require(algo.num_workers == 1, "algo.num_workers", algo.num_workers,
-                 "mode=vector is one learner process; set algo.num_envs for more envs, or algo.mode=workers")
-    if algo.name == "a2c" and algo.mode == "workers":
-        _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
-                 "mode=workers steps each worker's envs in the worker (its process cannot start env subprocesses)")
-    if algo.name == "impala":
-        for key, default in (("max", None), ("lr_scaling", "none")):
-            _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],
-                     "is an a3c setting for stale gradients; impala's actors lag by algo.staleness.delay, and "
-                     "V-trace (algo.correction) corrects their unrolls")
-    elif algo.name != "a3c":
-        for key, default in (("delay", 0), ("max", None), ("lr_scaling", "none")):
-            _require(staleness[key] == default, f"algo.staleness.{key}", staleness[key],
-                     f"controlled staleness is an a3c setting; algo={algo.name} applies every gradient fresh")
-    _validate_impala(algo)
-
-
-def _validate_impala(algo: DictConfig) -> None:
-    if algo.name != "impala":
-        for key, default in IMPALA_DEFAULTS.items():
-            _require(algo[key] == default, f"algo.{key}", algo[key],
-                     f"is an algo=impala setting (its learner's batch, queue and off-policy correction); "
-                     f"algo={algo.name} leaves it at {default}")
-        return
-    for key in ("batch_size", "queue_depth"):
-        _positive_int(f"algo.{key}", algo[key])
-    _require(algo.batch_size <= algo.num_workers * algo.queue_depth, "algo.batch_size", algo.batch_size,
-             f"the learner would wait forever: at most algo.num_workers x algo.queue_depth = "
-             f"{algo.num_workers * algo.queue_depth} unrolls can wait for it")
-    _one_of("algo.correction", algo.correction, CORRECTIONS)
-    for key in ("rho_bar", "c_bar"):
-        _require(math.isfinite(algo[key]) and algo[key] > 0, f"algo.{key}", algo[key], "must be a finite number > 0")
-    _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
-             "impala actor processes step their envs themselves (they cannot start env subprocesses)")
 
 
 def _validate_torso(model: DictConfig, env: DictConfig) -> None:
@@ -294,51 +239,20 @@ def _validate_torso(model: DictConfig, env: DictConfig) -> None:
              f"{env.preprocessing} gives {side}x{side} (use auto or minatar)")
 
 
-def _validate_schedule(cfg: DictConfig) -> None:
+def _schedule_of(cfg: DictConfig) -> Schedule:
+    """The run's entry in ``algorithms.SCHEDULES``; a combination without one is refused naming the key to change."""
     try:
-        schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
+        return schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
     except NoSuchSchedule as error:
         raise ConfigError(error.key, error.value, error.reason) from error
 
 
-def _validate_ray(cfg: DictConfig) -> None:
-    algo, ray = cfg.algo, cfg.ray
-    _require(algo.vector_backend == "sync", "algo.vector_backend", algo.vector_backend,
-             "Ray worker actors step their envs themselves (they do not start env subprocesses)")
-    if ray.address is not None:
-        _require(bool(ray.address.strip()), "ray.address", ray.address,
-                 "must be auto, HOST:PORT or ray://HOST:PORT (null starts a local cluster)")
-        _require(ray.num_cpus is None, "ray.num_cpus", ray.num_cpus,
-                 f"sizes a local cluster; with ray.address={ray.address} the cluster's own resources apply")
-    for key in ("cpus_per_worker", "server_cpus"):
-        _require(math.isfinite(ray[key]) and ray[key] >= 0, f"ray.{key}", ray[key], "must be a finite number >= 0")
-    _require(math.isfinite(ray.start_timeout_s) and ray.start_timeout_s > 0, "ray.start_timeout_s",
-             ray.start_timeout_s, "must be a finite number of seconds > 0")
-    if ray.num_cpus is not None:
-        _positive_int("ray.num_cpus", ray.num_cpus)
-        needed = algo.num_workers * ray.cpus_per_worker + ray.server_cpus
-        _require(ray.num_cpus >= needed, "ray.num_cpus", ray.num_cpus,
-                 f"the local cluster cannot place the run's actors: algo.num_workers={algo.num_workers} x "
-                 f"ray.cpus_per_worker={ray.cpus_per_worker} + ray.server_cpus={ray.server_cpus} = {needed:g} CPUs")
-
-
-def _validate_simulated(cfg: DictConfig) -> None:
-    sim = cfg.sim
-    for key in ("env_step_s", "forward_s", "backward_s", "message_s", "byte_s", "latency_s", "apply_s",
-                "update_s", "jitter_sigma"):
-        _require(math.isfinite(sim[key]) and sim[key] >= 0, f"sim.{key}", sim[key], "must be a finite number >= 0")
-    _require(0 <= sim.straggler_fraction <= 1, "sim.straggler_fraction", sim.straggler_fraction,
-             "must be a probability, between 0 and 1")
-    _require(math.isfinite(sim.straggler_slowdown) and sim.straggler_slowdown >= 1, "sim.straggler_slowdown",
-             sim.straggler_slowdown, "must be a finite factor >= 1")
-    if sim.worker_speeds is not None:
-        speeds = list(sim.worker_speeds)
-        _require(bool(speeds) and all(math.isfinite(speed) and speed > 0 for speed in speeds), "sim.worker_speeds",
-                 speeds, "must be a non-empty list of finite factors > 0 (null: every worker at 1)")
-    _require(not cfg.resume, "resume", cfg.resume,
-             "a simulated run is checkpointed at its end only (gradients in flight are not saved); rerun it")
-    _require(cfg.algo.vector_backend == "sync", "algo.vector_backend", cfg.algo.vector_backend,
-             "virtual workers step their envs in the one process of backend=simulated")
+def _validate_for_schedule(schedule: Schedule, cfg: DictConfig) -> None:
+    """What the run's schedule declares beyond the rules every schedule shares (its settings, its transport's):
+    the first problem its entry's checks find."""
+    problem = next(schedule.problems(cfg), None)
+    if problem is not None:
+        raise ConfigError(problem.key, problem.value, problem.reason)
 
 
 def _validate_eval(cfg: DictConfig) -> None:
@@ -349,7 +263,7 @@ def _validate_eval(cfg: DictConfig) -> None:
     _positive_int("eval.num_envs", evaluation.num_envs)
 
 
-def _validate_device(cfg: DictConfig) -> None:
+def _validate_device(cfg: DictConfig, schedule: Schedule) -> None:
     """A device torch can name; an accelerator only for a schedule whose learner is one process, and only
     where there is one (``auto`` falls back to the CPU instead)."""
     device = cfg.device
@@ -357,9 +271,8 @@ def _validate_device(cfg: DictConfig) -> None:
              "must be cpu, cuda, cuda:N or auto")
     if device in ("cpu", "auto"):
         return
-    schedule = schedule_for(cfg.algo.name, cfg.algo.mode, cfg.backend)
     _require(schedule.learner_on_device, "device", device,
-             f"algo={cfg.algo.name} algo.mode={cfg.algo.mode} backend={cfg.backend} learns in worker processes "
+             f"algo={schedule.algo} algo.mode={schedule.mode} backend={schedule.backend} learns in worker processes "
              "that stay on the CPU; a device serves single, a2c vector and the local a3c parameter server")
     import torch  # only for an accelerator: validation stays torch-free otherwise
 
@@ -370,9 +283,11 @@ def _validate_device(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check every rule that types alone cannot express; raise ConfigError naming the key and value."""
-    _validate_schedule(cfg)
+    schedule = _schedule_of(cfg)
     _validate_algo(cfg.algo)
     _validate_nonfinite(cfg.algo)
+    # Before the env is built: a schedule's own rules are cheap, and may assume the shared ones above hold.
+    _validate_for_schedule(schedule, cfg)
     _validate_env(cfg.env)
     if cfg.blowup_factor is not None:
         _require(math.isfinite(cfg.blowup_factor) and cfg.blowup_factor > 1, "blowup_factor", cfg.blowup_factor,
@@ -383,11 +298,7 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     if cfg.cpu_budget is not None:
         _positive_int("cpu_budget", cfg.cpu_budget)
-    if cfg.backend == "ray":
-        _validate_ray(cfg)
-    if cfg.backend == "simulated":
-        _validate_simulated(cfg)
-    _validate_device(cfg)
+    _validate_device(cfg, schedule)
     _validate_eval(cfg)
     _require(len(cfg.model.hidden_sizes) >= 1 and all(h >= 1 for h in cfg.model.hidden_sizes),
              "model.hidden_sizes", list(cfg.model.hidden_sizes), "must be a non-empty list of positive sizes")

@@ -1,11 +1,17 @@
 """Every config composes; every bad value is rejected, naming key and value, before anything is created."""
 
+import ast
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from algorithms import SCHEDULES
+from algorithms.schedule_checks import OFF_POLICY_DEFAULTS, Pinned, Problem
+from experiments.columns import IMPALA_DEFAULTS
 from experiments.config import ConfigError, validate
 from tests.conftest import CONF_DIR, compose_config
 
@@ -113,11 +119,74 @@ def test_multirun_checks_every_job_before_the_first_starts(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_no_import_cycle_among_the_packages():
-    """Counting imports inside functions: a cycle makes what a module needs depend on who imported it first."""
-    tool = Path(__file__).resolve().parents[2] / "shared/tools/import_cycles.py"
-    if not tool.exists():
-        pytest.skip(f"the import-cycle tool is not at {tool}")
-    result = subprocess.run([sys.executable, str(tool), str(ROOT), "algorithms", "experiments", "analysis"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+def _schedule_names() -> set[str]:
+    return {name for key in SCHEDULES for name in key}
+
+
+def _dotted(node: ast.AST) -> str:
+    """``cfg.algo.name`` for an attribute chain, else ''."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else ""
+
+
+def test_config_validation_names_no_schedule():
+    """experiments/config.py holds the rules every schedule shares: no comparison with the run's algorithm, mode or
+    backend, and no schedule's name in its code (messages aside), so a schedule's rules can only live in its entry."""
+    tree = ast.parse((ROOT / "experiments" / "config.py").read_text())
+    names = _schedule_names()
+    strings = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    assert not names & set(strings), "experiments/config.py names a schedule; move its rule into the schedule's entry"
+    for compare in (node for node in ast.walk(tree) if isinstance(node, ast.Compare)):
+        operands = [_dotted(operand) for operand in (compare.left, *compare.comparators)]
+        branching = [operand for operand in operands if re.search(r"(^|\.)(algo\.name|algo\.mode|backend)$", operand)]
+        assert not branching, f"line {compare.lineno} compares {branching[0]}; that rule belongs in the table"
+
+
+def exactly_two_workers(cfg):
+    if cfg.algo.num_workers != 2:
+        yield Problem("algo.num_workers", cfg.algo.num_workers, "algo.mode=tandem runs exactly two workers")
+
+
+def test_a_new_entry_is_validated_by_its_own_checks(monkeypatch):
+    """A made-up schedule: one table entry with a check function and a pin of its own, and nothing else."""
+    tandem = replace(SCHEDULES[("a2c", "workers", "local")], mode="tandem",
+                     checks=(exactly_two_workers, Pinned({"algo.n_steps": 5}, "tandem keeps {algo}'s {value} steps")))
+    monkeypatch.setitem(SCHEDULES, ("a2c", "tandem", "local"), tandem)
+    validate(compose_config("algo=a2c", "algo.mode=tandem", "algo.num_workers=2"))
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config("algo=a2c", "algo.mode=tandem", "algo.num_workers=3"))
+    assert str(error.value) == "algo.num_workers=3: algo.mode=tandem runs exactly two workers"
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config("algo=a2c", "algo.mode=tandem", "algo.num_workers=2", "algo.n_steps=8"))
+    assert str(error.value) == "algo.n_steps=8: tandem keeps a2c's 5 steps"
+    validate(compose_config("algo=a2c", "algo.mode=workers", "algo.num_workers=3"))  # the others' rules are theirs
+
+
+def test_the_pinned_impala_settings_are_the_ones_analysis_reads():
+    """The keys a non-impala schedule pins, with their defaults, in the order a bad config is told about them."""
+    assert list(OFF_POLICY_DEFAULTS.items()) == [(f"algo.{key}", value) for key, value in IMPALA_DEFAULTS.items()]
+
+
+def test_every_entry_names_its_update_rule_as_module_and_class():
+    for schedule in SCHEDULES.values():
+        module, _, name = schedule.rule.partition(":")
+        assert name.isidentifier() and (ROOT / f"{module.replace('.', '/')}.py").exists(), schedule.rule
+
+
+def test_checking_a_config_against_the_table_loads_no_torch_ray_or_gymnasium():
+    probe = """
+import sys
+from omegaconf import OmegaConf
+from algorithms import SCHEDULES
+from experiments.config import Config
+cfg = OmegaConf.structured(Config)
+for schedule in SCHEDULES.values():
+    cfg.algo.name, cfg.algo.mode, cfg.backend = schedule.algo, schedule.mode, schedule.backend
+    assert not list(schedule.problems(cfg)), schedule
+sys.exit(", ".join(sorted({"torch", "ray", "gymnasium"} & set(sys.modules))) or 0)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
