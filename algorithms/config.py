@@ -49,7 +49,8 @@ class AlgoConfig:
     on_nonfinite: str = "fail"  # a NaN or infinite loss or gradient: fail the run, or skip_update (drop it)
     max_nonfinite_skips: int = 10  # with skip_update: fail after this many non-finite updates of a worker in a row
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
-    # impala only (algorithms/transports/local/actor_learner.py): the learner's batch, the actors' queue and the off-policy correction.
+    # impala only (algorithms/schedules/actor_learner.py): the learner's batch, the actors' queue and the off-policy
+    # correction.
     batch_size: int = 1  # unrolls per learner update
     queue_depth: int = 2  # unroll slots per actor: how many of its unrolls may wait for the learner
     wait_for_update: bool = False  # an actor acts again only once its last unroll's update is published
@@ -123,7 +124,7 @@ class SimConfig:
     behaviour log-probabilities' batched pass, reading the parameters, writing the unroll and announcing it), and
     a learner update of ``batch_size`` unrolls ``learn_s + batch_size * learn_unroll_s`` (one batched pass of the
     corrected loss over them all, the step, publishing the parameters and recording the rows). The defaults are
-    rough figures for CartPole's MLP on a 2 GHz core; ``experiments.calibrate`` measures this machine's."""
+    rough figures for CartPole's MLP on a 2 GHz core; ``experiments.tools.calibrate`` measures this machine's."""
 
     env_step_s: float = 1.0e-5  # one env step of one env
     forward_s: float = 5.0e-5  # one acting forward pass over a worker's envs

@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
+from matplotlib.container import Container  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -242,7 +244,7 @@ def plot_vs_workers(summary: pd.DataFrame, value: str, series: Sequence[str], yl
     fig, axes = _panels(_env_titles(data, env_ids))
     palette = schedule_palette(data["schedule"])
     position = _series_index(data, series)
-    handles = {}
+    handles: dict[str, Artist | Container] = {}  # by label: lines and error bars
     for ax, env in zip(axes.flat, sorted(data["env_name"].unique()), strict=True):
         env_rows = data[data.env_name == env]
         for keys, runs in env_rows.groupby(list(series), sort=True, dropna=False):
@@ -298,7 +300,7 @@ def plot_return_vs_staleness(summary: pd.DataFrame, env_ids: Mapping[str, str], 
         ax.set_ylabel(ylabel)
         ax.set_xlim(-0.05 * max(1.0, env_rows["staleness_mean"].max()), None)
         ax.set_xlim(right=max(ax.get_xlim()[1], 1.0))
-    handles = [Patch(color=palette[name], label=name) for name in sorted(data["schedule"].unique())]
+    handles: list[Artist] = [Patch(color=palette[name], label=name) for name in sorted(data["schedule"].unique())]
     handles += [Line2D([], [], color="0.4", marker=marker_of[count], linestyle="",
                        label=f"{count} worker{'s' if count != 1 else ''}") for count in workers]
     _legend_below(fig, handles, f"one point per run ({len(data)} runs)")
@@ -317,7 +319,7 @@ def plot_speedup(speedups: pd.DataFrame, series: Sequence[str], env_ids: Mapping
                          for env in sorted(data["env_name"].unique())])
     palette = schedule_palette(data["schedule"])
     position = _series_index(data, series)
-    handles = {}
+    handles: dict[str, Artist | Container] = {}  # by label: lines and error bars
     for ax, env in zip(axes.flat, sorted(data["env_name"].unique()), strict=True):
         env_rows = data[data.env_name == env]
         counts = np.array(sorted(env_rows["num_workers"].unique()), dtype=float)

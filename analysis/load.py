@@ -180,15 +180,15 @@ def _holds_a_file(folder: Path) -> bool:
 
 def load_runs(roots: Path | str | Iterable[Path | str]) -> RunSet:
     """Load every run directory found under ``roots``; skip (and warn about) runs that cannot be used."""
-    roots = [Path(roots)] if isinstance(roots, str | Path) else [Path(root) for root in roots]
-    for root in roots:
+    root_dirs = [Path(roots)] if isinstance(roots, str | Path) else [Path(root) for root in roots]
+    for root in root_dirs:
         if not root.exists():
             raise FileNotFoundError(f"{root} does not exist")
         if not root.is_dir():
             raise NotADirectoryError(f"{root} is not a directory: give run directories or trees of them")
     # Runs are named by their path below the roots' common parent: short, and unique across roots.
-    base = Path(os.path.commonpath([root.resolve().parent for root in roots]))
-    run_dirs = dict.fromkeys(run_dir.resolve() for root in roots for run_dir in find_run_dirs(root))
+    base = Path(os.path.commonpath([root.resolve().parent for root in root_dirs]))
+    run_dirs = dict.fromkeys(run_dir.resolve() for root in root_dirs for run_dir in find_run_dirs(root))
     return _read_each(((run_dir, run_dir.relative_to(base).as_posix()) for run_dir in run_dirs), read_run_dir)
 
 
@@ -448,6 +448,7 @@ def _repeat_reason(run: RunData, earlier: list[RunData]) -> str:
     counted_once = f"only {first.run_id} is analysed, so that seed {run.meta['seed']} counts once"
     differing = _config_differences(first, run)
     if differing:
+        assert first.config is not None and run.config is not None  # differing configs: both have one
         shown = ", ".join(f"{key} {first.config.get(key, 'unset')} vs {run.config.get(key, 'unset')}"
                           for key in differing[:3])
         more = ", ..." if len(differing) > 3 else ""

@@ -86,7 +86,7 @@ def declared_type(key: str) -> Any:
         if get_origin(declared) is list and part.isdigit():  # an element: model.hidden_sizes.0
             declared = get_args(declared)[0]
             continue
-        known = _field_types(declared) if is_dataclass(declared) else {}
+        known = _field_types(declared) if isinstance(declared, type) and is_dataclass(declared) else {}
         if part not in known:
             raise UnknownKey(".".join(parts[:index]), part, list(known))
         declared = known[part]
@@ -101,7 +101,7 @@ def expected(declared: Any) -> str:
         return f"a list of {TYPE_NAMES.get(get_args(declared)[0], ('', 'values'))[1]}"
     if get_origin(declared) is dict:
         return "a mapping, e.g. {key: value}"
-    if is_dataclass(declared):
+    if isinstance(declared, type) and is_dataclass(declared):
         return f"a group of keys ({', '.join(_field_types(declared))})"
     return TYPE_NAMES.get(declared, (getattr(declared, "__name__", str(declared)),))[0]
 
@@ -114,6 +114,12 @@ def type_reason(key: str, value: Any) -> str:
     if declared is int and isinstance(value, float) and value.is_integer():
         reason += f"; write {int(value)}"
     return reason
+
+
+def written(override: Override) -> str:
+    """The override as written (Hydra's parser keeps every override's line)."""
+    assert override.input_line is not None
+    return override.input_line
 
 
 def _value_text(override: Override) -> str:
@@ -147,6 +153,7 @@ def _check_group_options(override: Override, loader: ConfigLoader) -> None:
     if override.is_delete() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
         return  # a glob sweep picks among the options itself
     group, value = override.key_or_group, override.value()
+    choices: list[Any]
     if override.is_sweep_override():
         choices = list(override.sweep_string_iterator())
     else:
@@ -197,6 +204,7 @@ def compose_checked(overrides: Sequence[str], run_mode: RunMode = RunMode.RUN,
     groups = [group for group in loader.list_groups("") if group != "hydra"]
     for override in parsed:
         _check_override(override, loader, groups)
+    assert global_hydra.hydra is not None  # initialized: it gave its config loader
     try:
         return global_hydra.hydra.compose_config(config_name, list(overrides), run_mode=run_mode)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
@@ -232,12 +240,13 @@ def composition_error(error: BaseException, overrides: Sequence[Override]) -> Co
     message = next((str(cause) for cause in _causes(error) if str(cause).strip()), type(error).__name__)
     named = [override for override in overrides if f"'{override.key_or_group}" in message]
     if not named:  # nothing on the command line is named: a config file is at fault
-        return ConfigError("overrides", " ".join(o.input_line for o in overrides), message.strip().splitlines()[0])
+        return ConfigError("overrides", " ".join(written(o) for o in overrides), message.strip().splitlines()[0])
     return ConfigError(named[0].key_or_group, shown_value(named[0]), message.strip().splitlines()[0])
 
 
 def omegaconf_error(error: OmegaConfBaseException, overrides: Sequence[Override]) -> ConfigError:
     """A ConfigError for an OmegaConf error about one key (its ``full_key``)."""
+    assert error.full_key is not None  # an error about one key, as every caller's is
     key = re.sub(r"\[\d+\]$", "", error.full_key)  # a list element's error is about the list
     value = _value_of(key, overrides, error.value)
     reason = (error.msg or type(error).__name__).strip().splitlines()[0]
@@ -263,7 +272,7 @@ def _missing_key_reason(key: str, error: OmegaConfBaseException, overrides: Sequ
     parent, _, name = key.rpartition(".")
     if key.split(".")[0] == "hydra":
         known = error.parent_node.keys() if isinstance(error.parent_node, DictConfig) else []
-        raise UnknownKey(parent, name, list(known))
+        raise UnknownKey(parent, name, [str(option) for option in known])
     declared_type(key)  # known to the schema: a new key of an open mapping such as env.kwargs
     return f"is not set; add it with +{key}={_text_of(key, overrides)}"
 

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.composition import compose_checked, parse_overrides, refuse_sweeps, validate_checked
+from experiments.composition import compose_checked, parse_overrides, refuse_sweeps, validate_checked, written
 from experiments.config import ConfigError, exit_on_config_error
 from experiments.sweep import busy_processes, limit_parallel_jobs, previous_status
 
@@ -49,7 +49,7 @@ def compose_valid_jobs(sweeper_params: Mapping[str, object], arguments: Sequence
             job = compose_checked(overrides, RunMode.RUN, config_name)
             validate_checked(job, overrides)
         except ConfigError as error:  # named by its task overrides, as its run directory is
-            task = [override.input_line for override in parse_overrides(overrides) if not override.is_hydra_override()]
+            task = [written(override) for override in parse_overrides(overrides) if not override.is_hydra_override()]
             error.job = " ".join(task) or "base"
             raise
         jobs.append(job)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import Config, exit_on_invalid
 from experiments.record import git_state, package_versions
@@ -31,12 +31,13 @@ COMPARED = ("env_steps", "updates", "episodes", "return_mean", "return_max", "po
             "entropy", "staleness_mean", "wall_time", "sps")
 
 
-def load_run_config(run_dir: Path) -> Any:
+def load_run_config(run_dir: Path) -> DictConfig:
     """The original run's config, typed by the schema (so a stale key or value fails loudly)."""
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
         raise SystemExit(f"error: {run_dir} has no .hydra/config.yaml: is it a run directory?")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved))
+    assert isinstance(cfg, DictConfig)  # merged into the schema's DictConfig
     cfg.resume = False
     return cfg
 

@@ -23,13 +23,17 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from algorithms import schedule_for
+
+if TYPE_CHECKING:  # planning a sweep must not load torch
+    from experiments.record import RunRecord
 
 JOB_LOG = "sweep_jobs.jsonl"
 SUMMARY_JSON = "sweep_summary.json"
@@ -76,7 +80,7 @@ def previous_status(run_dir: Path) -> str | None:
 
 
 def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str, overrides: list[str],
-                  train: Any) -> str:
+                  train: Callable[[DictConfig, str, list[str]], RunRecord]) -> str:
     """Run, resume or skip one job of a sweep; record its outcome; never raise for a failed run."""
     from experiments.record import RunFailed, checkpoint_paths  # here: planning a sweep must not load torch
 

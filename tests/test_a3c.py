@@ -69,7 +69,7 @@ def test_bad_a3c_config_is_rejected_naming_the_key(overrides, key):
 
 # --------------------------------------------------------------------------- the worker API, one process
 def global_model(cfg) -> GlobalModel:
-    return GlobalModel(cfg, None, mp.get_context(cfg.algo.start_method), shared=True)
+    return GlobalModel(cfg, shared_with=mp.get_context(cfg.algo.start_method))
 
 
 def test_forced_interleaving_of_two_workers_gives_known_staleness():
@@ -78,7 +78,7 @@ def test_forced_interleaving_of_two_workers_gives_known_staleness():
     first, second = (HogwildWorker(cfg, worker, model.state(), 0) for worker in (0, 1))
     try:
         def learn(worker, version_at_sync):
-            _, stats = worker.learner.learn()
+            _, stats = worker.rollouts.compute_gradient()
             return worker.apply(version_at_sync, stats)
 
         # both sync at 0; first applies (staleness 0), then second (one update missed: staleness 1)
@@ -103,7 +103,7 @@ def test_gradient_is_copied_into_the_global_model_not_aliased():
     model = global_model(cfg)
     worker = HogwildWorker(cfg, 0, model.state(), 0)
     try:
-        local_grads = worker.learner.model.flat_grads
+        local_grads = worker.rollouts.model.flat_grads
         assert model.model.flat_params.grad.data_ptr() != local_grads.data_ptr()
         for _ in range(3):
             worker.step()
@@ -122,7 +122,7 @@ def test_inverse_lr_scaling_divides_the_step_by_the_staleness():
         worker = HogwildWorker(cfg, 0, model.state(), 0)
         try:
             version_at_sync = worker.sync()
-            _, stats = worker.learner.learn()
+            _, stats = worker.rollouts.compute_gradient()
             model.counters.version += 3  # three other updates land meanwhile: staleness 3
             before = model.model.flat_params.clone()
             row = worker.apply(version_at_sync, stats)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from algorithms.config import SimConfig
-from experiments.calibrate import main, measure, time_updates
+from experiments.tools.calibrate import main, measure, time_updates
 from experiments.train import CONFIG_DIR
 
 
@@ -57,7 +57,7 @@ def test_a_bad_config_exits_with_status_2_before_measuring(tmp_path):
 @pytest.mark.parametrize(("schedule", "fitted_cost"), [("a3c_parameter_server", "update_s"),
                                                       ("impala", "learn_s")])
 def test_validation_runs_the_schedule_real_and_simulated_and_tables_both(tmp_path, capsys, schedule, fitted_cost):
-    from experiments.validate_simulation import main as validate_main
+    from experiments.tools.validate_simulation import main as validate_main
 
     out = tmp_path / "validation.json"
     validate_main(["--workers", "1", "--schedules", schedule, "--steps", "1000", "--trials", "2", "--repeats", "50",

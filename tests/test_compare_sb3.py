@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from experiments.compare_sb3 import ZOO_A2C, main
+from experiments.tools.compare_sb3 import ZOO_A2C, main
 
 
 def test_both_learners_are_trained_evaluated_and_tabled_next_to_the_zoo(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """``device``: refused where it cannot work, ``auto`` falls back to the CPU bit for bit, and on a machine with a
-GPU the CUDA learner matches the CPU one (``experiments/gpu_check.py``, which a GPU machine runs whole)."""
+GPU the CUDA learner matches the CPU one (``experiments/tools/gpu_check.py``, which a GPU machine runs whole)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_placing_a_model_keeps_one_flat_buffer_and_its_values():
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_the_cuda_learner_matches_the_cpu_learner_on_one_batch_of_each_torso():
-    from experiments.gpu_check import BATCHES, compare_one_batch
+    from experiments.tools.gpu_check import BATCHES, compare_one_batch
 
     for name, (space, actions) in BATCHES.items():
         assert compare_one_batch(name, space, actions)["ok"], name
@@ -60,7 +60,7 @@ def test_the_cuda_learner_matches_the_cpu_learner_on_one_batch_of_each_torso():
 
 @pytest.mark.skipif(CUDA, reason="this machine has a GPU")
 def test_the_gpu_check_says_in_one_line_that_it_needs_a_gpu(capsys):
-    from experiments.gpu_check import main
+    from experiments.tools.gpu_check import main
 
     assert main([]) == 2
     assert capsys.readouterr().err == "error: no CUDA device here; this check needs one\n"

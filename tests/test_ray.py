@@ -22,7 +22,7 @@ import torch
 from algorithms.infra.messages import LOSS_STATS
 from algorithms.infra.supervision import WorkerFailure
 from experiments.config import ConfigError, validate
-from experiments.throughput import main as throughput_main
+from experiments.tools.throughput import main as throughput_main
 from tests.conftest import (
     check_applied_versions,
     check_two_workers_delayed_by_one,
@@ -206,7 +206,7 @@ def test_actors_import_this_checkout(cluster):
 
         return algorithms.transports.ray.__file__
 
-    assert Path(ray.get(where.remote())).resolve().parent.parent == ROOT
+    assert Path(ray.get(where.remote())).resolve().parents[2] == ROOT
 
 
 @pytest.mark.parametrize(("algo", "optimizer"), [(PS, "adam"), (WORKERS, "rmsprop")])

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from algorithms.infra.processes import process_context
-from experiments.startup import main as startup_main
+from experiments.tools.startup import main as startup_main
 from tests.processes import ROOT, loaded_modules
 
 OPTIONAL = ("minatar", "ale_py", "mujoco", "seaborn", "matplotlib")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.throughput import RunSpec, main, parse_spec
+from experiments.tools.throughput import RunSpec, main, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

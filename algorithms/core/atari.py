@@ -18,27 +18,37 @@ that ends inside a ``reset()`` (a no-op or FIRE step finishing it) has its stati
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsFloat, cast
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, RecordEpisodeStatistics, TransformReward
 
+from algorithms.config import AtariConfig
+
+if TYPE_CHECKING:
+    from ale_py.env import AtariEnv
+
 NOOP = 0  # the ALE's action 0 in every game
 
 
-def wrap_atari(env: gym.Env, atari: Any) -> gym.Env:
+def wrap_atari(env: gym.Env, atari: AtariConfig) -> gym.Env:
     """The stack above over ``env`` (an ALE env with ``frameskip=1``), configured by an AtariConfig."""
     env = AtariPreprocessing(env, noop_max=atari.noop_max, frame_skip=atari.frame_skip,
                              screen_size=atari.screen_size, terminal_on_life_loss=False, grayscale_obs=True)
     env = RecordEpisodeStatistics(env)
     if atari.episodic_life:
         env = EpisodicLife(env)
-    if atari.fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
+    if atari.fire_reset and "FIRE" in ale_env(env).get_action_meanings():
         env = FireReset(env)
     if atari.clip_rewards:
-        env = TransformReward(env, np.sign)
+        env = TransformReward(env, np.sign)  # type: ignore[arg-type]  # numpy's ufunc overloads omit SupportsFloat
     return FrameStackObservation(env, atari.frame_stack)
+
+
+def ale_env(env: gym.Env) -> AtariEnv:
+    """The ALE env under ``env``'s wrappers."""
+    return cast("AtariEnv", env.unwrapped)
 
 
 def restart_game(env: gym.Env, ended: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -61,10 +71,10 @@ class EpisodicLife(gym.Wrapper):
         self.lives = 0
         self.game_over = True
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.game_over = terminated or truncated
-        lives = self.env.unwrapped.ale.lives()
+        lives = ale_env(self.env).ale.lives()
         # Some games show 0 lives a few frames before the game ends; their last life ends with the game.
         life_lost = 0 < lives < self.lives
         self.lives = lives
@@ -77,7 +87,7 @@ class EpisodicLife(gym.Wrapper):
             obs, _, terminated, truncated, info = self.env.step(NOOP)
             if terminated or truncated:
                 obs, info = restart_game(self.env, info)
-        self.lives = self.env.unwrapped.ale.lives()
+        self.lives = ale_env(self.env).ale.lives()
         self.game_over = False
         return obs, info
 
@@ -90,7 +100,7 @@ class FireReset(gym.Wrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        self.fire = env.unwrapped.get_action_meanings().index("FIRE")
+        self.fire = ale_env(env).get_action_meanings().index("FIRE")
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         _, info = self.env.reset(seed=seed, options=options)

@@ -30,13 +30,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.utils import EzPickle
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
+from algorithms.config import EnvConfig
 from algorithms.core.atari import wrap_atari
 from algorithms.infra.processes import process_context
 
@@ -46,13 +48,13 @@ def worker_seed(seed: int, worker: int, num_envs: int) -> int:
     return seed + worker * num_envs
 
 
-def make_env(env_cfg: Any) -> gym.Env:
+def make_env(env_cfg: EnvConfig) -> gym.Env:
     """One env from an EnvConfig: the registered env (id, kwargs, optional episode-step limit), then the
     preprocessing that ``env_cfg.preprocessing`` names."""
     return ENV_BUILDERS[env_cfg.preprocessing](env_cfg)
 
 
-def make_registered_env(env_cfg: Any, **forced_kwargs: Any) -> gym.Env:
+def make_registered_env(env_cfg: EnvConfig, **forced_kwargs: Any) -> gym.Env:
     """The env as registered, made with ``env_cfg.kwargs`` (``forced_kwargs`` win) and the optional step limit."""
     kwargs = {**env_cfg.kwargs, **forced_kwargs}
     if env_cfg.max_episode_steps is not None:
@@ -60,12 +62,12 @@ def make_registered_env(env_cfg: Any, **forced_kwargs: Any) -> gym.Env:
     return gym.make(env_cfg.id, **kwargs)
 
 
-def make_minatar_env(env_cfg: Any) -> gym.Env:
+def make_minatar_env(env_cfg: EnvConfig) -> gym.Env:
     register_minatar_envs()
     return ChannelsFirst(make_registered_env(env_cfg))
 
 
-def make_atari_env(env_cfg: Any) -> gym.Env:
+def make_atari_env(env_cfg: EnvConfig) -> gym.Env:
     register_ale_envs()
     # The preprocessing repeats each action; the ALE's own frame skip would multiply with it.
     return wrap_atari(make_registered_env(env_cfg, frameskip=1), env_cfg.atari)
@@ -110,7 +112,8 @@ def _plotting_deferred(minatar_modules: tuple[str, ...]) -> Iterator[None]:
     """Import MinAtar with matplotlib and seaborn unavailable (it catches that, and logs that it cannot render),
     then give its modules stand-ins that import them when a render first uses them."""
     hidden = {name: sys.modules.get(name) for name in ("matplotlib", "seaborn")}
-    sys.modules.update(dict.fromkeys(hidden))  # None: importing the name raises ImportError
+    # None: importing the name raises ImportError (typeshed's sys.modules holds modules only)
+    cast("dict[str, ModuleType | None]", sys.modules).update(dict.fromkeys(hidden))
     root = logging.getLogger()
     root.addFilter(_cannot_render_filter)
     try:
@@ -122,9 +125,9 @@ def _plotting_deferred(minatar_modules: tuple[str, ...]) -> Iterator[None]:
                 del sys.modules[name]
             else:
                 sys.modules[name] = module
-    for module in minatar_modules:
+    for minatar_module in minatar_modules:
         for alias, name in PLOTTING.items():
-            setattr(sys.modules[module], alias, _DeferredModule(name))
+            setattr(sys.modules[minatar_module], alias, _DeferredModule(name))
 
 
 def register_ale_envs() -> None:
@@ -136,7 +139,8 @@ def register_ale_envs() -> None:
 
 def preprocessing_for(env_id: str) -> str:
     """The ``env.preprocessing`` a registered env id needs: ``atari``, ``minatar`` or ``none``."""
-    return PREPROCESSING_BY_ENTRY_POINT.get(gym.spec(env_id).entry_point, "none")
+    entry_point = gym.spec(env_id).entry_point  # a string, or the env's creator itself
+    return PREPROCESSING_BY_ENTRY_POINT.get(entry_point, "none") if isinstance(entry_point, str) else "none"
 
 
 class ChannelsFirst(gym.ObservationWrapper):
@@ -144,6 +148,7 @@ class ChannelsFirst(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
+        assert env.observation_space.shape is not None  # a Box
         height, width, channels = env.observation_space.shape
         self.observation_space = gym.spaces.Box(0, 1, (channels, height, width), np.uint8)
 
@@ -151,7 +156,8 @@ class ChannelsFirst(gym.ObservationWrapper):
         return np.ascontiguousarray(observation.transpose(2, 0, 1), dtype=np.uint8)
 
 
-def make_vector_env(env_cfg: Any, num_envs: int, backend: str = "sync", start_method: str = "forkserver") -> VectorEnv:
+def make_vector_env(env_cfg: EnvConfig, num_envs: int, backend: str = "sync",
+                    start_method: str = "forkserver") -> VectorEnv:
     """``num_envs`` copies of the env in lockstep; ``backend="async"`` runs each in a subprocess started with
     ``start_method``."""
     env_fns = [partial(make_env, env_cfg) for _ in range(num_envs)]

@@ -22,28 +22,21 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from gymnasium import spaces
 
+from algorithms.config import EnvConfig, EvalConfig, RunConfig
 from algorithms.core.envs import ObservationNormalizer, make_vector_env
 from algorithms.core.model import build_model
-from algorithms.infra.messages import from_wire, to_wire
+from algorithms.infra.messages import EvalSnapshot, from_wire, to_wire
 from algorithms.infra.shared_memory import ObsStatistics
 
 # Evaluation envs' seeds sit this far above the run's seed, apart from every training env's (seed + worker
 # offsets + env steps); MinAtar seeds numpy's RandomState, which takes seeds below 2**32.
 EVAL_SEED_OFFSET = 1_000_000_000
-
-
-class EvalSnapshot(NamedTuple):
-    """The policy to evaluate: its flat parameters and the observation statistics it was trained with."""
-
-    env_steps: int
-    policy_version: int
-    params: bytes  # flat float32 (see protocol.to_wire)
-    obs_normalizer: dict[str, Any] | None  # ObservationNormalizer.state_dict(), when observations are normalized
 
 
 class EvalResult(NamedTuple):
@@ -52,7 +45,7 @@ class EvalResult(NamedTuple):
     seconds: float
 
 
-def next_evaluation_at(env_steps: int, eval_cfg: Any, total_env_steps: int) -> float:
+def next_evaluation_at(env_steps: int, eval_cfg: EvalConfig, total_env_steps: int) -> float:
     """The env step at which the evaluation after ``env_steps`` is due: the next multiple of ``eval.interval``
     (none when it is null), the end of the run at the latest; infinity once the run has reached its end, or
     when evaluation is off (``eval.episodes=0``)."""
@@ -71,7 +64,7 @@ def take_snapshot(params: torch.Tensor, env_steps: int, version: int,
                         obs_statistics.state_dict() if obs_statistics is not None else None)
 
 
-def evaluation_env_config(env_cfg: Any) -> Any:
+def evaluation_env_config(env_cfg: EnvConfig) -> EnvConfig:
     """The env config evaluation plays: Atari without episodic lives or reward clipping, the rest unchanged."""
     env_cfg = copy.deepcopy(env_cfg)
     env_cfg.atari.episodic_life = False
@@ -82,7 +75,7 @@ def evaluation_env_config(env_cfg: Any) -> Any:
 class Evaluator:
     """Plays evaluation episodes for one run; its envs and model are built once and reused."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: RunConfig):
         self.eval_cfg, self.seed = cfg.eval, cfg.seed + EVAL_SEED_OFFSET
         num_envs = min(cfg.eval.num_envs, cfg.eval.episodes)
         self.envs = make_vector_env(evaluation_env_config(cfg.env), num_envs)
@@ -90,14 +83,15 @@ class Evaluator:
         with torch.random.fork_rng(devices=[]):  # build_model seeds torch's generator: keep training's intact
             self.model = build_model(cfg, self.envs)
         space = self.envs.single_action_space
-        self.action_bounds = (space.low, space.high) if not self.model.discrete else None
-        self.obs_normalizer = (ObservationNormalizer(self.envs.single_observation_space.shape, cfg.env.clip_obs)
+        self.action_bounds = (space.low, space.high) if isinstance(space, spaces.Box) else None
+        self.obs_normalizer = (ObservationNormalizer(self.model.observation_shape, cfg.env.clip_obs)
                                if cfg.env.normalize_obs else None)
 
     def evaluate(self, snapshot: EvalSnapshot) -> EvalResult:
         start = time.monotonic()
         self.model.flat_params.copy_(from_wire(snapshot.params))
         if self.obs_normalizer is not None:
+            assert snapshot.obs_normalizer is not None  # training normalizes observations as evaluation does
             self.obs_normalizer.load_state_dict(snapshot.obs_normalizer)
         returns, lengths = self._play(np.random.default_rng(self.seed))
         return EvalResult(returns, lengths, time.monotonic() - start)

@@ -9,21 +9,24 @@ one seed they produce identical parameters.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
+from algorithms.config import RunConfig
 from algorithms.core.envs import make_vector_env
 from algorithms.core.nets import ActorCritic
 
 
-def build_model(cfg: Any, envs: VectorEnv) -> ActorCritic:
+def build_model(cfg: RunConfig, envs: VectorEnv) -> ActorCritic:
     """The actor-critic for ``envs``; its initial parameters depend on ``cfg.seed`` alone."""
     torch.manual_seed(cfg.seed)
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+    # The only spaces experiments.config admits.
+    assert isinstance(observation_space, spaces.Box) and isinstance(action_space, spaces.Discrete | spaces.Box)
     return ActorCritic(
-        envs.single_observation_space,
-        envs.single_action_space,
+        observation_space,
+        action_space,
         hidden_sizes=list(cfg.model.hidden_sizes),
         activation=cfg.model.activation,
         log_std_init=cfg.model.log_std_init,
@@ -33,14 +36,14 @@ def build_model(cfg: Any, envs: VectorEnv) -> ActorCritic:
     )
 
 
-def learner_device(cfg: Any) -> torch.device:
+def learner_device(cfg: RunConfig) -> torch.device:
     """Where a one-process learner's model lives: ``cfg.device``, ``auto`` being CUDA when there is one."""
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
 
 
-def build_spaces_model(cfg: Any) -> ActorCritic:
+def build_spaces_model(cfg: RunConfig) -> ActorCritic:
     """The model every worker builds, from a throwaway env that only gives the spaces."""
     envs = make_vector_env(cfg.env, 1)
     try:

@@ -19,6 +19,8 @@ without autograd; both sample with the caller's numpy generator. Learning runs i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import numpy as np
 import torch
@@ -27,7 +29,8 @@ from gymnasium import spaces
 from torch import nn
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
-NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
+NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # Per CNN torso: its convolutions as (out channels, kernel, stride), each followed by a ReLU, then the width
 # of the ReLU linear layer over their flattened output.
@@ -49,7 +52,7 @@ class MLPTorso(nn.ModuleList):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Functional calls over the layers' parameters: at small batches calling each nn.Module costs
         # more than its arithmetic (measured 56 vs 150 us per forward pass).
-        for layer in self:
+        for layer in cast("Iterable[nn.Linear]", self):  # nn.ModuleList does not say what it holds
             x = self.activation(F.linear(x, layer.weight, layer.bias))
         return x
 
@@ -79,7 +82,7 @@ class CNNTorso(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Functional calls, as in MLPTorso: acting runs a batch of a few frames, where calling each module
         # costs about as much as MinAtar's convolution itself.
-        for conv in self.convolutions:
+        for conv in cast("Iterable[nn.Conv2d]", self.convolutions):  # nn.ModuleList does not say what it holds
             x = torch.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride))
         return torch.relu(F.linear(x.flatten(1), self.linear.weight, self.linear.bias))
 
@@ -94,6 +97,7 @@ def orthogonal_init(module: nn.Module, gain: float) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.Linear | nn.Conv2d):
             nn.init.orthogonal_(layer.weight, gain=gain)
+            assert layer.bias is not None  # every layer here is built with one
             nn.init.zeros_(layer.bias)
 
 
@@ -126,7 +130,10 @@ class ActorCritic(nn.Module):
         self.obs_scale = 1.0 / float(observation_space.high.max()) if uint8 else 1.0
         self.numpy_acting = not (self.image or uint8)
         self.discrete = isinstance(action_space, spaces.Discrete)
-        action_size = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        if isinstance(action_space, spaces.Discrete):
+            action_size = int(action_space.n)
+        else:
+            action_size = int(np.prod(action_space.shape))
         self.numpy_activation = NUMPY_ACTIVATIONS[activation]
         self._views: tuple | None = None
         torsos, features = self._build_torsos(shape, hidden_sizes, activation, cnn)
@@ -220,7 +227,9 @@ class ActorCritic(nn.Module):
                 return layer.weight.detach().numpy().T, layer.bias.detach().numpy()
 
             log_std = None if self.discrete else self.log_std.detach().numpy()
-            self._views = (anchor, [view(layer) for layer in self.actor], [view(layer) for layer in self.critic],
+            # Acting in numpy: the torsos are MLPTorsos (nn.ModuleList does not say what it holds).
+            actor, critic = cast("Iterable[nn.Linear]", self.actor), cast("Iterable[nn.Linear]", self.critic)
+            self._views = (anchor, [view(layer) for layer in actor], [view(layer) for layer in critic],
                            view(self.policy_head), view(self.value_head), log_std)
         return self._views[1:]
 
@@ -256,6 +265,7 @@ class ActorCritic(nn.Module):
             # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample, without normalising.
             uniform = rng.random(policy_out.shape)
             return np.argmax(policy_out - np.log(-np.log(uniform + 1e-20)), axis=1)
+        assert log_std is not None  # continuous actions have one
         return (policy_out + np.exp(log_std) * rng.standard_normal(policy_out.shape)).astype(np.float32)
 
     def predict_values(self, obs: np.ndarray) -> np.ndarray:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import torch
 
+from algorithms.config import AlgoConfig
 from algorithms.core.nets import ActorCritic
 
 
@@ -45,8 +47,19 @@ class RMSpropTF(InPlaceZeroGrad, torch.optim.Optimizer):
     def __init__(self, params: list[torch.Tensor], lr: float, alpha: float, eps: float):
         super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: None = None) -> None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One step; a ``closure``, as torch's optimizers take it, recomputes the loss first, which is returned."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for param in group["params"]:
                 state = self.state[param]
@@ -54,9 +67,10 @@ class RMSpropTF(InPlaceZeroGrad, torch.optim.Optimizer):
                 state["step"].add_(1)
                 square_avg.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
                 param.addcdiv_(grad, square_avg.add(group["eps"]).sqrt_(), value=-group["lr"])
+        return loss
 
 
-def make_optimizer(model: ActorCritic | torch.Tensor, algo: Any) -> torch.optim.Optimizer:
+def make_optimizer(model: ActorCritic | torch.Tensor, algo: AlgoConfig) -> torch.optim.Optimizer:
     """RMSprop (the A3C paper's choice), TensorFlow-style RMSprop or Adam over the model's flat parameters,
     state created now.
 
@@ -65,6 +79,7 @@ def make_optimizer(model: ActorCritic | torch.Tensor, algo: Any) -> torch.optim.
     ``model`` may also be a flat parameter tensor itself: a handle on global parameters.
     """
     params = [model if isinstance(model, torch.Tensor) else model.flat_params]
+    optimizer: torch.optim.Optimizer
     if algo.optimizer == "rmsprop":
         optimizer = RMSprop(params, lr=algo.lr, alpha=algo.rmsprop_alpha, eps=algo.optimizer_eps, foreach=True)
         initial_buffers = {"square_avg": 0.0}

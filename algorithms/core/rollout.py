@@ -22,6 +22,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
+from algorithms.config import RunConfig
 from algorithms.core.envs import ObservationNormalizer, RewardScaler, restore_envs, save_envs, worker_seed
 from algorithms.core.nets import ActorCritic
 from algorithms.infra.messages import Episode
@@ -69,7 +70,7 @@ def join_unrolls(unrolls: list[Unrolls]) -> Unrolls:
                                       dim=0 if name == "bootstrap_obs" else 1) for name in UNROLL_FIELDS})
 
 
-def game_overs(info: dict[str, Any]) -> list[tuple[int, float, int]]:
+def game_overs(info: dict[str, Any]) -> list[tuple[np.intp, float, int]]:
     """(env, return, length) of each episode ``RecordEpisodeStatistics`` reported in a vector env step's
     ``info``. In same-step autoreset mode an ended env's last info moves to ``info["final_info"]`` and the
     info of the reset that follows takes its place; a game can end in either (Atari's reset after a lost life
@@ -106,10 +107,11 @@ class Collector:
         self.rng = np.random.default_rng(sampling_seed)
         action_space = envs.single_action_space
         self.discrete = isinstance(action_space, spaces.Discrete)
-        if not self.discrete:
+        if isinstance(action_space, spaces.Box):  # else Discrete
             self.action_low, self.action_high = action_space.low, action_space.high
         observation_space = envs.single_observation_space
-        action_shape = () if self.discrete else action_space.shape
+        assert observation_space.shape is not None  # a Box
+        action_shape = action_space.shape if isinstance(action_space, spaces.Box) else ()
         size = (n_steps, self.num_envs)
         keeps_uint8 = observation_space.dtype == np.uint8 and obs_normalizer is None
         self._obs = np.zeros(size + observation_space.shape, dtype=np.uint8 if keeps_uint8 else np.float32)
@@ -214,7 +216,10 @@ class Collector:
     def _saved_envs(self) -> dict[str, Any] | None:
         envs = save_envs(self.envs) if self._envs_savable and self.started else None
         self._envs_savable = self._envs_savable and envs is not None
-        return None if envs is None else {"envs": envs, "current_obs": self.current_obs.copy()}
+        if envs is None:
+            return None
+        assert self.current_obs is not None  # saved only once started
+        return {"envs": envs, "current_obs": self.current_obs.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`; the episodes in progress too when it saved the envs (then
@@ -243,17 +248,18 @@ def unroll_from(collector: Collector, model: ActorCritic) -> Unrolls:
                    torch.from_numpy(collector.current_obs))
 
 
-def reset_seed(cfg: Any, worker: int, num_envs: int, env_steps: int) -> int:
+def reset_seed(cfg: RunConfig, worker: int, num_envs: int, env_steps: int) -> int:
     """Seed for a worker's envs and sampling when (re)starting at ``env_steps``: fresh runs use the worker seed."""
     return worker_seed(cfg.seed, worker, num_envs) + env_steps
 
 
-def build_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0) -> Collector:
+def build_collector(cfg: RunConfig, envs: VectorEnv, worker: int, env_steps: int = 0) -> Collector:
     """A collector over ``envs`` with the normalizers the env config asks for, sampling with the seed of a
     worker (re)starting at ``env_steps`` (a resumed one then loads its saved generator). Atari's episodes are
     the games its envs' ``RecordEpisodeStatistics`` reports, not the lives its training episodes end at."""
-    env_cfg, num_envs = cfg.env, envs.num_envs
-    obs_normalizer = (ObservationNormalizer(envs.single_observation_space.shape, env_cfg.clip_obs)
+    env_cfg, num_envs, obs_shape = cfg.env, envs.num_envs, envs.single_observation_space.shape
+    assert obs_shape is not None  # a Box
+    obs_normalizer = (ObservationNormalizer(obs_shape, env_cfg.clip_obs)
                       if env_cfg.normalize_obs else None)
     reward_scaler = (RewardScaler(num_envs, cfg.algo.gamma, env_cfg.clip_reward)
                      if env_cfg.normalize_reward else None)
@@ -261,7 +267,7 @@ def build_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0) 
                      obs_normalizer, reward_scaler, episodes_from_info=env_cfg.preprocessing == "atari")
 
 
-def start_collector(cfg: Any, envs: VectorEnv, worker: int, env_steps: int = 0,
+def start_collector(cfg: RunConfig, envs: VectorEnv, worker: int, env_steps: int = 0,
                     state: dict[str, Any] | None = None) -> Collector:
     """A collector ready to collect: continuing a checkpoint's ``state`` when given (its episodes in progress
     too when the state saved the envs), else in fresh episodes seeded for ``env_steps``."""

@@ -16,14 +16,16 @@ import io
 import math
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 import numpy as np
 import torch
 
 CHECKPOINT_FORMAT = 1
-FINITE_PARTS = ("model", "optimizer")  # a checkpoint with a NaN or inf here would resume a diverged run
+# A checkpoint with a NaN or inf here would resume a diverged run.
+FINITE_PARTS: tuple[Literal["model", "optimizer"], ...] = ("model", "optimizer")
 
 
 class Checkpoint(TypedDict):
@@ -36,7 +38,15 @@ class Checkpoint(TypedDict):
     # (each with its episodes in progress, and its envs pickled when they can be: see algorithms.core.envs)
     rng: dict[str, Any] | None  # the training process's torch/numpy/python generators (in-process schedules)
     snapshots: dict[str, Any] | None  # SnapshotRing.state_dict() when algo.staleness.delay > 0
-    record: dict[str, Any]  # the run record's counters, added by the record when it saves
+    record: NotRequired[dict[str, Any]]  # the run record's counters, added by the record when it saves
+
+
+class ModelState(TypedDict):
+    """What :func:`restore_model` loads: a :class:`Checkpoint`, or the copy of those two parts a synchronous worker
+    starts from."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
 
 
 PART_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -51,7 +61,7 @@ class CheckpointError(ValueError):
 
 def make_checkpoint(model: dict[str, torch.Tensor], optimizer: dict[str, Any], env_steps: int, policy_version: int,
                     collectors: list[dict[str, Any]] | None = None, rng: dict[str, Any] | None = None,
-                    snapshots: dict[str, Any] | None = None) -> dict[str, Any]:
+                    snapshots: dict[str, Any] | None = None) -> Checkpoint:
     """A checkpoint without the record's part (the record adds it when saving)."""
     return {"format": CHECKPOINT_FORMAT, "model": model, "optimizer": optimizer, "env_steps": int(env_steps),
             "policy_version": int(policy_version), "collectors": list(collectors or []), "rng": rng,
@@ -66,7 +76,7 @@ class CheckpointRefused(CheckpointError):
         super().__init__(f"checkpoint part {part!r} {reason}")
 
 
-def write_checkpoint(path: Path, checkpoint: dict[str, Any], keep_previous_as: Path | None = None) -> None:
+def write_checkpoint(path: Path, checkpoint: Checkpoint, keep_previous_as: Path | None = None) -> None:
     """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file or the new one, whole.
 
     The new file is read back and validated before it replaces anything; the file it replaces is kept as
@@ -131,10 +141,10 @@ def read_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a checkpoint")
     validate_parts(state, str(path))
-    return state  # type: ignore[return-value]
+    return cast(Checkpoint, state)  # every part checked just above
 
 
-def validate_parts(state: dict[str, Any], source: str) -> None:
+def validate_parts(state: Mapping[str, Any], source: str) -> None:
     """Every part present with its type, in this format; ``record`` may be absent before the record adds it."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{source}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
@@ -147,7 +157,7 @@ def validate_parts(state: dict[str, Any], source: str) -> None:
             raise CheckpointError(f"{source}: checkpoint part {part!r} is a {type(state[part]).__name__}")
 
 
-def restore_model(checkpoint: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def restore_model(checkpoint: ModelState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load the model and optimizer parts, after checking that every parameter has the model's shape."""
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     saved = {name: tuple(tensor.shape) for name, tensor in checkpoint["model"].items()}
@@ -159,7 +169,7 @@ def restore_model(checkpoint: dict[str, Any], model: torch.nn.Module, optimizer:
     optimizer.load_state_dict(checkpoint["optimizer"])
 
 
-def check_collectors(checkpoint: dict[str, Any], num_workers: int) -> list[dict[str, Any]]:
+def check_collectors(checkpoint: Checkpoint, num_workers: int) -> list[dict[str, Any]]:
     """The collectors part, which must hold one state per worker."""
     collectors = checkpoint["collectors"]
     if len(collectors) != num_workers:
@@ -168,7 +178,7 @@ def check_collectors(checkpoint: dict[str, Any], num_workers: int) -> list[dict[
     return collectors
 
 
-def check_snapshots(checkpoint: dict[str, Any], delay: int) -> dict[str, Any] | None:
+def check_snapshots(checkpoint: Checkpoint, delay: int) -> dict[str, Any] | None:
     """The snapshot ring, which must hold ``delay + 1`` versions (``None`` from a run without a delay)."""
     snapshots = checkpoint["snapshots"]
     if snapshots is not None and len(snapshots["slots"]) != delay + 1:
@@ -177,7 +187,7 @@ def check_snapshots(checkpoint: dict[str, Any], delay: int) -> dict[str, Any] | 
     return snapshots
 
 
-def dropped_partial_episodes(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+def dropped_partial_episodes(checkpoint: Checkpoint) -> list[dict[str, Any]]:
     """The episodes in progress at the checkpoint that a resume cannot continue: those of collectors
     whose envs could not be saved (each as worker, env, steps so far and return so far)."""
     return [

@@ -4,24 +4,26 @@ Rows (:class:`UpdateRow`, :class:`EpisodeRow`) are what workers report and the r
 (:class:`Join`, :class:`Push`, :class:`Reply`, :class:`UnrollReady`, :class:`SlotFree`, :class:`CheckpointPart`,
 :class:`WorkerDone`, :class:`WorkerError`) are what workers and servers say to each other over any transport. Fields are
 read by name, so reordering one cannot silently misread another. :class:`Record` is what an algorithm
-may call on the run record (implemented by ``experiments.record``).
+may call on the run record (implemented by ``experiments.record``); :class:`RecordRows`, its part that rows,
+evaluations and checkpoints go to, is all a server needs (a Ray server actor records into a stand-in).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from algorithms.infra.checkpoint import Checkpoint
 
-class Record(Protocol):
-    """What an algorithm may call on the run record."""
 
-    stop_requested: bool  # set by SIGINT/SIGTERM: finish the current update, checkpoint, return
-    resume_state: dict[str, Any] | None  # the checkpoint to continue from, when resuming
+class RecordRows(Protocol):
+    """What the rows, evaluations and checkpoints of a run go to: the run record, or what stands for it where the
+    record is out of reach (a Ray server actor's ``RecordBuffer``, which the driver replays into the record)."""
 
     def episode(self, worker: int, env_steps: int, ret: float, length: int) -> None: ...
 
@@ -32,13 +34,30 @@ class Record(Protocol):
 
     def evaluation_due(self, env_steps: int) -> bool: ...
 
-    def evaluate(self, snapshot: Any) -> None: ...  # an algorithms.core.evaluation.EvalSnapshot
+    def evaluate(self, snapshot: EvalSnapshot) -> None: ...
+
+    def save_checkpoint(self, state: Checkpoint) -> None: ...
+
+
+class Record(RecordRows, Protocol):
+    """What an algorithm may call on the run record."""
+
+    stop_requested: bool  # set by SIGINT/SIGTERM: finish the current update, checkpoint, return
+    resume_state: Checkpoint | None  # the checkpoint to continue from, when resuming
 
     def checkpoint_due(self, env_steps: int) -> bool: ...
 
-    def use_clock(self, clock: Any) -> None: ...  # a simulated run's virtual clock: a callable giving seconds
+    def use_clock(self, clock: Callable[[], float]) -> None: ...  # a simulated run's virtual clock, in seconds
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None: ...
+
+class EvalSnapshot(NamedTuple):
+    """The policy to evaluate, from a learner or worker to the record: its flat parameters and the observation
+    statistics it was trained with."""
+
+    env_steps: int
+    policy_version: int
+    params: bytes  # flat float32 (see to_wire)
+    obs_normalizer: dict[str, Any] | None  # ObservationNormalizer.state_dict(), when observations are normalized
 
 
 class UpdateRow(NamedTuple):
@@ -69,7 +88,7 @@ class EpisodeRow(NamedTuple):
     length: int
 
 
-def record_update(record: Record, worker: int, row: UpdateRow, **extra: float) -> None:
+def record_update(record: RecordRows, worker: int, row: UpdateRow, **extra: float) -> None:
     """Record one update (``extra``: statistics only some schedules have, as IMPALA's ``importance_ratio``); one
     dropped for a non-finite loss or gradient is also logged as ``update_skipped``."""
     nonfinite = [name for name, value in row.stats().items() if not math.isfinite(value)]
@@ -80,11 +99,11 @@ def record_update(record: Record, worker: int, row: UpdateRow, **extra: float) -
                   applied=bool(row.applied), lr=float(row.lr), wait_time=float(row.wait_time), **row.stats(), **extra)
 
 
-def record_episode(record: Record, worker: int, row: EpisodeRow) -> None:
+def record_episode(record: RecordRows, worker: int, row: EpisodeRow) -> None:
     record.episode(worker, int(row.env_steps), float(row.ret), int(row.length))
 
 
-def record_episodes(record: Record, worker: int, env_steps_before: int, episodes: list[Episode]) -> None:
+def record_episodes(record: RecordRows, worker: int, env_steps_before: int, episodes: list[Episode]) -> None:
     """Episodes of one rollout that started at ``env_steps_before``, stepped by this worker alone."""
     for episode in episodes:
         record.episode(worker, env_steps_before + episode.steps_into_rollout, episode.ret, episode.length)

@@ -13,7 +13,8 @@ import multiprocessing.forkserver
 from typing import Any
 
 # torch._dynamo: a torch optimizer imports it when it is first built (about a second of CPU).
-FORKSERVER_PRELOAD = ("torch", "torch._dynamo", "gymnasium", "algorithms.transports.local.synchronous", "algorithms.transports.local.asynchronous", "algorithms.transports.local.actor_learner")
+FORKSERVER_PRELOAD = ("torch", "torch._dynamo", "gymnasium", "algorithms.transports.local.synchronous",
+                      "algorithms.transports.local.asynchronous", "algorithms.transports.local.actor_learner")
 
 
 def process_context(start_method: str) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from algorithms.config import RunConfig
 from algorithms.infra.messages import Record, WorkerDone, WorkerError
 from algorithms.infra.processes import process_context
 
@@ -235,7 +236,7 @@ class Supervisor:
     ``on_death(worker)`` may release what a dead worker held and returns extra ``worker_failed`` fields.
     """
 
-    def __init__(self, cfg: Any, record: Record, processes: WorkerProcesses, loop: Callable[..., None],
+    def __init__(self, cfg: RunConfig, record: Record, processes: WorkerProcesses, loop: Callable[..., None],
                  args: Callable[[int], tuple], policy: RestartPolicy, env_steps: Callable[[], int],
                  on_death: Callable[[int], dict[str, Any]] | None = None):
         self.cfg, self.record, self.processes, self.policy = cfg, record, processes, policy

@@ -1,51 +1,50 @@
-"""The actor-learner schedule's learner, whatever carries the unrolls: one update from a batch of unrolls,
-the new parameters published, a row recorded per unroll.
-"""
+"""The actor-learner schedule (IMPALA; Espeholt et al. 2018), whatever carries the unrolls: an actor's unroll
+(:func:`act`) and the central learner (:class:`UnrollLearner`), which takes unrolls in batches, steps the global
+model with the run's update rule and records a row per unroll. The local transport moves unrolls through
+shared-memory slots, Ray through its object store, the simulator on a virtual clock."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
-from algorithms.core.optimizers import set_learning_rate
-from algorithms.core.rollout import Unrolls
-from algorithms.infra.messages import Record, UnrollReady, UpdateRow, record_episodes, record_update
+from algorithms.config import RunConfig
+from algorithms.core.rollout import Unrolls, unroll_from
+from algorithms.infra.messages import Record, UnrollReady, record_episodes, record_update
 from algorithms.schedules.global_model import GlobalModel
-from algorithms.schedules.parameter_server import keep_statistics
-from algorithms.updates.guard import NonFiniteGuard
-from algorithms.updates.off_policy import off_policy_gradients
-from algorithms.updates.rule import learning_rate
+from algorithms.schedules.worker import RolloutWorker
+from algorithms.updates import rule_for
+from algorithms.updates.rule import Source
 
 
-class Learner:
-    """The learner over any transport (slots here, Ray calls in ``ray_backend``): one update from a batch of unrolls,
-    the new parameters published, and a row recorded per unroll."""
+def act(actor: RolloutWorker, version: int, slot: int = 0) -> tuple[UnrollReady, Unrolls]:
+    """One unroll acted with the parameters of ``version`` the actor's model holds: its announcement (``slot``: where
+    the local transport keeps its arrays) and its arrays with the behaviour log-probabilities, which are the
+    collector's buffers (copy them before the next unroll)."""
+    episodes = actor.collect()
+    unroll = unroll_from(actor.collector, actor.model)
+    return UnrollReady(actor.worker, slot, version, episodes, actor.steps, time.monotonic(),
+                       actor.evaluation_statistics()), unroll
 
-    def __init__(self, cfg: Any, record: Record, global_model: GlobalModel):
-        self.cfg, self.algo, self.record, self.global_model = cfg, cfg.algo, record, global_model
-        self.guard = NonFiniteGuard(cfg.algo, worker=0)
+
+class UnrollLearner:
+    """The central learner: one update of the global model from a batch of unrolls, a row recorded per unroll."""
+
+    def __init__(self, cfg: RunConfig, record: Record, global_model: GlobalModel):
+        self.cfg, self.record, self.global_model = cfg, record, global_model
+        self.rule = rule_for(cfg, global_model.target())
 
     def finished(self) -> bool:
         return self.global_model.counters.env_steps >= self.cfg.total_env_steps
 
     def learn(self, batch: list[UnrollReady], unrolls: Unrolls) -> None:
-        """Step with the corrected loss on ``unrolls`` (announced by ``batch``, in that order), then record."""
+        """Learn from ``unrolls`` (announced by ``batch``, in that order), then record their episodes and rows."""
         model, counters = self.global_model, self.global_model.counters
-        version, env_steps = counters.version, counters.env_steps
-        steps = sum(unroll.steps for unroll in batch)
-        lr = learning_rate(self.algo, env_steps, self.cfg.total_env_steps)
-        stats, importance_ratio = off_policy_gradients(model.model, unrolls, self.algo)
-        applied = self.guard.admits(stats, version, env_steps + steps)
-        if applied:
-            set_learning_rate(model.optimizer, lr)
-            model.optimizer.step()
-            self.guard.check_parameters(model.model.flat_params, version, env_steps + steps)
-            if model.snapshots is not None:
-                model.snapshots.record(version + 1, model.model.flat_params)
-        counters.version, counters.env_steps = version + applied, env_steps + steps
+        env_steps = counters.env_steps
+        sources = [Source(unroll.worker, unroll.version) for unroll in batch]
+        rows = self.rule.learn(model.model, unrolls, counters, sources, sum(unroll.steps for unroll in batch))
         for unroll in batch:
-            keep_statistics(model, unroll)
+            model.keep_statistics(unroll.obs_statistics)
             record_episodes(self.record, unroll.worker, env_steps, unroll.episodes)
             env_steps += unroll.steps
-        for unroll in batch:  # all at the update's env step, as a synchronous round's rows
-            record_update(self.record, unroll.worker, UpdateRow(counters.env_steps, unroll.version, version, applied,
-                                                                lr, **stats), importance_ratio=importance_ratio)
+        for learned in rows:  # all at the update's env step, as a synchronous round's rows
+            record_update(self.record, learned.worker, learned.row, **learned.extra)

@@ -1,9 +1,9 @@
-"""The server side of learning: the global parameters and optimizer, and applying a gradient to them.
+"""The global model of a run with a central copy: the parameters and optimizer an update rule steps.
 
 :class:`GlobalModel` is what an asynchronous run shares (in shared memory for Hogwild workers, in the
-trainer or a Ray actor for a parameter server): parameters, optimizer, policy-version and env-step
-counters, the snapshot ring for controlled staleness. :func:`apply_gradient` is the one update rule,
-staleness limits and lr scaling included.
+trainer or a Ray actor for a parameter server or a central learner): parameters, optimizer, policy-version
+and env-step counters, the snapshot ring for controlled staleness. Its :meth:`GlobalModel.target` is what the
+run's update rule steps.
 """
 
 from __future__ import annotations
@@ -16,10 +16,19 @@ from typing import Any
 
 import torch
 
+from algorithms.config import RunConfig
 from algorithms.core.evaluation import take_snapshot
 from algorithms.core.model import build_spaces_model
 from algorithms.core.optimizers import make_optimizer
-from algorithms.infra.checkpoint import check_snapshots, make_checkpoint, restore_model, restore_rng_state, rng_state
+from algorithms.infra.checkpoint import (
+    Checkpoint,
+    check_snapshots,
+    make_checkpoint,
+    restore_model,
+    restore_rng_state,
+    rng_state,
+)
+from algorithms.infra.messages import RecordRows
 from algorithms.infra.shared_memory import (
     TRAINER,
     HolderLock,
@@ -28,6 +37,7 @@ from algorithms.infra.shared_memory import (
     SnapshotRing,
     share_optimizer_state,
 )
+from algorithms.updates.rule import Target
 
 LOCK_TIMEOUT_S = 10.0  # the trainer's own wait for the lock (checkpoints)
 CPU = torch.device("cpu")
@@ -52,12 +62,14 @@ class GlobalState:
 class GlobalModel:
     """The global parameters, optimizer, counters and snapshot ring of a run: created, resumed, checkpointed.
 
-    ``shared=True`` (Hogwild worker processes) places them in shared memory with a :class:`HolderLock`;
+    ``shared_with`` a multiprocessing context (Hogwild worker processes) places them in shared memory with a
+    :class:`HolderLock` of that context;
     otherwise one process owns them, on ``device`` (a parameter server's accelerator), and there is no lock.
     """
 
-    def __init__(self, cfg: Any, resume_state: dict[str, Any] | None, context: Any, shared: bool,
+    def __init__(self, cfg: RunConfig, resume_state: Checkpoint | None = None, *, shared_with: Any = None,
                  device: torch.device = CPU):
+        shared = shared_with is not None
         algo = cfg.algo
         self.model = build_spaces_model(cfg)
         if shared:
@@ -79,7 +91,7 @@ class GlobalModel:
             self.snapshots = SnapshotRing(self.model.flat_params, algo.staleness.delay, self.counters.version)
             if snapshots is not None:
                 self.snapshots.load_state_dict(snapshots)
-        self.lock = HolderLock(context) if shared else None
+        self.lock = HolderLock(shared_with) if shared else None
         # Shared last, after loading: load_state_dict replaces the optimizer's state tensors.
         self.optimizer_state = share_optimizer_state(self.optimizer) if shared else dict(
             self.optimizer.state[self.model.flat_params])
@@ -93,6 +105,15 @@ class GlobalModel:
     def state(self) -> GlobalState:
         return GlobalState(self.model.flat_params, self.optimizer_state, self.counters, self.lock, self.snapshots,
                            self.obs_statistics)
+
+    def target(self) -> Target:
+        """What an update rule steps: the global parameters, their optimizer and snapshot ring."""
+        return Target(self.optimizer, self.model.flat_params, self.snapshots)
+
+    def keep_statistics(self, statistics: dict[str, Any] | None) -> None:
+        """Worker 0's observation statistics, when a message carries them, for evaluating the global parameters."""
+        if statistics is not None and self.obs_statistics is not None:
+            self.obs_statistics.publish(statistics)
 
     def params_for_worker(self) -> tuple[int, torch.Tensor]:
         """The version a worker syncs to (``delay`` behind the current one, if set) and its parameters."""
@@ -112,12 +133,12 @@ class GlobalModel:
             if self.lock is not None:
                 self.lock.release()
 
-    def checkpoint(self, collectors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def checkpoint(self, collectors: list[dict[str, Any]] | None = None) -> Checkpoint:
         """A consistent copy of the global state (taken under the lock while workers run)."""
         with self.frozen():
             return self.checkpoint_unlocked(collectors)
 
-    def checkpoint_unlocked(self, collectors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def checkpoint_unlocked(self, collectors: list[dict[str, Any]] | None = None) -> Checkpoint:
         return make_checkpoint(
             model={name: tensor.clone() for name, tensor in self.model.state_dict().items()},
             optimizer=copy.deepcopy(self.optimizer.state_dict()), env_steps=self.counters.env_steps,
@@ -125,7 +146,7 @@ class GlobalModel:
             snapshots=self.snapshots.state_dict() if self.snapshots is not None else None)
 
 
-def evaluate_if_due(cfg: Any, record: Any, global_model: GlobalModel, workers_done: bool) -> None:
+def evaluate_if_due(cfg: RunConfig, record: RecordRows, global_model: GlobalModel, workers_done: bool) -> None:
     """Hand the record the global parameters to evaluate, with worker 0's observation statistics, when an
     evaluation is due; the final one once the workers are done (others may still apply their last updates)."""
     counters = global_model.counters

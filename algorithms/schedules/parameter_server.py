@@ -1,4 +1,4 @@
-"""The parameter-server protocol, written once over any transport (pipes here, Ray calls in ``ray_backend``).
+"""The parameter-server protocol, written once over any transport (pipes, Ray calls, a simulated clock).
 
 A worker joins, then loops: sync to the parameters of the server's :class:`~algorithms.infra.messages.Reply` ->
 learn -> push the gradient tagged with the reply's version (one push in flight per worker). The server
@@ -10,13 +10,13 @@ replies: :class:`PipeLink` does it over a process pipe.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
-from algorithms.infra.messages import Push, Record, Reply, UpdateRow, from_wire, record_update, to_wire
+from algorithms.config import RunConfig
+from algorithms.infra.messages import Push, RecordRows, Reply, from_wire, record_update, to_wire
 from algorithms.schedules.global_model import GlobalModel
-from algorithms.schedules.worker import LocalLearner
-from algorithms.updates.guard import NonFiniteGuard
-from algorithms.updates.rule import apply_gradient, learning_rate
+from algorithms.schedules.worker import RolloutWorker
+from algorithms.updates import rule_for
 
 
 class ServerLink(Protocol):
@@ -27,27 +27,15 @@ class ServerLink(Protocol):
     def push(self, push: Push) -> Reply | None: ...
 
 
-def parameter_server_worker(learner: LocalLearner, server: ServerLink) -> None:
+def parameter_server_worker(rollouts: RolloutWorker, server: ServerLink) -> None:
     """Join, then sync -> learn -> push the gradient tagged with its version, until the server answers ``None``."""
     reply = server.join()
     while reply is not None:
-        learner.model.flat_params.copy_(from_wire(reply.params))
-        episodes, stats = learner.learn()
-        collector_state = learner.collector.state_dict() if reply.send_collector_state else None
-        reply = server.push(Push(learner.worker, reply.version, to_wire(learner.model.flat_grads), stats, episodes,
-                                 learner.steps, collector_state, time.monotonic(), evaluation_statistics(learner)))
-
-
-def evaluation_statistics(learner: LocalLearner) -> dict[str, Any] | None:
-    """Worker 0's observation statistics, which the server keeps for evaluating the global parameters."""
-    normalizer = learner.collector.obs_normalizer
-    return normalizer.state_dict() if normalizer is not None and learner.worker == 0 else None
-
-
-def keep_statistics(global_model: GlobalModel, push: Push) -> None:
-    """The observation statistics a push carries, for the server's evaluations."""
-    if push.obs_statistics is not None and global_model.obs_statistics is not None:
-        global_model.obs_statistics.publish(push.obs_statistics)
+        rollouts.model.flat_params.copy_(from_wire(reply.params))
+        episodes, stats = rollouts.compute_gradient()
+        collector_state = rollouts.collector.state_dict() if reply.send_collector_state else None
+        reply = server.push(Push(rollouts.worker, reply.version, to_wire(rollouts.model.flat_grads), stats, episodes,
+                                 rollouts.steps, collector_state, time.monotonic(), rollouts.evaluation_statistics()))
 
 
 class ParameterServer:
@@ -58,10 +46,10 @@ class ParameterServer:
     (``delay`` versions behind, if set), or ``None`` once the budget is spent or a stop was requested.
     """
 
-    def __init__(self, cfg: Any, record: Record, global_model: GlobalModel):
+    def __init__(self, cfg: RunConfig, record: RecordRows, global_model: GlobalModel):
         self.cfg, self.record, self.global_model = cfg, record, global_model
         self.stop = False
-        self.guards: dict[int, NonFiniteGuard] = {}  # by worker: non-finite updates in a row are per worker
+        self.rule = rule_for(cfg, global_model.target())
 
     def finishing(self) -> bool:
         return self.stop or self.global_model.counters.env_steps >= self.cfg.total_env_steps
@@ -79,18 +67,11 @@ class ParameterServer:
     def apply(self, push: Push) -> None:
         """Record the push's episodes, apply its gradient at the current version, advance the counters and
         record the update."""
-        cfg, model, counters = self.cfg, self.global_model, self.global_model.counters
-        keep_statistics(model, push)
-        env_steps, version = counters.env_steps, counters.version
+        counters = self.global_model.counters
+        self.global_model.keep_statistics(push.obs_statistics)
         for episode in push.episodes:
-            self.record.episode(push.worker, env_steps + episode.steps_into_rollout, episode.ret, episode.length)
-        lr = learning_rate(cfg.algo, env_steps, cfg.total_env_steps)
-        guard = self.guards.setdefault(push.worker, NonFiniteGuard(cfg.algo, push.worker))
-        applied = guard.admits(push.stats, version, env_steps + push.steps)
-        if applied:
-            applied, lr = apply_gradient(model.optimizer, model.model.flat_params, from_wire(push.gradient), version,
-                                         push.version_at_sync, lr, cfg.algo.staleness, model.snapshots)
-            guard.check_parameters(model.model.flat_params, version, env_steps + push.steps)
-        counters.version, counters.env_steps = version + applied, env_steps + push.steps
-        record_update(self.record, push.worker, UpdateRow(env_steps + push.steps, push.version_at_sync, version,
-                                                          applied, lr, **push.stats))
+            self.record.episode(push.worker, counters.env_steps + episode.steps_into_rollout, episode.ret,
+                                episode.length)
+        row = self.rule.update(counters, push.worker, push.stats, push.version_at_sync, push.steps,
+                               from_wire(push.gradient))
+        record_update(self.record, push.worker, row)

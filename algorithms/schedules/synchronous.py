@@ -1,19 +1,62 @@
-"""The synchronous schedule's rules, whatever carries its messages: when a round checkpoints, how the
-workers' rows of a round are recorded (in order, one complete update at a time), and the checkpoint
-assembled from every replica's part after checking that the replicas agree.
+"""The synchronous schedule, whatever carries its messages: every worker computes a gradient from the same
+parameters, and one step is taken with their mean (summed in worker order, so that every place that computes it
+gets the same bits). Written once here: the round's step (:func:`mean_step`), its rows (:func:`round_episodes`,
+:func:`round_row`), when a round checkpoints, how the workers' rows are recorded (in order, one complete update at
+a time: :class:`SyncLog`), and the checkpoint assembled from every replica's part after checking that the
+replicas agree.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from algorithms.infra.checkpoint import make_checkpoint
-from algorithms.infra.messages import CheckpointPart, EpisodeRow, Record, UpdateRow, record_episode, record_update
-from algorithms.infra.shared_memory import SharedRows
+from algorithms.infra.checkpoint import Checkpoint, make_checkpoint
+from algorithms.infra.messages import (
+    CheckpointPart,
+    Episode,
+    EpisodeRow,
+    RecordRows,
+    UpdateRow,
+    record_episode,
+    record_update,
+)
+from algorithms.infra.shared_memory import SharedRows, average_gradients
+from algorithms.updates.rule import Counters, Step, UpdateRule
+
+
+def mean_step(rule: UpdateRule, gradients: torch.Tensor, stats: Sequence[dict[str, float]], counters: Counters,
+              steps: int) -> Step:
+    """The round's step where one process holds every worker's gradient (``[num_workers, num_params]``) and loss
+    statistics: each worker's update admitted (a round cannot skip one), the mean applied, the counters advanced
+    by one version and the round's ``steps``."""
+    version, env_steps = counters.version, counters.env_steps
+    for worker, worker_stats in enumerate(stats):
+        rule.admit(worker, worker_stats, version, env_steps + steps)
+    assert rule.target is not None and rule.target.params.grad is not None  # a stepping rule's, with its buffer
+    average_gradients(gradients, out=rule.target.params.grad)
+    step = rule.step(version, version, env_steps, steps)
+    counters.version, counters.env_steps = version + 1, env_steps + steps
+    return step
+
+
+def round_episodes(version: int, env_steps: int, episodes: Sequence[Episode], num_workers: int) -> list[EpisodeRow]:
+    """A worker's episodes of the round at ``version``, which started at ``env_steps``: the workers step in lockstep,
+    so the run has made ``num_workers`` steps for each of this worker's."""
+    return [EpisodeRow(version, env_steps + episode.steps_into_rollout * num_workers, episode.ret, episode.length)
+            for episode in episodes]
+
+
+def round_row(version: int, env_steps: int, step: Step, stats: dict[str, float], wait_time: float,
+              checkpoint: bool = False) -> UpdateRow:
+    """A worker's row of the round at ``version`` (``env_steps``: after it), which waited ``wait_time`` seconds
+    for the slowest worker."""
+    return UpdateRow(env_steps, version, version, step.applied, step.lr, **stats, wait_time=wait_time,
+                     checkpoint=checkpoint)
 
 
 def checkpoint_crossed(env_steps: int, steps_per_update: int, interval: int) -> bool:
@@ -26,7 +69,7 @@ class ReplicaDivergence(RuntimeError):
     """The replicas' parameters differ: the synchronous update is broken."""
 
 
-def checkpoint_from_parts(parts: dict[int, dict[str, Any]], version: int, env_steps: int) -> dict[str, Any]:
+def checkpoint_from_parts(parts: dict[int, dict[str, Any]], version: int, env_steps: int) -> Checkpoint:
     """The run's checkpoint from every worker's part, after checking that all replicas are bit-identical."""
     reference = parts[0]["params"]
     differing = [worker for worker, part in sorted(parts.items()) if not torch.equal(part["params"], reference)]
@@ -42,7 +85,7 @@ class SyncLog:
     """Moves the workers' rows into the run record one complete synchronous update at a time, in order,
     and saves a checkpoint right after the rows of the update it was taken at."""
 
-    def __init__(self, record: Record, num_workers: int, version: int, env_steps: int):
+    def __init__(self, record: RecordRows, num_workers: int, version: int, env_steps: int):
         self.record, self.num_workers = record, num_workers
         self.version, self.env_steps = version, env_steps  # the next update to record, the steps before it
         self.updates: dict[int, list[tuple[int, UpdateRow]]] = defaultdict(list)

@@ -1,7 +1,8 @@
 """The a3c parameter-server and a2c workers schedules on Ray actors (``backend=ray``), for more than one machine.
 
-The same parts as the local schedules, over Ray calls instead of pipes: worker actors run the
-parameter-server worker loop (``algorithms.schedules.parameter_server``) on a :class:`~algorithms.schedules.worker.LocalLearner`;
+The same schedules as the local transport's, over Ray calls instead of pipes: worker actors run the
+parameter-server worker loop (``algorithms.schedules.parameter_server``) on a
+:class:`~algorithms.schedules.worker.RolloutWorker`;
 the server actor holds the :class:`~algorithms.schedules.global_model.GlobalModel` and applies pushes with the local
 server's rules (a3c), or is the a2c barrier and applies the workers' mean (:class:`SynchronousServer`).
 The driver records what the server did (:class:`RecordBuffer`, replayed every ``POLL_S``) and supervises
@@ -29,44 +30,39 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 import algorithms
-from algorithms.core.evaluation import EvalSnapshot, next_evaluation_at
+from algorithms.config import AlgoConfig, RunConfig
+from algorithms.core.evaluation import next_evaluation_at
 from algorithms.core.model import learner_device
-from algorithms.core.optimizers import set_learning_rate
-from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
-from algorithms.infra.checkpoint import check_collectors
+from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, join_unrolls
+from algorithms.infra.checkpoint import Checkpoint, check_collectors
 from algorithms.infra.messages import (
-    EpisodeRow,
+    EvalSnapshot,
     Push,
     Record,
     Reply,
     UnrollReady,
-    UpdateRow,
     from_wire,
     read_only_view,
     to_wire,
 )
 from algorithms.infra.reaper import Reaper
-from algorithms.infra.shared_memory import average_gradients
 from algorithms.infra.supervision import NonFiniteUpdate, RestartPolicy, StallWatchdog, WorkerFailure
-from algorithms.schedules.actor_learner import Learner
+from algorithms.schedules.actor_learner import UnrollLearner, act
 from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
 from algorithms.schedules.parameter_server import (
     ParameterServer,
-    evaluation_statistics,
-    keep_statistics,
     parameter_server_worker,
 )
-from algorithms.schedules.synchronous import SyncLog, checkpoint_crossed
-from algorithms.schedules.worker import LocalLearner
-from algorithms.updates.guard import NonFiniteGuard
-from algorithms.updates.rule import learning_rate
+from algorithms.schedules.synchronous import SyncLog, checkpoint_crossed, mean_step, round_episodes, round_row
+from algorithms.schedules.worker import RolloutWorker
+from algorithms.updates import rule_for
 
 POLL_S = 0.05  # how often the driver replays the server's record calls and checks its workers
 WORKER_ERRORS = (RayActorError, RayTaskError)  # a worker actor that died, or whose code raised
 
 
 # --------------------------------------------------------------------------- the cluster
-def local_cluster_cpus(cfg: Any) -> int:
+def local_cluster_cpus(cfg: RunConfig) -> int:
     """CPUs of a cluster started for this run: ``ray.num_cpus``, or this machine's, or what the actors ask."""
     if cfg.ray.num_cpus is not None:
         return cfg.ray.num_cpus
@@ -75,7 +71,7 @@ def local_cluster_cpus(cfg: Any) -> int:
 
 
 @contextmanager
-def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
+def ray_cluster(cfg: RunConfig, record: Record) -> Iterator[None]:
     """Connect to the cluster ``cfg.ray`` names, or start a local one; shut down what this call started."""
     connect = not ray.is_initialized()
     with ExitStack() as started:
@@ -91,7 +87,7 @@ def ray_cluster(cfg: Any, record: Record) -> Iterator[None]:
         yield
 
 
-def connect_to_cluster(cfg: Any) -> None:
+def connect_to_cluster(cfg: RunConfig) -> None:
     """``ray.init`` for the cluster ``cfg.ray`` names, or a new local one, keeping this process's SIGTERM handler."""
     settings = cfg.ray
     handler = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit
@@ -135,32 +131,32 @@ class RayLink:
 
 
 class RayWorker:
-    """A worker actor: a :class:`~algorithms.schedules.worker.LocalLearner` that computes gradients and never applies them."""
+    """A worker actor: a :class:`~algorithms.schedules.worker.RolloutWorker` that computes gradients (or acts
+    unrolls) and never applies them."""
 
-    def __init__(self, cfg: Any, worker: int):
+    def __init__(self, cfg: RunConfig, worker: int):
         torch.set_num_threads(cfg.torch_threads)
         self.cfg, self.worker = cfg, worker
-        self.learner: LocalLearner | None = None
+        self.rollouts: RolloutWorker | None = None
 
     def start(self, env_steps: int, collector_state: dict[str, Any] | None = None) -> tuple[int, str]:
-        """(Re)build the learner at ``env_steps`` (a resumed a2c worker also continues its collector's state);
+        """(Re)build the rollout worker at ``env_steps`` (a resumed a2c worker also continues its collector's state);
         return this process's pid and node address."""
-        if self.learner is not None:
-            self.learner.close()
-        self.learner = LocalLearner(self.cfg, self.worker, env_steps, collector_state)
+        if self.rollouts is not None:
+            self.rollouts.close()
+        self.rollouts = RolloutWorker(self.cfg, self.worker, env_steps, collector_state)
         return os.getpid(), ray.util.get_node_ip_address()
 
     def run(self, server: Any) -> None:
-        parameter_server_worker(self.learner, RayLink(server, self.worker))
+        assert self.rollouts is not None, "start() first"
+        parameter_server_worker(self.rollouts, RayLink(server, self.worker))
 
     def unroll(self, params: bytes, version: int) -> tuple[UnrollReady, dict[str, np.ndarray]]:
         """An impala actor's unroll, acted with ``params`` of ``version``: its announcement and its arrays."""
-        actor = self.learner
+        actor = self.rollouts
+        assert actor is not None, "start() first"
         actor.model.flat_params.copy_(from_wire(params))
-        episodes = actor.collector.collect(actor.model)
-        unroll = unroll_from(actor.collector, actor.model)
-        ready = UnrollReady(self.worker, 0, version, episodes, actor.steps, time.monotonic(),
-                            evaluation_statistics(actor))
+        ready, unroll = act(actor, version)
         return ready, {name: getattr(unroll, name).numpy() for name in UNROLL_FIELDS}
 
 
@@ -177,7 +173,7 @@ class RecordBuffer:
     ``save_checkpoint`` calls, kept in order for the driver to replay into the real record, and the record's rule
     for when an evaluation is due (from the run's env step at ``env_steps``)."""
 
-    def __init__(self, cfg: Any, env_steps: int) -> None:
+    def __init__(self, cfg: RunConfig, env_steps: int) -> None:
         self.calls: list[RecordCall] = []
         self.cfg = cfg
         self.next_evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)
@@ -198,7 +194,7 @@ class RecordBuffer:
         self.next_evaluation_at = next_evaluation_at(snapshot.env_steps, self.cfg.eval, self.cfg.total_env_steps)
         self.calls.append(RecordCall("evaluate", (snapshot,), {}))
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
+    def save_checkpoint(self, state: Checkpoint) -> None:
         self.calls.append(RecordCall("save_checkpoint", (state,), {}))
 
     def take(self) -> list[RecordCall]:
@@ -212,17 +208,18 @@ def replay(record: Record, calls: list[RecordCall]) -> None:
 
 
 class ParameterServerActor:
-    """The a3c server actor: the local parameter server's rules (:class:`~algorithms.schedules.parameter_server.ParameterServer`)
-    over the run's :class:`~algorithms.schedules.global_model.GlobalModel`, recording into a :class:`RecordBuffer`."""
+    """The a3c server actor: the parameter server's rules
+    (:class:`~algorithms.schedules.parameter_server.ParameterServer`) over the run's
+    :class:`~algorithms.schedules.global_model.GlobalModel`, recording into a :class:`RecordBuffer`."""
 
     @staticmethod
-    def actor_options(algo: Any) -> dict[str, Any]:
+    def actor_options(algo: AlgoConfig) -> dict[str, Any]:
         return {}
 
-    def __init__(self, cfg: Any, resume_state: dict[str, Any] | None):
+    def __init__(self, cfg: RunConfig, resume_state: Checkpoint | None):
         torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
-        self.global_model = GlobalModel(cfg, resume_state, None, shared=False)
+        self.global_model = GlobalModel(cfg, resume_state)
         self.rows = RecordBuffer(cfg, self.global_model.counters.env_steps)
         self.server = ParameterServer(cfg, self.rows, self.global_model)
         self.diverged: str | None = None  # a NonFiniteUpdate's message: the driver fails the run with it
@@ -271,7 +268,7 @@ def next_checkpoint_at(env_steps: int, interval: int) -> int:
 
 
 @dataclass
-class Round:
+class SyncRound:
     """One synchronous update as the server gathers it: the pushes by worker with their arrival times, and
     the answer they all wait for."""
 
@@ -293,26 +290,27 @@ class SynchronousServer(ParameterServerActor):
     """
 
     @staticmethod
-    def actor_options(algo: Any) -> dict[str, Any]:
+    def actor_options(algo: AlgoConfig) -> dict[str, Any]:
         return {"max_concurrency": synchronous_server_concurrency(algo)}
 
-    def __init__(self, cfg: Any, resume_state: dict[str, Any] | None):
+    def __init__(self, cfg: RunConfig, resume_state: Checkpoint | None):
         super().__init__(cfg, resume_state)
         algo, counters = cfg.algo, self.global_model.counters
         self.steps_per_round = algo.num_workers * algo.n_steps * algo.num_envs
         self.gradients = torch.zeros(algo.num_workers, self.global_model.model.flat_params.numel())
         self.log = SyncLog(self.rows, algo.num_workers, counters.version, counters.env_steps)
+        self.rule = rule_for(cfg, self.global_model.target(), can_skip=False)  # every replica takes the same step
         self.condition = threading.Condition()
         self.params = to_wire(self.global_model.model.flat_params)
         self.round = self.next_round()
 
-    def next_round(self) -> Round:
+    def next_round(self) -> SyncRound:
         """The round after the current counters; it asks for the collectors' states if a checkpoint follows it:
         when it crosses ``checkpoint_interval``, spends the budget, or is the last after a stop request."""
         after = self.global_model.counters.env_steps + self.steps_per_round
         with_state = (after >= self.cfg.total_env_steps or self.server.stop
                       or checkpoint_crossed(after, self.steps_per_round, self.cfg.checkpoint_interval))
-        return Round(self.global_model.counters.version, with_state)
+        return SyncRound(self.global_model.counters.version, with_state)
 
     def join(self, worker: int) -> Reply | None:
         """The current round; a worker that already pushed to it (and was restarted) waits for the next."""
@@ -332,13 +330,10 @@ class SynchronousServer(ParameterServerActor):
                 raise RuntimeError(f"worker {push.worker} pushed a gradient of round {push.version_at_sync} during "
                                    f"round {current.version}")
             self.gradients[push.worker].copy_(from_wire(push.gradient))
-            keep_statistics(self.global_model, push)
+            self.global_model.keep_statistics(push.obs_statistics)
             current.pushes[push.worker] = (time.perf_counter(), push)
-            # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
-            env_steps = self.global_model.counters.env_steps
-            self.log.add(push.worker, [], [EpisodeRow(current.version, env_steps + episode.steps_into_rollout
-                                                      * num_workers, episode.ret, episode.length)
-                                           for episode in push.episodes])
+            self.log.add(push.worker, [], round_episodes(current.version, self.global_model.counters.env_steps,
+                                                         push.episodes, num_workers))
             if len(current.pushes) == num_workers:
                 try:
                     self.complete(current)
@@ -350,27 +345,21 @@ class SynchronousServer(ParameterServerActor):
                 self.condition.wait_for(lambda: current.done)
             return current.reply
 
-    def complete(self, current: Round) -> None:
+    def complete(self, current: SyncRound) -> None:
         """Step with the mean gradient (summed in worker order: the local replicas' bits), record the round as
         the local backend does, checkpoint if the round brought the collectors' states, and set the answer."""
-        algo, model, counters = self.cfg.algo, self.global_model, self.global_model.counters
-        after = counters.env_steps + self.steps_per_round
-        for worker, (_, push) in sorted(current.pushes.items()):  # every replica must take the same step
-            NonFiniteGuard(algo, worker, can_skip=False).admits(push.stats, current.version, after)
-        lr = learning_rate(algo, counters.env_steps, self.cfg.total_env_steps)
-        average_gradients(self.gradients, out=model.model.flat_grads)
-        set_learning_rate(model.optimizer, lr)
-        model.optimizer.step()
-        NonFiniteGuard(algo, 0, can_skip=False).check_parameters(model.model.flat_params, current.version, after)
-        counters.version += 1
-        counters.env_steps += self.steps_per_round
+        model, counters = self.global_model, self.global_model.counters
+        pushes = [push for _, (_, push) in sorted(current.pushes.items())]
+        step = mean_step(self.rule, self.gradients, [push.stats for push in pushes], counters, self.steps_per_round)
         last = max(arrived for arrived, _ in current.pushes.values())
         for worker, (arrived, push) in sorted(current.pushes.items()):
-            self.log.add(worker, [UpdateRow(counters.env_steps, current.version, current.version, True, lr,
-                                            **push.stats, wait_time=last - arrived)], [])
+            self.log.add(worker, [round_row(current.version, counters.env_steps, step, push.stats, last - arrived)], [])
         self.log.record_complete()
         if current.with_state:
-            collectors = [push.collector_state for _, (_, push) in sorted(current.pushes.items())]
+            collectors = []
+            for _, (_, push) in sorted(current.pushes.items()):
+                assert push.collector_state is not None  # the round asked every worker for its state
+                collectors.append(push.collector_state)
             self.rows.save_checkpoint(model.checkpoint(collectors=collectors))
         self.params = to_wire(model.model.flat_params)
         if not (counters.env_steps >= self.cfg.total_env_steps or (self.server.stop and current.with_state)):
@@ -388,7 +377,7 @@ class SynchronousServer(ParameterServerActor):
             return Drained(self.rows.take(), self.global_model.counters.env_steps, self.diverged)
 
 
-def synchronous_server_concurrency(algo: Any) -> int:
+def synchronous_server_concurrency(algo: AlgoConfig) -> int:
     """Calls the a2c server must run at once: a push or join of every worker; the call of each worker that
     died waiting at the barrier, which waits on until its round completes (one per restart, and one for
     the failure that ends the run); and the driver's drain and stop request."""
@@ -404,17 +393,18 @@ class Actors:
     """One run's server and worker actors: created with their resources, started, restarted after a failure
     (while ``algo.max_restarts`` allows), and killed at the end."""
 
-    def __init__(self, cfg: Any, record: Record, server_class: type[ParameterServerActor] | None):
+    def __init__(self, cfg: RunConfig, record: Record, server_class: type[ParameterServerActor] | None):
         self.cfg, self.record = cfg, record
         settings, algo = cfg.ray, cfg.algo
-        self.server = None  # impala's learner is the driver itself
+        # Ray actor handles, typed Any: ray's types give their methods no .remote or .options
+        self.server: Any = None  # impala's learner is the driver itself
         if server_class is not None:
             server = ray.remote(server_class).options(num_cpus=settings.server_cpus, max_restarts=0,
                                                       **server_class.actor_options(algo))
             self.server = server.remote(cfg, record.resume_state)
         worker_actor = ray.remote(RayWorker).options(num_cpus=settings.cpus_per_worker,
                                                      max_restarts=algo.max_restarts, max_task_retries=0)
-        self.workers = [worker_actor.remote(cfg, worker) for worker in range(algo.num_workers)]
+        self.workers: list[Any] = [worker_actor.remote(cfg, worker) for worker in range(algo.num_workers)]
         self.pids: dict[int, int] = {}
         self.policy = RestartPolicy(record, algo.max_restarts)
 
@@ -474,7 +464,7 @@ class Actors:
 
 
 @contextmanager
-def run_actors(cfg: Any, record: Record, server_class: type[ParameterServerActor] | None) -> Iterator[Actors]:
+def run_actors(cfg: RunConfig, record: Record, server_class: type[ParameterServerActor] | None) -> Iterator[Actors]:
     """A run's actors on the cluster ``cfg.ray`` names; every one of them is killed when the run ends."""
     with ray_cluster(cfg, record):
         actors = Actors(cfg, record, server_class)
@@ -485,13 +475,13 @@ def run_actors(cfg: Any, record: Record, server_class: type[ParameterServerActor
 
 
 # --------------------------------------------------------------------------- the driver
-def run_parameter_server(cfg: Any, record: Record) -> None:
+def run_parameter_server(cfg: RunConfig, record: Record) -> None:
     """a3c parameter server: a resumed worker keeps no state but the server's parameters."""
     with run_actors(cfg, record, ParameterServerActor) as actors:
         supervise(cfg, record, actors, collectors=None, synchronous=False)
 
 
-def run_workers(cfg: Any, record: Record) -> None:
+def run_workers(cfg: RunConfig, record: Record) -> None:
     """a2c workers: a resumed worker continues its collector's state."""
     resume = record.resume_state
     collectors = check_collectors(resume, cfg.algo.num_workers) if resume is not None else None
@@ -499,7 +489,7 @@ def run_workers(cfg: Any, record: Record) -> None:
         supervise(cfg, record, actors, collectors, synchronous=True)
 
 
-def supervise(cfg: Any, record: Record, actors: Actors, collectors: list[dict[str, Any]] | None,
+def supervise(cfg: RunConfig, record: Record, actors: Actors, collectors: list[dict[str, Any]] | None,
               synchronous: bool) -> None:
     """Start the workers, replay the server's record calls every ``POLL_S`` seconds, restart failed workers
     (a synchronous round needs every worker: one that fails while the run stops is restarted to finish it),
@@ -551,7 +541,7 @@ class UnrollCalls:
     made (a Ray call's arguments are fixed when it is made, so an actor acts with the parameters of its call);
     finished unrolls wait in arrival order for the learner."""
 
-    def __init__(self, cfg: Any, actors: Actors, global_model: GlobalModel):
+    def __init__(self, cfg: RunConfig, actors: Actors, global_model: GlobalModel):
         self.algo, self.actors, self.global_model = cfg.algo, actors, global_model
         self.in_flight: dict[Any, int] = {}  # call -> worker
         self.pending: list[tuple[UnrollReady, dict[str, np.ndarray]]] = []
@@ -580,11 +570,11 @@ class UnrollCalls:
         return [ready for ready, _ in taken], join_unrolls(parts)
 
 
-def run_impala(cfg: Any, record: Record) -> None:
+def run_impala(cfg: RunConfig, record: Record) -> None:
     """impala: actors on the cluster, the learner in this driver (on ``device``), recording directly."""
     torch.set_num_threads(cfg.torch_threads)
-    global_model = GlobalModel(cfg, record.resume_state, None, shared=False, device=learner_device(cfg))
-    counters, learner = global_model.counters, Learner(cfg, record, global_model)
+    global_model = GlobalModel(cfg, record.resume_state, device=learner_device(cfg))
+    counters, learner = global_model.counters, UnrollLearner(cfg, record, global_model)
     with run_actors(cfg, record, None) as actors:
         actors.start_all(counters.env_steps)
         calls, watchdog = UnrollCalls(cfg, actors, global_model), StallWatchdog()
@@ -610,7 +600,7 @@ def run_impala(cfg: Any, record: Record) -> None:
     evaluate_if_due(cfg, record, global_model, workers_done=True)
 
 
-def collect_unroll(cfg: Any, actors: Actors, calls: UnrollCalls, call: Any, env_steps: int) -> None:
+def collect_unroll(cfg: RunConfig, actors: Actors, calls: UnrollCalls, call: Any, env_steps: int) -> None:
     """Take a finished call's unroll, or answer its actor's failure (restart it, or fail the run)."""
     if call not in calls.in_flight:
         return  # its actor failed and was restarted meanwhile

@@ -1,7 +1,7 @@
 """Simulated workers (``backend=simulated``): ``num_workers`` virtual workers in one process, on a virtual clock.
 
 Each virtual worker has its own envs, collector, generator and local model (a
-:class:`~algorithms.schedules.worker.LocalLearner`), and the learning is real: every rollout, gradient and update is
+:class:`~algorithms.schedules.worker.RolloutWorker`), and the learning is real: every rollout, gradient and update is
 computed. Only time is modelled, by :class:`CostModel` (``sim.*``): a worker's task (collect a rollout, compute
 its gradient), every message and every update's bookkeeping (``update_s``: syncing, the learning rate and guards,
 recording the rows) take virtual seconds, and the server applies one gradient at a time. Events are
@@ -29,30 +29,29 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from algorithms.core.optimizers import set_learning_rate
-from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, join_unrolls, unroll_from
+from algorithms.config import RunConfig
+from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, join_unrolls
 from algorithms.infra.checkpoint import make_checkpoint
-from algorithms.infra.messages import Episode, EpisodeRow, Push, Record, UnrollReady, UpdateRow, to_wire
-from algorithms.infra.shared_memory import average_gradients
-from algorithms.schedules.actor_learner import Learner
+from algorithms.infra.messages import Episode, Push, Record, UnrollReady, to_wire
+from algorithms.schedules.actor_learner import UnrollLearner, act
 from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
-from algorithms.schedules.parameter_server import ParameterServer, evaluation_statistics
-from algorithms.schedules.synchronous import SyncLog
-from algorithms.schedules.worker import LocalLearner
-from algorithms.updates.guard import NonFiniteGuard
-from algorithms.updates.rule import learning_rate
+from algorithms.schedules.parameter_server import ParameterServer
+from algorithms.schedules.synchronous import SyncLog, mean_step, round_episodes, round_row
+from algorithms.schedules.worker import RolloutWorker
+from algorithms.updates import rule_for
 
 
 class CostModel:
     """Virtual seconds of a worker's task and of a message, from ``sim.*``. Its generator (seeded with the run's
     seed, drawn in event order) serves time alone, so the cost model never changes what is learned."""
 
-    def __init__(self, cfg: Any, num_params: int):
+    def __init__(self, cfg: RunConfig, num_params: int):
         sim, algo = cfg.sim, cfg.algo
         self.sim = sim
         self.rng = np.random.default_rng(cfg.seed)
@@ -78,39 +77,39 @@ class VirtualClock:
         return self.now
 
 
-def start(cfg: Any, record: Record) -> tuple[GlobalModel, list[LocalLearner], CostModel, VirtualClock]:
+def start(cfg: RunConfig, record: Record) -> tuple[GlobalModel, list[RolloutWorker], CostModel, VirtualClock]:
     torch.set_num_threads(cfg.torch_threads)
-    global_model = GlobalModel(cfg, None, None, shared=False)
+    global_model = GlobalModel(cfg)
     clock = VirtualClock()
     record.use_clock(clock)
-    learners = []
+    workers = []
     try:
         for worker in range(cfg.algo.num_workers):
-            learners.append(LocalLearner(cfg, worker, 0))
+            workers.append(RolloutWorker(cfg, worker, 0))
     except BaseException:
-        close(learners)
+        close(workers)
         raise
-    return global_model, learners, CostModel(cfg, global_model.model.flat_params.numel()), clock
+    return global_model, workers, CostModel(cfg, global_model.model.flat_params.numel()), clock
 
 
-def close(learners: list[LocalLearner]) -> None:
-    for learner in learners:
-        learner.close()
+def close(workers: list[RolloutWorker]) -> None:
+    for rollouts in workers:
+        rollouts.close()
 
 
 # --------------------------------------------------------------------------- a3c: pushes queue at a server
-def run_parameter_server(cfg: Any, record: Record) -> None:
+def run_parameter_server(cfg: RunConfig, record: Record) -> None:
     run_asynchronous(cfg, record, messages=True)
 
 
-def run_hogwild(cfg: Any, record: Record) -> None:
+def run_hogwild(cfg: RunConfig, record: Record) -> None:
     run_asynchronous(cfg, record, messages=False)
 
 
-def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
+def run_asynchronous(cfg: RunConfig, record: Record, messages: bool) -> None:
     """Workers compute from the parameters they synced to; their gradients are applied one at a time, in the
     order they reach the server (or the lock), each worker then syncing to the parameters after its own."""
-    global_model, learners, costs, clock = start(cfg, record)
+    global_model, workers, costs, clock = start(cfg, record)
     message_s = costs.message_s if messages else 0.0
     # Who pays an update's bookkeeping: the parameter server per push (it queues pushes), a Hogwild worker itself.
     worker_update_s, server_update_s = (0.0, costs.update_s) if messages else (costs.update_s, 0.0)
@@ -118,16 +117,16 @@ def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
     in_flight: list[tuple[float, int, Push]] = []  # (arrival time, worker, push): one push per worker
 
     def compute(worker: int, synced_at: float) -> None:
-        learner = learners[worker]
+        rollouts = workers[worker]
         version, params = global_model.params_for_worker()
-        learner.model.flat_params.copy_(params)
-        episodes, stats = learner.learn()
-        push = Push(worker, version, to_wire(learner.model.flat_grads), stats, episodes, learner.steps, None,
-                    synced_at, evaluation_statistics(learner))
+        rollouts.model.flat_params.copy_(params)
+        episodes, stats = rollouts.compute_gradient()
+        push = Push(worker, version, to_wire(rollouts.model.flat_grads), stats, episodes, rollouts.steps, None,
+                    synced_at, rollouts.evaluation_statistics())
         heapq.heappush(in_flight, (synced_at + costs.task(worker) + worker_update_s + message_s, worker, push))
 
     try:
-        for worker in range(len(learners)):
+        for worker in range(len(workers)):
             compute(worker, message_s)  # the server's first answer: the initial parameters
         server_free = 0.0
         while in_flight:
@@ -139,12 +138,12 @@ def run_asynchronous(cfg: Any, record: Record, messages: bool) -> None:
             if not server.finishing():
                 compute(worker, clock.now + message_s)
     finally:  # also after a failure: the parameters as they were before it (a non-finite one is refused)
-        close(learners)
+        close(workers)
         record.save_checkpoint(global_model.checkpoint())
 
 
 # --------------------------------------------------------------------------- a2c: rounds at a barrier
-class Round(NamedTuple):
+class WorkerPart(NamedTuple):
     """One worker's part of a synchronous round: when its gradient arrived, its loss statistics and episodes."""
 
     arrived: float
@@ -152,59 +151,43 @@ class Round(NamedTuple):
     episodes: list[Episode]
 
 
-def run_synchronous(cfg: Any, record: Record) -> None:
+def run_synchronous(cfg: RunConfig, record: Record) -> None:
     """Every round: all workers compute from the same parameters, the mean of their gradients is applied when
     the slowest has arrived, and the new parameters reach them all."""
-    global_model, learners, costs, clock = start(cfg, record)
-    model, counters = global_model.model, global_model.counters
-    log = SyncLog(record, cfg.algo.num_workers, 0, 0)
-    gradients = torch.zeros(cfg.algo.num_workers, model.flat_params.numel())
+    global_model, workers, costs, clock = start(cfg, record)
+    model, counters, num_workers = global_model.model, global_model.counters, cfg.algo.num_workers
+    rule = rule_for(cfg, global_model.target(), can_skip=False)  # every replica takes the same step
+    log = SyncLog(record, num_workers, 0, 0)
+    gradients = torch.zeros(num_workers, model.flat_params.numel())
     try:
         round_start = costs.message_s  # the initial parameters' broadcast
         while counters.env_steps < cfg.total_env_steps and not record.stop_requested:
-            parts = [compute_part(cfg, learner, model.flat_params, gradients[worker], counters, costs, round_start)
-                     for worker, learner in enumerate(learners)]
+            parts = [compute_part(rollouts, model.flat_params, gradients[worker], costs, round_start)
+                     for worker, rollouts in enumerate(workers)]
             last = max(part.arrived for part in parts)
             clock.now = last + cfg.sim.apply_s + costs.update_s
-            lr = learning_rate(cfg.algo, counters.env_steps, cfg.total_env_steps)
-            average_gradients(gradients, out=model.flat_grads)
-            set_learning_rate(global_model.optimizer, lr)
-            global_model.optimizer.step()
-            steps = cfg.algo.num_workers * learners[0].steps
-            NonFiniteGuard(cfg.algo, 0, can_skip=False).check_parameters(model.flat_params, counters.version,
-                                                                         counters.env_steps + steps)
-            record_round(log, parts, counters.version, counters.env_steps, steps, lr)
-            counters.version, counters.env_steps = counters.version + 1, counters.env_steps + steps
+            version, env_steps = counters.version, counters.env_steps
+            step = mean_step(rule, gradients, [part.stats for part in parts], counters, num_workers * workers[0].steps)
+            for worker, part in enumerate(parts):
+                log.add(worker, [round_row(version, counters.env_steps, step, part.stats, last - part.arrived)],
+                        round_episodes(version, env_steps, part.episodes, num_workers))
+            log.record_complete()
             evaluate_if_due(cfg, record, global_model, workers_done=True)
             round_start = clock.now + costs.message_s
     finally:  # also after a failure: the parameters as they were before it (a non-finite one is refused)
         record.save_checkpoint(make_checkpoint(model.state_dict(), global_model.optimizer.state_dict(),
                                                counters.env_steps, counters.version,
-                                               collectors=[learner.collector.state_dict() for learner in learners]))
-        close(learners)
+                                               collectors=[rollouts.collector.state_dict() for rollouts in workers]))
+        close(workers)
 
 
-def compute_part(cfg: Any, learner: LocalLearner, params: torch.Tensor, gradient: torch.Tensor, counters: Any,
-                 costs: CostModel, round_start: float) -> Round:
+def compute_part(rollouts: RolloutWorker, params: torch.Tensor, gradient: torch.Tensor, costs: CostModel,
+                 round_start: float) -> WorkerPart:
     """One worker's rollout and gradient (into ``gradient``) with the round's parameters."""
-    learner.model.flat_params.copy_(params)
-    episodes, stats = learner.learn()
-    after = counters.env_steps + cfg.algo.num_workers * learner.steps
-    NonFiniteGuard(cfg.algo, learner.worker, can_skip=False).admits(stats, counters.version, after)
-    gradient.copy_(learner.model.flat_grads)
-    return Round(round_start + costs.task(learner.worker) + costs.message_s, stats, episodes)
-
-
-def record_round(log: SyncLog, parts: list[Round], version: int, env_steps: int, steps: int, lr: float) -> None:
-    """The round's rows as the local a2c workers report theirs (``SyncLog`` orders them the same way)."""
-    last, workers = max(part.arrived for part in parts), len(parts)
-    for worker, part in enumerate(parts):
-        # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
-        episodes = [EpisodeRow(version, env_steps + episode.steps_into_rollout * workers, episode.ret, episode.length)
-                    for episode in part.episodes]
-        log.add(worker, [UpdateRow(env_steps + steps, version, version, True, lr, **part.stats,
-                                   wait_time=last - part.arrived)], episodes)
-    log.record_complete()
+    rollouts.model.flat_params.copy_(params)
+    episodes, stats = rollouts.compute_gradient()
+    gradient.copy_(rollouts.model.flat_grads)
+    return WorkerPart(round_start + costs.task(rollouts.worker) + costs.message_s, stats, episodes)
 
 
 # --------------------------------------------------------------------------- impala: unrolls queue at one learner
@@ -212,7 +195,7 @@ LEARNED, ACTED, ARRIVED = 0, 1, 2  # event kinds, in their order at one time: an
 # published acts with it (as a local actor waiting for it does)
 
 
-def run_impala(cfg: Any, record: Record) -> None:
+def run_impala(cfg: RunConfig, record: Record) -> None:
     simulation = SimulatedImpala(cfg, record)
     try:
         simulation.run()
@@ -229,12 +212,12 @@ class SimulatedImpala:
     (one message of its bytes). The learner, a serial resource, takes ``batch_size`` unrolls in arrival order and
     publishes ``learn_s + batch_size * learn_unroll_s`` later (one batched pass over them all); slots free when
     their unrolls are taken (with ``wait_for_update``, when the update is published). The learning is the local
-    learner's (:class:`~algorithms.schedules.actor_learner.Learner`)."""
+    learner's (:class:`~algorithms.schedules.actor_learner.UnrollLearner`)."""
 
-    def __init__(self, cfg: Any, record: Record):
+    def __init__(self, cfg: RunConfig, record: Record):
         self.cfg, self.algo, self.record = cfg, cfg.algo, record
         self.global_model, self.actors, self.costs, self.clock = start(cfg, record)
-        self.learner = Learner(cfg, record, self.global_model)
+        self.learner = UnrollLearner(cfg, record, self.global_model)
         sim, algo = cfg.sim, cfg.algo
         self.unroll_cost_s = algo.n_steps * algo.num_envs * sim.env_step_s + algo.n_steps * sim.forward_s + sim.unroll_s
         self.update_cost_s = sim.learn_s + algo.batch_size * sim.learn_unroll_s
@@ -247,8 +230,9 @@ class SimulatedImpala:
 
     def run(self) -> None:
         for worker in range(self.algo.num_workers):
-            self.act(worker, self.costs.message_s)  # the initial parameters' broadcast
-        handlers = {LEARNED: self.learned, ACTED: self.acted, ARRIVED: self.arrived}
+            self.start_unroll(worker, self.costs.message_s)  # the initial parameters' broadcast
+        handlers: dict[int, Callable[[float, int, Any], None]] = {LEARNED: self.learned, ACTED: self.acted,
+                                                                   ARRIVED: self.arrived}
         while self.events and not (self.learner.finished() or self.record.stop_requested):
             time, kind, worker, _, payload = heapq.heappop(self.events)
             self.clock.now = time
@@ -258,14 +242,13 @@ class SimulatedImpala:
         self.sequence += 1
         heapq.heappush(self.events, (time, kind, worker, self.sequence, payload))
 
-    def act(self, worker: int, now: float) -> None:
+    def start_unroll(self, worker: int, now: float) -> None:
         """The actor's next unroll, acted now with the published parameters."""
         actor = self.actors[worker]
         version, params = self.global_model.params_for_worker()
         actor.model.flat_params.copy_(params)
-        episodes = actor.collector.collect(actor.model)
-        unroll = unroll_from(actor.collector, actor.model).copy()
-        ready = UnrollReady(worker, 0, version, episodes, actor.steps, now, evaluation_statistics(actor))
+        ready, unroll = act(actor, version)
+        unroll = unroll.copy()  # the collector's buffers: the next unroll is acted before this one is learned
         self.held[worker] += 1
         self.push(now + self.costs.task(worker, self.unroll_cost_s), ACTED, worker, (ready, unroll))
 
@@ -275,7 +258,7 @@ class SimulatedImpala:
         self.push(now + self.cfg.sim.message_s + size * self.cfg.sim.byte_s + self.cfg.sim.latency_s, ARRIVED,
                   worker, item)
         if self.held[worker] < self.algo.queue_depth:
-            self.act(worker, now)
+            self.start_unroll(worker, now)
         else:
             self.idle.add(worker)
 
@@ -306,4 +289,4 @@ class SimulatedImpala:
             self.held[ready.worker] -= 1
             if ready.worker in self.idle:
                 self.idle.discard(ready.worker)
-                self.act(ready.worker, now)
+                self.start_unroll(ready.worker, now)

@@ -1,33 +1,35 @@
-"""The n-step actor-critic update rule (A2C, A3C; Mnih et al. 2016), with GAE when ``gae_lambda < 1``.
-"""
+"""The n-step actor-critic update rule (A2C, A3C; Mnih et al. 2016), with GAE when ``gae_lambda < 1``: one step
+per rollout, on the policy that collected it."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 
+from algorithms.config import AlgoConfig
 from algorithms.core.losses import actor_critic_loss, gae_advantages, n_step_returns
 from algorithms.core.nets import ActorCritic
 from algorithms.core.rollout import Rollout
+from algorithms.updates.rule import UpdateRule
 
 
-def compute_gradients(model: ActorCritic, rollout: Rollout, algo: Any) -> dict[str, float]:
+def compute_gradients(model: ActorCritic, rollout: Rollout, algo: AlgoConfig) -> dict[str, float]:
     """Fill ``model``'s ``.grad`` with the gradient of the actor-critic loss on ``rollout``.
 
     Returns the loss parts and the pre-clipping gradient norm. Gradients are clipped to
     ``algo.max_grad_norm`` in place; ``.grad`` is overwritten, never accumulated.
     """
-    rewards, values = rollout.rewards.numpy(), rollout.values.numpy()
+    rewards, values_np = rollout.rewards.numpy(), rollout.values.numpy()
     bootstrap = dict(terminated=rollout.terminated.numpy(), truncated=rollout.truncated.numpy(),
                      truncation_values=rollout.truncation_values.numpy(), next_value=rollout.next_value.numpy())
     if algo.gae_lambda == 1.0:
         returns_np = n_step_returns(rewards, gamma=algo.gamma, **bootstrap)
-        advantages_np = returns_np - values
+        advantages_np = returns_np - values_np
     else:
-        advantages_np = gae_advantages(rewards, values, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
+        advantages_np = gae_advantages(rewards, values_np, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
                                        **bootstrap)
-        returns_np = advantages_np + values
+        returns_np = advantages_np + values_np
     device = model.device
     returns = torch.from_numpy(returns_np).to(device)
     advantages = torch.from_numpy(advantages_np).flatten().to(device)
@@ -42,7 +44,7 @@ def compute_gradients(model: ActorCritic, rollout: Rollout, algo: Any) -> dict[s
 
 
 def backpropagate(model: ActorCritic, loss: torch.Tensor, parts: dict[str, torch.Tensor],
-                  algo: Any) -> dict[str, float]:
+                  algo: AlgoConfig) -> dict[str, float]:
     """Overwrite ``model``'s ``.grad`` with the gradient of ``loss``, clipped to ``algo.max_grad_norm`` in place;
     return the loss parts and the pre-clipping gradient norm."""
     model.flat_grads.zero_()
@@ -54,3 +56,10 @@ def backpropagate(model: ActorCritic, loss: torch.Tensor, parts: dict[str, torch
     stats = {name: float(value.detach()) for name, value in parts.items()}
     stats["grad_norm"] = grad_norm
     return stats
+
+
+class NStepActorCritic(UpdateRule):
+    """One step per rollout with :func:`compute_gradients`."""
+
+    def gradients(self, model: ActorCritic, batch: Rollout) -> Iterator[dict[str, float]]:
+        yield compute_gradients(model, batch, self.algo)

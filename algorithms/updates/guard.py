@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
+from algorithms.config import AlgoConfig
 from algorithms.infra.supervision import NonFiniteUpdate
 
 
@@ -18,7 +18,7 @@ class NonFiniteGuard:
     always raise: an applied step cannot be dropped. A schedule that cannot skip (a synchronous round) passes
     ``can_skip=False``."""
 
-    def __init__(self, algo: Any, worker: int, can_skip: bool = True):
+    def __init__(self, algo: AlgoConfig, worker: int, can_skip: bool = True):
         self.skip = can_skip and algo.on_nonfinite == "skip_update"
         self.limit, self.worker = algo.max_nonfinite_skips, worker
         self.in_a_row = 0

@@ -1,20 +1,22 @@
-"""IMPALA's off-policy actor-critic update rule (Espeholt et al. 2018): V-trace or another correction.
-"""
+"""IMPALA's off-policy actor-critic update rule (Espeholt et al. 2018): one step per batch of unrolls acted by older
+policies, corrected with V-trace or another ``algo.correction``."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from algorithms.config import AlgoConfig
 from algorithms.core.losses import actor_critic_loss, vtrace
 from algorithms.core.nets import ActorCritic
 from algorithms.core.rollout import Unrolls
 from algorithms.updates.actor_critic import backpropagate
+from algorithms.updates.rule import UpdateRule
 
 
-def off_policy_gradients(model: ActorCritic, unrolls: Unrolls, algo: Any) -> tuple[dict[str, float], float]:
+def off_policy_gradients(model: ActorCritic, unrolls: Unrolls, algo: AlgoConfig) -> tuple[dict[str, float], float]:
     """Fill ``model``'s ``.grad`` with the actor-critic loss on ``unrolls`` acted by older policies, corrected as
     ``algo.correction`` says (IMPALA's learner; Espeholt et al. 2018):
 
@@ -47,3 +49,11 @@ def off_policy_gradients(model: ActorCritic, unrolls: Unrolls, algo: Any) -> tup
     loss, parts = actor_critic_loss(log_probs, entropy, values, torch.from_numpy(targets).flatten().to(device),
                                     advantages_t, algo.value_coef, algo.entropy_coef)
     return backpropagate(model, loss, parts, algo), float(truncated_ratios.mean())
+
+
+class OffPolicyActorCritic(UpdateRule):
+    """One step per batch with :func:`off_policy_gradients`; its statistics add the mean truncated importance ratio."""
+
+    def gradients(self, model: ActorCritic, batch: Unrolls) -> Iterator[dict[str, float]]:
+        stats, importance_ratio = off_policy_gradients(model, batch, self.algo)
+        yield {**stats, "importance_ratio": importance_ratio}

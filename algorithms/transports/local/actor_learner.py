@@ -22,22 +22,22 @@ kept. Checkpoints hold the learner's state; resumed actors start fresh episodes.
 
 from __future__ import annotations
 
-import time
 from multiprocessing import connection
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from algorithms.config import RunConfig
 from algorithms.core.envs import make_vector_env
 from algorithms.core.model import learner_device
-from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, build_collector, join_unrolls, unroll_from
-from algorithms.infra.messages import Episode, Record, SlotFree, UnrollReady
+from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, build_collector, join_unrolls
+from algorithms.infra.messages import Record, SlotFree, UnrollReady
 from algorithms.infra.shared_memory import ParameterBoard
 from algorithms.infra.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
-from algorithms.schedules.actor_learner import Learner
+from algorithms.infra.timing import TIMINGS
+from algorithms.schedules.actor_learner import UnrollLearner, act
 from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
-from algorithms.schedules.parameter_server import evaluation_statistics
-from algorithms.schedules.worker import LocalLearner
+from algorithms.schedules.worker import RolloutWorker
 from algorithms.transports.local.asynchronous import tend_workers
 
 
@@ -46,7 +46,7 @@ class UnrollSlots:
     rollout. Slot ``(worker, slot)`` is written by that actor alone, and read by the learner only after the
     actor announced it; the learner hands it back with :class:`~algorithms.infra.messages.SlotFree`."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: RunConfig):
         envs = make_vector_env(cfg.env, cfg.algo.num_envs)
         try:
             rollout = build_collector(cfg, envs, 0).rollout
@@ -98,41 +98,37 @@ class Inbox:
             self.free.append(message.slot)
 
 
-def actor_loop(cfg: Any, worker: int, conn: connection.Connection, slots: UnrollSlots, board: ParameterBoard,
+def actor_loop(cfg: RunConfig, worker: int, conn: connection.Connection, slots: UnrollSlots, board: ParameterBoard,
                free_slots: list[int], env_steps: int) -> None:
     """An actor process: read the parameters -> act one unroll -> write it into a free slot -> announce it."""
-    actor = LocalLearner(cfg, worker, env_steps)
+    actor = RolloutWorker(cfg, worker, env_steps)
     inbox = Inbox(conn, free_slots)
     try:
         while (slot := inbox.take()) is not None:
-            version = board.read_into(actor.model.flat_params)
-            episodes = actor.collector.collect(actor.model)
-            announce(actor, slots, slot, version, episodes, conn)
+            with TIMINGS.part("unroll"):  # what backend=simulated's costs are calibrated on
+                ready, unroll = act(actor, board.read_into(actor.model.flat_params), slot)
+                slots.write(actor.worker, slot, unroll)
+                conn.send(ready)
             if cfg.algo.wait_for_update:
                 inbox.wait_for(slot)
     finally:
         actor.close()
 
 
-def announce(actor: LocalLearner, slots: UnrollSlots, slot: int, version: int, episodes: list[Episode],
-             conn: connection.Connection) -> UnrollReady:
-    """Write the unroll ``actor`` just collected (with its behaviour log-probabilities) into its ``slot`` and tell
-    the learner; return what it was told."""
-    slots.write(actor.worker, slot, unroll_from(actor.collector, actor.model))
-    ready = UnrollReady(actor.worker, slot, version, episodes, actor.steps, time.monotonic(),
-                        evaluation_statistics(actor))
-    conn.send(ready)
-    return ready
-
-
 # --------------------------------------------------------------------------- the learner
+
+
+class SendsToWorkers(Protocol):
+    """What the queue needs of a :class:`~algorithms.infra.supervision.Supervisor`: a message to a worker."""
+
+    def send(self, worker: int, message: Any) -> None: ...
 
 
 class SlotQueue:
     """The local transport: announced unrolls wait here in the order they were sent, their arrays in their actors'
     slots, until the learner takes ``batch_size`` of them; new parameters go on the board."""
 
-    def __init__(self, cfg: Any, learner: Learner):
+    def __init__(self, cfg: RunConfig, learner: UnrollLearner):
         self.algo, self.learner, self.slots = cfg.algo, learner, UnrollSlots(cfg)
         self.board = ParameterBoard(*learner.global_model.params_for_worker())
         self.pending: list[UnrollReady] = []
@@ -147,7 +143,7 @@ class SlotQueue:
         if not self.stopped:
             self.pending.append(unroll)
 
-    def update_if_ready(self, supervisor: Supervisor) -> bool:
+    def update_if_ready(self, supervisor: SendsToWorkers) -> bool:
         """One update from the oldest ``batch_size`` waiting unrolls, if there are that many; whether it made one."""
         if len(self.pending) < self.algo.batch_size or self.stopped or self.learner.finished():
             return False
@@ -155,33 +151,34 @@ class SlotQueue:
         self.update(batch, supervisor)
         return True
 
-    def update(self, batch: list[UnrollReady], supervisor: Supervisor) -> None:
+    def update(self, batch: list[UnrollReady], supervisor: SendsToWorkers) -> None:
         """Learn from ``batch``'s unrolls, publish the new parameters and hand their slots back (before learning,
-        unless ``wait_for_update``)."""
-        unrolls = self.slots.gather(batch)
-        if not self.algo.wait_for_update:
-            self._hand_back(batch, supervisor)
-        self.learner.learn(batch, unrolls)
-        self.board.publish(*self.learner.global_model.params_for_worker())
-        if self.algo.wait_for_update:
-            self._hand_back(batch, supervisor)
+        unless ``wait_for_update``). Timed as ``learn/<batch size>``."""
+        with TIMINGS.part(f"learn/{len(batch)}"):
+            unrolls = self.slots.gather(batch)
+            if not self.algo.wait_for_update:
+                self._hand_back(batch, supervisor)
+            self.learner.learn(batch, unrolls)
+            self.board.publish(*self.learner.global_model.params_for_worker())
+            if self.algo.wait_for_update:
+                self._hand_back(batch, supervisor)
 
-    def _hand_back(self, batch: list[UnrollReady], supervisor: Supervisor) -> None:
+    def _hand_back(self, batch: list[UnrollReady], supervisor: SendsToWorkers) -> None:
         for unroll in batch:
             supervisor.send(unroll.worker, SlotFree(unroll.slot))
 
-    def stop_actors(self, supervisor: Supervisor) -> None:
+    def stop_actors(self, supervisor: SendsToWorkers) -> None:
         self.stopped = True
         for worker in range(self.algo.num_workers):
             supervisor.send(worker, None)
 
 
-def run(cfg: Any, record: Record) -> None:
+def run(cfg: RunConfig, record: Record) -> None:
     """Start the actors, then learn from their unrolls and supervise them until the budget or a stop."""
     torch.set_num_threads(cfg.torch_threads)
     algo = cfg.algo
-    global_model = GlobalModel(cfg, record.resume_state, None, shared=False, device=learner_device(cfg))
-    counters, learner = global_model.counters, Learner(cfg, record, global_model)
+    global_model = GlobalModel(cfg, record.resume_state, device=learner_device(cfg))
+    counters, learner = global_model.counters, UnrollLearner(cfg, record, global_model)
     queue = SlotQueue(cfg, learner)
     with WorkerProcesses(algo.start_method) as processes:
         supervisor = Supervisor(cfg, record, processes, actor_loop,

@@ -2,9 +2,9 @@
 
 Hogwild workers step shared parameters and a shared optimizer themselves (``lock`` serializes the sync
 and the apply, so versions are exact); parameter-server workers push gradients that the trainer applies
-in arrival order (``algorithms.schedules.parameter_server``). Controlled staleness (``algo.staleness``) and the
-version bookkeeping live in ``algorithms.schedules.global_model``. With ``num_workers=1`` either mode runs its one worker
-in the trainer process and gives ``single``'s parameters exactly. See docs/design.md for the details.
+in arrival order (``algorithms.schedules.parameter_server``); both step with the run's update rule, which applies
+controlled staleness (``algo.staleness``). With ``num_workers=1`` either mode runs its one worker in the trainer
+process and gives ``single``'s parameters exactly. See docs/design.md for the details.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from multiprocessing import connection
-from typing import Any
 
 import torch
 
+from algorithms.config import RunConfig
 from algorithms.core.evaluation import take_snapshot
 from algorithms.core.model import learner_device
+from algorithms.infra.checkpoint import Checkpoint
 from algorithms.infra.messages import (
     Episode,
     EpisodeRow,
@@ -33,85 +34,91 @@ from algorithms.infra.messages import (
 from algorithms.infra.processes import process_context
 from algorithms.infra.shared_memory import SharedRows
 from algorithms.infra.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
+from algorithms.infra.timing import TIMINGS
 from algorithms.schedules.global_model import GlobalModel, GlobalState, evaluate_if_due
 from algorithms.schedules.hogwild import HogwildWorker
 from algorithms.schedules.parameter_server import ParameterServer, parameter_server_worker
-from algorithms.schedules.worker import LocalLearner
+from algorithms.schedules.worker import RolloutWorker
 
 
-def run_hogwild(cfg: Any, record: Record) -> None:
+def run_hogwild(cfg: RunConfig, record: Record) -> None:
     torch.set_num_threads(cfg.torch_threads)  # the trainer's, and the in-process worker's
-    shared = cfg.algo.num_workers > 1
-    global_model = GlobalModel(cfg, record.resume_state, process_context(cfg.algo.start_method), shared)
+    shared = cfg.algo.num_workers > 1  # one worker runs in this process: nothing to share
+    context = process_context(cfg.algo.start_method) if shared else None
+    global_model = GlobalModel(cfg, record.resume_state, shared_with=context)
     (train_hogwild if shared else train_one_worker)(cfg, record, global_model)
 
 
-def run_parameter_server(cfg: Any, record: Record) -> None:
+def run_parameter_server(cfg: RunConfig, record: Record) -> None:
     torch.set_num_threads(cfg.torch_threads)
-    global_model = GlobalModel(cfg, record.resume_state, None, shared=False, device=learner_device(cfg))
+    global_model = GlobalModel(cfg, record.resume_state, device=learner_device(cfg))
     (serve_parameters if cfg.algo.num_workers > 1 else train_one_worker)(cfg, record, global_model)
 
 
 # --------------------------------------------------------------------------- hogwild
 
 
-def train_one_worker(cfg: Any, record: Record, global_model: GlobalModel) -> None:
+def train_one_worker(cfg: RunConfig, record: Record, global_model: GlobalModel) -> None:
     """``num_workers=1``: the worker loop in the trainer process, recording directly."""
     counters, resume = global_model.counters, record.resume_state
     collectors = resume["collectors"] if resume is not None else []
     worker = HogwildWorker(cfg, 0, global_model.state(), counters.env_steps, collectors[0] if collectors else None)
-    collector = worker.learner.collector
+    collector = worker.rollouts.collector
 
-    def checkpoint() -> dict[str, Any]:
+    def checkpoint() -> Checkpoint:
         return global_model.checkpoint(collectors=[collector.state_dict()])
 
     try:
         while counters.env_steps < cfg.total_env_steps and not record.stop_requested:
-            row, episodes = worker.step()
-            record_episodes(record, 0, int(row.env_steps) - worker.learner.steps, episodes)
-            record_update(record, 0, row)
-            if record.evaluation_due(counters.env_steps):
-                record.evaluate(take_snapshot(worker.state.params, counters.env_steps, counters.version,
-                                              collector.obs_normalizer))
-            if record.checkpoint_due(counters.env_steps):
-                record.save_checkpoint(checkpoint())
+            with TIMINGS.part("update"):  # what backend=simulated's costs are calibrated on
+                row, episodes = worker.step()
+                record_episodes(record, 0, int(row.env_steps) - worker.rollouts.steps, episodes)
+                record_update(record, 0, row)
+                if record.evaluation_due(counters.env_steps):
+                    record.evaluate(take_snapshot(worker.state.params, counters.env_steps, counters.version,
+                                                  collector.obs_normalizer))
+                if record.checkpoint_due(counters.env_steps):
+                    record.save_checkpoint(checkpoint())
     finally:
         worker.close()
         record.save_checkpoint(checkpoint())
 
 
-def hogwild_worker(cfg: Any, worker: int, conn: connection.Connection, env_steps: int, state: GlobalState,
+def hogwild_worker(cfg: RunConfig, worker: int, conn: connection.Connection, env_steps: int, state: GlobalState,
                    updates: SharedRows[UpdateRow], episodes: SharedRows[EpisodeRow]) -> None:
     """A Hogwild worker process: step the shared model and report rows, until the budget or a stop."""
     hogwild = HogwildWorker(cfg, worker, state, env_steps)
     counters = state.counters
 
     def report(row: UpdateRow, finished: Sequence[Episode]) -> None:
-        start = row.env_steps - hogwild.learner.steps
+        start = row.env_steps - hogwild.rollouts.steps
         for episode in finished:
             episodes.append(EpisodeRow(row.version_at_sync, start + episode.steps_into_rollout, episode.ret,
                                        episode.length))
         updates.append(row)
 
-    publish = state.obs_statistics is not None and worker == 0  # for the trainer's evaluations
+    published = state.obs_statistics if worker == 0 else None  # for the trainer's evaluations
     try:
         while not counters.stop and counters.env_steps < cfg.total_env_steps:
             hogwild.step(report)
-            if publish:
-                state.obs_statistics.publish(hogwild.learner.collector.obs_normalizer.state_dict())
+            if published is not None:
+                normalizer = hogwild.rollouts.collector.obs_normalizer
+                assert normalizer is not None  # observation statistics are kept when observations are normalized
+                published.publish(normalizer.state_dict())
     finally:
         hogwild.close()
 
 
-def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
+def train_hogwild(cfg: RunConfig, record: Record, global_model: GlobalModel) -> None:
     """Start the Hogwild workers, then drain their rows into the record and supervise until they finish."""
     algo, counters, lock = cfg.algo, global_model.counters, global_model.lock
+    assert lock is not None  # the global model is shared with the worker processes
     state = global_model.state()
     tables = {worker: (SharedRows(UpdateRow), SharedRows(EpisodeRow)) for worker in range(algo.num_workers)}
 
     def drain(marks: dict[int, tuple[int, int]] | None = None) -> bool:
         """Record the rows written so far (or up to each worker's ``marks``), updates by version."""
-        rows = []
+        rows: list[tuple[int, int, UpdateRow]] = []
         for worker, (updates, episodes) in tables.items():
             until_update, until_episode = marks[worker] if marks else (None, None)
             for episode in episodes.drain(until_episode):
@@ -158,7 +165,7 @@ def train_hogwild(cfg: Any, record: Record, global_model: GlobalModel) -> None:
 
 
 # --------------------------------------------------------------------------- parameter server
-def serve_parameters(cfg: Any, record: Record, global_model: GlobalModel) -> None:
+def serve_parameters(cfg: RunConfig, record: Record, global_model: GlobalModel) -> None:
     """The trainer as parameter server over pipes: messages found waiting together are taken by send time."""
     algo, counters = cfg.algo, global_model.counters
     server = ParameterServer(cfg, record, global_model)
@@ -198,18 +205,20 @@ class PipeLink:
         return self.conn.recv()
 
 
-def pipe_worker(cfg: Any, worker: int, conn: connection.Connection, env_steps: int) -> None:
+def pipe_worker(cfg: RunConfig, worker: int, conn: connection.Connection, env_steps: int) -> None:
     """A worker process of the local parameter server, starting at ``env_steps``."""
-    learner = LocalLearner(cfg, worker, env_steps)
+    rollouts = RolloutWorker(cfg, worker, env_steps)
     try:
-        parameter_server_worker(learner, PipeLink(conn, worker))
+        parameter_server_worker(rollouts, PipeLink(conn, worker))
     finally:
-        learner.close()
+        rollouts.close()
 
 
-def tend_workers(cfg: Any, record: Any, global_model: GlobalModel, supervisor: Any, finishing: bool) -> None:
+def tend_workers(cfg: RunConfig, record: Record, global_model: GlobalModel, supervisor: Supervisor,
+                 finishing: bool) -> None:
     """What a trainer serving worker processes does after each batch of messages: answer the workers' exits
-    (``supervisor``, an ``algorithms.infra.supervision.Supervisor``), evaluate and checkpoint when due, watch for a stall."""
+    (``supervisor``, an ``algorithms.infra.supervision.Supervisor``), evaluate and checkpoint when due, watch for a
+    stall."""
     supervisor.handle_exits(finishing=finishing)
     evaluate_if_due(cfg, record, global_model, workers_done=False)
     if record.checkpoint_due(global_model.counters.env_steps):

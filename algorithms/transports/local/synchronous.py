@@ -13,21 +13,21 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from multiprocessing import connection
-from typing import Any
 
 import torch
 
-from algorithms.core.evaluation import EvalSnapshot, next_evaluation_at, take_snapshot
+from algorithms.config import RunConfig
+from algorithms.core.evaluation import next_evaluation_at, take_snapshot
 from algorithms.core.model import build_spaces_model
-from algorithms.core.optimizers import make_optimizer, set_learning_rate
-from algorithms.infra.checkpoint import check_collectors, restore_model
-from algorithms.infra.messages import CheckpointPart, EpisodeRow, Record, UpdateRow
+from algorithms.core.optimizers import make_optimizer
+from algorithms.infra.checkpoint import Checkpoint, check_collectors, restore_model
+from algorithms.infra.messages import CheckpointPart, EpisodeRow, EvalSnapshot, Record, UpdateRow
 from algorithms.infra.shared_memory import GradientExchange, SharedRows
 from algorithms.infra.supervision import POLL_S, STALL_TIMEOUT_S, RestartPolicy, Supervisor, WorkerProcesses
-from algorithms.schedules.synchronous import SyncLog, checkpoint_crossed
-from algorithms.schedules.worker import LocalLearner
-from algorithms.updates.guard import NonFiniteGuard
-from algorithms.updates.rule import learning_rate
+from algorithms.schedules.synchronous import SyncLog, checkpoint_crossed, round_episodes, round_row
+from algorithms.schedules.worker import RolloutWorker
+from algorithms.updates import rule_for
+from algorithms.updates.rule import Target
 
 BARRIER_TIMEOUT_S = 2 * STALL_TIMEOUT_S  # a worker's own limit, should the trainer be unable to end the run
 
@@ -44,66 +44,60 @@ class WorkerStart:
     states: bytes | None = None
 
 
-def synchronous_worker(cfg: Any, worker: int, conn: connection.Connection, start: WorkerStart,
+def synchronous_worker(cfg: RunConfig, worker: int, conn: connection.Connection, start: WorkerStart,
                        exchange: GradientExchange, updates: SharedRows[UpdateRow],
                        episodes: SharedRows[EpisodeRow]) -> None:
     """collect -> gradient -> exchange at the barrier -> apply the mean -> report; until the budget or a stop."""
     algo, states = cfg.algo, pickle.loads(start.states) if start.states is not None else None
-    learner = LocalLearner(cfg, worker, start.env_steps, states["collector"] if states else None)
+    rollouts = RolloutWorker(cfg, worker, start.env_steps, states["collector"] if states else None)
     try:
-        model, optimizer = learner.model, make_optimizer(learner.model, algo)
+        model, optimizer = rollouts.model, make_optimizer(rollouts.model, algo)
         if states is not None:
             restore_model(states, model, optimizer)
+        rule = rule_for(cfg, Target(optimizer, model.flat_params), can_skip=False)  # replicas take the same step
         version, env_steps = start.version, start.env_steps
         evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)  # the record's rule
-        steps_per_update = algo.num_workers * learner.steps
-        guard = NonFiniteGuard(algo, worker, can_skip=False)  # every replica must take the same step
+        steps_per_update = algo.num_workers * rollouts.steps
         while env_steps < cfg.total_env_steps:  # true until the last update but when resuming a completed run
             slot = version % 2
-            finished, stats = learner.learn()
-            guard.admits(stats, version, env_steps + steps_per_update)
-            for episode in finished:
-                # Workers step in lockstep, so the run has made num_workers steps for each of this worker's.
-                episodes.append(EpisodeRow(version, env_steps + episode.steps_into_rollout * algo.num_workers,
-                                           episode.ret, episode.length))
+            finished, stats = rollouts.compute_gradient()
+            rule.admit(worker, stats, version, env_steps + steps_per_update)
+            for row in round_episodes(version, env_steps, finished, algo.num_workers):
+                episodes.append(row)
             wait_time = exchange.exchange(worker, slot, model.flat_grads)
             exchange.mean_gradient(slot, out=model.flat_grads)
-            lr = learning_rate(algo, env_steps, cfg.total_env_steps)
-            set_learning_rate(optimizer, lr)
-            optimizer.step()
+            step = rule.step(version, version, env_steps, steps_per_update, worker=worker)
             env_steps += steps_per_update
-            guard.check_parameters(model.flat_params, version, env_steps)
             stop = exchange.stop_voted(slot) or env_steps >= cfg.total_env_steps
             checkpoint = stop or checkpoint_crossed(env_steps, steps_per_update, cfg.checkpoint_interval)
-            updates.append(UpdateRow(env_steps, version, version, True, lr, **stats, wait_time=wait_time,
-                                     checkpoint=checkpoint))
+            updates.append(round_row(version, env_steps, step, stats, wait_time, checkpoint))
             version += 1
             if worker == 0 and env_steps >= evaluation_at:  # the replicas are identical: one sends the policy
-                conn.send(take_snapshot(model.flat_params, env_steps, version, learner.collector.obs_normalizer))
+                conn.send(take_snapshot(model.flat_params, env_steps, version, rollouts.collector.obs_normalizer))
                 evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)
             if checkpoint:
-                send_checkpoint_part(conn, worker, learner, optimizer, version, env_steps)
+                send_checkpoint_part(conn, worker, rollouts, optimizer, version, env_steps)
             if stop:
                 return
     finally:
-        learner.close()
+        rollouts.close()
 
 
-def send_checkpoint_part(conn: connection.Connection, worker: int, learner: LocalLearner,
+def send_checkpoint_part(conn: connection.Connection, worker: int, rollouts: RolloutWorker,
                          optimizer: torch.optim.Optimizer, version: int, env_steps: int) -> None:
     """This worker's collector and parameters (to check the replicas agree), plus worker 0's model and
     optimizer, pickled here: a tensor sent as is would travel as a shared-memory handle, which a worker
     that exits right after sending could take with it."""
-    part = {"collector": learner.collector.state_dict(), "params": learner.model.flat_params.clone()}
+    part = {"collector": rollouts.collector.state_dict(), "params": rollouts.model.flat_params.clone()}
     if worker == 0:
-        part.update(model=learner.model.state_dict(), optimizer=optimizer.state_dict())
+        part.update(model=rollouts.model.state_dict(), optimizer=optimizer.state_dict())
     conn.send(CheckpointPart(version, env_steps, pickle.dumps(part)))
 
 
 # --------------------------------------------------------------------------- the trainer
 
 
-def worker_starts(cfg: Any, resume_state: dict[str, Any] | None) -> list[WorkerStart]:
+def worker_starts(cfg: RunConfig, resume_state: Checkpoint | None) -> list[WorkerStart]:
     if resume_state is None:
         return [WorkerStart(version=0, env_steps=0) for _ in range(cfg.algo.num_workers)]
     collectors = check_collectors(resume_state, cfg.algo.num_workers)
@@ -112,7 +106,7 @@ def worker_starts(cfg: Any, resume_state: dict[str, Any] | None) -> list[WorkerS
                                       "collector": collector})) for collector in collectors]
 
 
-def run(cfg: Any, record: Record) -> None:
+def run(cfg: RunConfig, record: Record) -> None:
     """Start the workers, record their updates in order, save their checkpoints, end on any death."""
     algo = cfg.algo
     starts = worker_starts(cfg, record.resume_state)

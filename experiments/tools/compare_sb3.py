@@ -4,7 +4,7 @@ For every env and seed, on the zoo's settings (the env file's values, the zoo's 
 
 - ours: ``algo=a2c`` (vector mode, the zoo's number of envs) trained in this process into a run directory,
   evaluated at its end by its own ``eval.*`` (deterministic, ``--episodes`` episodes);
-- SB3's: ``experiments.sb3_peer.build_peer`` on the same config over the same envs (``VecNormalize`` where the
+- SB3's: ``experiments.tools.sb3_peer.build_peer`` on the same config over the same envs (``VecNormalize`` where the
   env file normalizes), trained the same env steps, evaluated by ``evaluate_policy`` on as many deterministic
   episodes of a fresh env with the training statistics frozen, as the zoo evaluates.
 
@@ -12,7 +12,7 @@ It prints a Markdown table (mean and standard deviation over seeds of each run's
 published score) and writes it with every run's numbers as JSON to ``--out``. Stable-Baselines3 is a development
 dependency.
 
-    python -m experiments.compare_sb3 --env cartpole acrobot lunarlander halfcheetah --seeds 0 1 2
+    python -m experiments.tools.compare_sb3 --env cartpole acrobot lunarlander halfcheetah --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -79,24 +79,25 @@ def sb3_evaluation(cfg: DictConfig) -> float:
     import torch
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
     from algorithms.core.envs import make_env
-    from experiments.sb3_peer import build_peer
+    from experiments.tools.sb3_peer import build_peer
 
     torch.set_num_threads(cfg.torch_threads)
     peer = build_peer(cfg, envs_from="ours")
     peer.learn(total_timesteps=cfg.total_env_steps)
-    eval_env = DummyVecEnv([lambda: Monitor(make_env(cfg.env))])  # Monitor: the raw returns, as the zoo's
-    if isinstance(peer.get_env(), VecNormalize):
-        eval_env = VecNormalize(eval_env, training=False, norm_obs=cfg.env.normalize_obs, norm_reward=False,
-                                clip_obs=cfg.env.clip_obs)
-        eval_env.obs_rms = peer.get_env().obs_rms
+    eval_env: VecEnv = DummyVecEnv([lambda: Monitor(make_env(cfg.env))])  # Monitor: the raw returns, as the zoo's
+    if isinstance(training_env := peer.get_env(), VecNormalize):
+        normalized = VecNormalize(eval_env, training=False, norm_obs=cfg.env.normalize_obs, norm_reward=False,
+                                  clip_obs=cfg.env.clip_obs)
+        normalized.obs_rms = training_env.obs_rms
+        eval_env = normalized
     eval_env.seed(cfg.seed + 1_000_000_000)  # apart from training's seeds, as our evaluation is
     mean, _ = evaluate_policy(peer, eval_env, n_eval_episodes=cfg.eval.episodes, deterministic=True)
     eval_env.close()
     peer.get_env().close()
-    return float(mean)
+    return float(cast(float, mean))  # a mean: evaluate_policy's type also covers its per-episode lists
 
 
 def spread(values: list[float]) -> str:
@@ -115,7 +116,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare_sb3", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.tools.compare_sb3",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--env", nargs="+", choices=sorted(ZOO_A2C), default=sorted(ZOO_A2C))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="env steps of every run (default: the zoo's)")

@@ -4,9 +4,9 @@ Each measurement runs ``python -m experiments.train`` in a fresh process, as a u
 ``updates.csv`` for its first row: interpreter and imports, config, the run record, worker processes (each
 importing torch under ``spawn``, forked ready from the forkserver by default) and the first rollout. ``--against
 DIR`` runs the same command in another checkout (``git worktree add DIR REV``) right after each run here, so
-that the machine's drift stays out of the ratio. Specs are those of ``experiments.throughput``::
+that the machine's drift stays out of the ratio. Specs are those of ``experiments.tools.throughput``::
 
-    python -m experiments.startup --runs a3c:hogwild:2w impala:actor_learner:2w --repeats 5 --against /tmp/old
+    python -m experiments.tools.startup --runs a3c:hogwild:2w impala:actor_learner:2w --repeats 5 --against /tmp/old
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from experiments.record import git_state
-from experiments.throughput import RunSpec, machine, parse_spec
+from experiments.tools.throughput import RunSpec, machine, parse_spec
 
-HERE = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[2]  # this checkout's root
 POLL_S = 0.005
 
 

@@ -1,4 +1,4 @@
-"""Stable-Baselines3's A2C on one of our run configs: the peer that ``experiments.throughput --sb3`` measures.
+"""Stable-Baselines3's A2C on one of our run configs: the peer that ``experiments.tools.throughput --sb3`` measures.
 
 The peer gets what our learner gets: the same number of envs stepped in lockstep, the same hyperparameters
 and optimizer (``rmsprop_tf`` is SB3's ``RMSpropTFLike``), the same network (separate MLPs; the Nature CNN;
@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from algorithms.core.envs import make_env
@@ -40,7 +41,7 @@ def minatar_extractor() -> type:
     return MinAtarExtractor
 
 
-def policy_for(cfg: Any, observation_space: Any) -> tuple[str, dict[str, Any]]:
+def policy_for(cfg: DictConfig, observation_space: Any) -> tuple[str, dict[str, Any]]:
     """SB3's policy name and keyword arguments for our model config over ``observation_space``."""
     kwargs: dict[str, Any] = {"ortho_init": cfg.model.ortho_init}
     if cfg.algo.optimizer == "rmsprop_tf":
@@ -57,7 +58,7 @@ def policy_for(cfg: Any, observation_space: Any) -> tuple[str, dict[str, Any]]:
     return "CnnPolicy", kwargs
 
 
-def sb3_atari_envs(cfg: Any) -> Any:
+def sb3_atari_envs(cfg: DictConfig) -> Any:
     """SB3's own Atari stack (``AtariWrapper``, ``VecFrameStack``) with our ``env.atari`` settings: what an SB3
     user runs. Its ``AtariWrapper`` clips rewards and ends training episodes at lost lives as ours does."""
     from stable_baselines3.common.env_util import make_atari_env
@@ -77,7 +78,7 @@ def sb3_atari_envs(cfg: Any) -> Any:
 PEER_ENVS = ("native", "ours")  # SB3's own Atari stack, or ours (which leaves only the learners' difference)
 
 
-def build_peer(cfg: Any, envs_from: str = "native") -> Any:
+def build_peer(cfg: DictConfig, envs_from: str = "native") -> Any:
     """SB3's A2C for the a2c-vector (or single) run ``cfg`` describes, over SB3's own Atari stack (``native``,
     on Atari only) or over the envs our run steps (``ours``)."""
     from stable_baselines3 import A2C
@@ -100,7 +101,7 @@ def build_peer(cfg: Any, envs_from: str = "native") -> Any:
                device="cpu", verbose=0)
 
 
-def peer_steady_rate(cfg: Any, warmup: float, envs_from: str = "native") -> float:
+def peer_steady_rate(cfg: DictConfig, warmup: float, envs_from: str = "native") -> float:
     """Env steps per second of SB3's A2C over ``cfg.total_env_steps``, timed past the first ``warmup`` of them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)

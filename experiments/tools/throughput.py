@@ -8,12 +8,12 @@ after it here, and reports the ratio. docs/design.md says how and why.
 
 Run specs are ``ALGO[:MODE][:N[w]][:Me][:BACKEND]``: N workers, M envs per worker, backend local or ray::
 
-    python -m experiments.throughput --env cartpole --runs single a2c:vector:8e a2c:workers:2w:1e \\
+    python -m experiments.tools.throughput --env cartpole --runs single a2c:vector:8e a2c:workers:2w:1e \\
         a3c:hogwild:2w a3c:parameter_server:2w a3c:parameter_server:2w:ray --steps 200000
-    python -m experiments.throughput --runs single a2c:workers:2w:1e --repeats 3 --against /tmp/old
-    python -m experiments.throughput --env atari_pong --runs a2c:vector:16e --steps 20000 --sb3
+    python -m experiments.tools.throughput --runs single a2c:workers:2w:1e --repeats 3 --against /tmp/old
+    python -m experiments.tools.throughput --env atari_pong --runs a2c:vector:16e --steps 20000 --sb3
 
-``--sb3`` times Stable-Baselines3's A2C (``experiments.sb3_peer``) on each one-learner spec's settings right
+``--sb3`` times Stable-Baselines3's A2C (``experiments.tools.sb3_peer``) on each one-learner spec's settings right
 after it, over SB3's own Atari stack (``native``) or over our envs (``--sb3 ours``: only the learners differ).
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -31,12 +32,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from algorithms import algorithm_modes, backends
+from algorithms.config import EnvConfig, RunConfig
 from algorithms.core.envs import make_env
 from experiments.config import ConfigError, validate
 from experiments.record import git_state
@@ -103,9 +105,9 @@ def parse_spec(text: str) -> RunSpec:
     return spec
 
 
-def raw_env_rate(env_cfg: Any, seconds: float, seed: int = 0) -> float:
+def raw_env_rate(env_cfg: DictConfig, seconds: float, seed: int = 0) -> float:
     """Steps per second of one env with random actions and nothing else, resetting at episode ends."""
-    env = make_env(env_cfg)
+    env = make_env(cast(EnvConfig, env_cfg))  # a structured config of the EnvConfig schema reads as one
     try:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -162,6 +164,15 @@ class Measurement:
                 "against_sps_median": against, "vs_against": None if against is None else steady / against}
 
 
+def benchmark_module(checkout: Path) -> str | None:
+    """This benchmark's module in another checkout of the project: ``experiments.tools.throughput``, or
+    ``experiments.throughput`` in commits before the tools had a folder of their own; None if neither is there."""
+    for module in ("experiments.tools.throughput", "experiments.throughput"):
+        if (checkout / (module.replace(".", "/") + ".py")).is_file():
+            return module
+    return None
+
+
 @dataclass(frozen=True)
 class OtherCheckout:
     """Another checkout of this project (``--against``), whose own benchmark measures one spec at a time."""
@@ -172,7 +183,9 @@ class OtherCheckout:
     def steady_rate(self, spec: str) -> float:
         with tempfile.TemporaryDirectory(prefix="svrl-throughput-against-") as scratch:
             output = Path(scratch) / "throughput.json"
-            command = [sys.executable, "-m", "experiments.throughput", "--runs", spec, "--repeats", "1",
+            module = benchmark_module(self.path)
+            assert module is not None  # checked when the arguments were read
+            command = [sys.executable, "-m", module, "--runs", spec, "--repeats", "1",
                        *self.options, "--json", str(output)]
             # PYTHONPATH (and the working directory) make the subprocess import that checkout's code, not this one.
             result = subprocess.run(command, cwd=self.path, capture_output=True, text=True,
@@ -227,7 +240,7 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
                     print(f"  {result.spec} repeat {repeat + 1}/{repeats} in {against.path}: "
                           f"{result.against_sps[-1]:,.0f} steps/s", file=sys.stderr, flush=True)
                 if sb3 is not None and result.mode in SB3_MODES:
-                    from experiments.sb3_peer import peer_steady_rate
+                    from experiments.tools.sb3_peer import peer_steady_rate
 
                     result.sb3_sps.append(peer_steady_rate(cfg, warmup, sb3))
                     print(f"  {result.spec} repeat {repeat + 1}/{repeats} in Stable-Baselines3 ({sb3} envs): "
@@ -235,7 +248,7 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
     return results
 
 
-def ray_call_floor(cfg: Any, calls: int = 2000) -> dict[str, float]:
+def ray_call_floor(cfg: DictConfig, calls: int = 2000) -> dict[str, float]:
     """The floor under a Ray update's overhead on this machine: the round trip, in ms, of one actor's call to
     another that answers at once, with nothing and with the model's parameters as bytes each way (what a
     push and its answer carry), median of three batches of ``calls`` after a warm-up, on a local cluster."""
@@ -256,12 +269,15 @@ def ray_call_floor(cfg: Any, calls: int = 2000) -> dict[str, float]:
                 ray.get(target.echo.remote(payload))
             return (time.perf_counter() - started) / calls * 1e3
 
-    parameters = bytes(4 * build_spaces_model(cfg).flat_params.numel())  # float32
+    # float32; the run's structured config (experiments.config.Config) reads as the RunConfig it extends
+    parameters = bytes(4 * build_spaces_model(cast(RunConfig, cfg)).flat_params.numel())
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
-        target, caller = ray.remote(Echo).options(num_cpus=0).remote(), ray.remote(Caller).options(num_cpus=0).remote()
+        # Ray actor handles, typed Any: ray's types give their methods no .remote
+        target: Any = ray.remote(Echo).options(num_cpus=0).remote()
+        caller: Any = ray.remote(Caller).options(num_cpus=0).remote()
         floor = {label: statistics.median(ray.get(caller.round_trip_ms.remote(target, payload, calls))
                                           for _ in range(3))
                  for label, payload in (("empty", None), ("parameters", parameters))}
@@ -341,8 +357,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         args.specs = [parse_spec(text) for text in args.runs]
     except ValueError as error:
         parser.error(str(error))
-    if args.against is not None and not (args.against / "experiments" / "throughput.py").is_file():
-        parser.error(f"--against {args.against}: not a checkout of this project (no experiments/throughput.py)")
+    if args.against is not None and benchmark_module(args.against) is None:
+        parser.error(f"--against {args.against}: not a checkout of this project (no experiments/tools/throughput.py)")
     return args
 
 

@@ -1,6 +1,6 @@
 """Simulated workers against real ones, side by side: does the calibrated simulator predict this machine?
 
-It calibrates ``sim.*`` here (``experiments.calibrate``), then runs each multi-worker schedule (a2c workers,
+It calibrates ``sim.*`` here (``experiments.tools.calibrate``), then runs each multi-worker schedule (a2c workers,
 Hogwild, the parameter server, impala) at each worker count with the same settings and seed: on real local
 processes, and on ``backend=simulated`` with the calibrated costs. With one worker among the counts it also fits
 one cost of each schedule to its real one-worker run and simulates every count with it: one worker is then the
@@ -18,7 +18,7 @@ real runs, not the simulated ones. Quiet means no other busy process at all, wha
 kernel's autogroups (on by default), a busy process of another session at nice 19 competes as an equal of this
 whole session; a stopped one (SIGSTOP) is quiet.
 
-    python -m experiments.validate_simulation --workers 1 2 --steps 15000 --trials 3 env=cartpole
+    python -m experiments.tools.validate_simulation --workers 1 2 --steps 15000 --trials 3 env=cartpole
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
-from experiments.calibrate import measure
 from experiments.columns import UPDATE_COLUMNS
 from experiments.config import ConfigError, validate
-from experiments.throughput import steady_rate
+from experiments.tools.calibrate import measure
+from experiments.tools.throughput import steady_rate
 from experiments.train import CONFIG_DIR, train
 
 SCHEDULES = ("a2c_workers", "a3c_hogwild", "a3c_parameter_server", "impala")
@@ -47,7 +48,7 @@ FITTED_COST = {"impala": "learn_s"}  # the others': update_s
 WARMUP = 0.2  # the fraction of each run left out of its steady rate (process start-up, for the real runs)
 
 
-def compose_run(overrides: list[str]) -> Any:
+def compose_run(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, "quiet=true", "logger.wandb.mode=disabled",
                                                        "eval.episodes=0"])
@@ -58,7 +59,7 @@ def compose_run(overrides: list[str]) -> Any:
     return cfg
 
 
-def run_once(cfg: Any, run_dir: Path) -> dict[str, float]:
+def run_once(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     record = train(cfg, str(run_dir))
     if record.status != "completed":
         raise SystemExit(f"error: the run in {run_dir} ended {record.status}: {record.error}")
@@ -169,7 +170,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.validate_simulation",
+    parser = argparse.ArgumentParser(prog="python -m experiments.tools.validate_simulation",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides shared by every run (env=..., seed=...)")
     parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=3,
                         help="real runs of each setting, in rounds; their median rate is compared")
     parser.add_argument("--repeats", type=int, default=1000,
-                        help="the calibration's timings per cost and timed updates (experiments.calibrate --repeats)")
+                        help="the calibration's timings per cost and timed updates "
+                             "(experiments.tools.calibrate --repeats)")
     parser.add_argument("--out", type=Path, help="write the table and every number here as JSON too")
     args = parser.parse_args(argv)
     if args.steps < 1 or min(args.workers) < 1 or args.repeats < 1 or args.trials < 1:

@@ -1,4 +1,4 @@
-"""Check a CUDA learner against the CPU one: ``python -m experiments.gpu_check`` on a machine with a GPU.
+"""Check a CUDA learner against the CPU one: ``python -m experiments.tools.gpu_check`` on a machine with a GPU.
 
 1. For each pixel torso (Atari's Nature CNN on 4x84x84 frame stacks, MinAtar's on 10x10 grids) and the MLP,
    one batch of observations, actions and returns: the loss parts and the gradient computed on the GPU must
@@ -32,7 +32,7 @@ from algorithms.infra.checkpoint import nonfinite_entry
 from algorithms.updates.actor_critic import compute_gradients
 
 RTOL, ATOL = 1e-4, 1e-5
-BATCHES = {  # name: (observation space, action count)
+BATCHES: dict[str, tuple[spaces.Box, int]] = {  # name: (observation space, action count)
     "atari_nature_cnn": (spaces.Box(0, 255, (4, 84, 84), np.uint8), 6),
     "minatar_cnn": (spaces.Box(0, 1, (4, 10, 10), np.uint8), 3),
     "mlp": (spaces.Box(-np.inf, np.inf, (8,), np.float32), 4),
@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(max gradient difference {check['max_gradient_difference']:.2e})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in RUNS.items():
-            row = {"run": name, **{device: timed_run(overrides, device, Path(tmp) / f"{len(results['runs'])}-{device}")
-                                   for device in ("cuda", "cpu")}}
+            row: dict[str, Any] = {
+                "run": name, **{device: timed_run(overrides, device, Path(tmp) / f"{len(results['runs'])}-{device}")
+                                 for device in ("cuda", "cpu")}}
             row["ok"] = row["cuda"]["status"] == "completed" and row["cuda"]["finite"]
             results["runs"].append(row)
             print(f"{name:>38}: cuda {row['cuda']['status']} {row['cuda']['sps'] or 0:.0f} steps/s, "
