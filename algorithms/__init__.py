@@ -35,6 +35,7 @@ from algorithms.schedule_checks import (
     NO_LOCK,
     ONE_ENV_IN_ONE_PROCESS,
     ONE_LEARNER_PROCESS,
+    ONE_STEP_PER_BATCH,
     RAY_ACTORS_STEP_ENVS,
     ROUNDS_FAIL_ON_NONFINITE,
     VIRTUAL_WORKERS_STEP_ENVS,
@@ -42,6 +43,7 @@ from algorithms.schedule_checks import (
     Problem,
     delay_needs_lock,
     learner_batch_fills,
+    minibatches_divide_the_batch,
     off_policy_correction,
     ray_actor_cpus,
     ray_address,
@@ -107,14 +109,17 @@ class Schedule:
 
 ACTOR_CRITIC_RULE = "algorithms.updates.actor_critic:NStepActorCritic"
 OFF_POLICY_RULE = "algorithms.updates.off_policy:OffPolicyActorCritic"
+PPO_RULE = "algorithms.updates.ppo:PPO"
 
 # What each algorithm and mode accepts, whatever the backend, in the order a bad config is told about it.
-SINGLE = (ONE_ENV_IN_ONE_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY)
-A2C_VECTOR = (ONE_LEARNER_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY)
-A2C_WORKERS = (A2C_WORKERS_STEP_ENVS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ROUNDS_FAIL_ON_NONFINITE)
-A3C_HOGWILD = (delay_needs_lock, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY)
-A3C_PARAMETER_SERVER = (NO_LOCK, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY)
-IMPALA = (ACTORS_LAG_BY_DELAY_ONLY, learner_batch_fills, off_policy_correction, IMPALA_ACTORS_STEP_ENVS)
+SINGLE = (ONE_ENV_IN_ONE_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ONE_STEP_PER_BATCH)
+A2C_VECTOR = (ONE_LEARNER_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ONE_STEP_PER_BATCH)
+A2C_WORKERS = (A2C_WORKERS_STEP_ENVS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ROUNDS_FAIL_ON_NONFINITE, ONE_STEP_PER_BATCH)
+A3C_HOGWILD = (delay_needs_lock, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY, ONE_STEP_PER_BATCH)
+A3C_PARAMETER_SERVER = (NO_LOCK, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY, ONE_STEP_PER_BATCH)
+IMPALA = (ACTORS_LAG_BY_DELAY_ONLY, learner_batch_fills, off_policy_correction, IMPALA_ACTORS_STEP_ENVS,
+          ONE_STEP_PER_BATCH)
+PPO_VECTOR = (ONE_LEARNER_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY, minibatches_divide_the_batch)
 # What each transport adds: its own group of settings (ray.*, sim.*) and what its workers cannot do.
 LOCAL: tuple[Check, ...] = ()
 RAY = (RAY_ACTORS_STEP_ENVS, ray_address, ray_actor_cpus, ray_start_timeout, ray_local_cluster_fits)
@@ -141,6 +146,9 @@ _ENTRIES = (
              "actor processes send unrolls through shared memory; the trainer learns from them with V-trace",
              worker_processes=True, server_process=True, learner_on_device=True,
              rule=OFF_POLICY_RULE, checks=IMPALA + LOCAL),
+    Schedule("ppo", "vector", "local", "algorithms.transports.local.single:run",
+             "one learner steps num_envs envs in lockstep and takes epochs x minibatches clipped steps per batch",
+             worker_processes=False, learner_on_device=True, rule=PPO_RULE, checks=PPO_VECTOR + LOCAL),
     Schedule("a2c", "workers", "ray", "algorithms.transports.ray:run_workers",
              "worker actors; a server actor is the barrier and applies the mean", worker_processes=True,
              rule=ACTOR_CRITIC_RULE, checks=A2C_WORKERS + RAY),

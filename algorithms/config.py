@@ -57,6 +57,12 @@ class AlgoConfig:
     correction: str = "vtrace"  # vtrace | none (on-policy targets) | truncated_is (1-step importance weights)
     rho_bar: float = 1.0  # V-trace's truncation of the importance weights in the targets and policy gradient
     c_bar: float = 1.0  # V-trace's truncation of the trace coefficients (gae_lambda is its lambda)
+    # ppo only (algorithms/updates/ppo.py): the passes over each batch and the clipping.
+    epochs: int = 1  # passes over each batch
+    minibatches: int = 1  # optimizer steps per pass, each on an equal share of the batch (must divide it)
+    clip_range: float = 0.2  # the surrogate's ratio is clipped to [1 - clip_range, 1 + clip_range]
+    clip_value: bool = False  # clip the value update to clip_range around the value the batch was collected with
+    target_kl: float | None = None  # stop a batch's passes once a pass ends above this approximate KL (null: never)
 
 
 @dataclass

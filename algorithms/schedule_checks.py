@@ -79,10 +79,14 @@ def _defaults(config: type, prefix: str, names: tuple[str, ...]) -> dict[str, An
 OFF_POLICY_DEFAULTS = _defaults(AlgoConfig, "algo", ("batch_size", "queue_depth", "wait_for_update", "correction",
                                                      "rho_bar", "c_bar"))
 STALENESS_DEFAULTS = _defaults(StalenessConfig, "algo.staleness", ("delay", "max", "lr_scaling"))
+# ppo's passes over each batch and their clipping.
+PPO_DEFAULTS = _defaults(AlgoConfig, "algo", ("epochs", "minibatches", "clip_range", "clip_value", "target_kl"))
 
 # --------------------------------------------------------------------------- settings an algorithm does not read
 LEARNS_ON_POLICY = Pinned(OFF_POLICY_DEFAULTS, "is an algo=impala setting (its learner's batch, queue and off-policy "
                                                "correction); algo={algo} leaves it at {value}")
+ONE_STEP_PER_BATCH = Pinned(PPO_DEFAULTS, "is an algo=ppo setting (its passes over each batch and their clipping); "
+                                         "algo={algo} takes one step per batch and leaves it at {value}")
 FRESH_GRADIENTS = Pinned(STALENESS_DEFAULTS,
                          "controlled staleness is an a3c setting; algo={algo} applies every gradient fresh")
 # impala's actors take algo.staleness.delay (they act on parameters that many versions old), nothing else.
@@ -132,6 +136,17 @@ def _finite_at_least(key: str, value: float, low: float,
                      reason: str = "must be a finite number >= 0") -> Iterator[Problem]:
     if not (math.isfinite(value) and value >= low):
         yield Problem(key, value, reason)
+
+
+def minibatches_divide_the_batch(cfg: Any) -> Iterator[Problem]:
+    """PPO's minibatches are equal shares of a batch of ``num_envs * n_steps`` transitions, each of at least two
+    (a minibatch's advantages are normalized by their standard deviation)."""
+    algo = cfg.algo
+    batch = algo.num_envs * algo.n_steps
+    if batch % algo.minibatches or batch // algo.minibatches < 2:
+        yield Problem("algo.minibatches", algo.minibatches,
+                      f"must split a batch of algo.num_envs * algo.n_steps = {batch} transitions into equal "
+                      "minibatches of at least 2")
 
 
 def delay_needs_lock(cfg: Any) -> Iterator[Problem]:

@@ -11,16 +11,17 @@ IMPALA_DEFAULTS = {"batch_size": 1, "queue_depth": 2, "wait_for_update": False, 
 # The statistics every schedule reports with an update (algorithms.infra.messages.LOSS_STATS, which analysis may not
 # import; a test keeps the two equal).
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
-# Statistics only some schedules report with an update, averaged into metrics.csv like the loss statistics (empty
-# for the others): IMPALA's mean truncated importance ratio min(rho_bar, pi/mu) over an update's transitions.
-OFF_POLICY_STATS = ("importance_ratio",)
+# Statistics only some update rules report with an update, averaged into metrics.csv like the loss statistics (empty
+# for the others): IMPALA's mean truncated importance ratio min(rho_bar, pi/mu) over an update's transitions; PPO's
+# approximate KL divergence from the policy that collected the batch and fraction of clipped ratios per minibatch.
+RULE_STATS = ("importance_ratio", "approx_kl", "clip_fraction")
 
 METRIC_COLUMNS = (
     "env_steps", "wall_time", "updates", "policy_version", "episodes",
     "return_mean", "return_max", "length_mean",
     *LOSS_STATS, "lr", "sps",
     "staleness_mean", "staleness_max", "staleness_p95", "dropped_updates", "barrier_wait_mean",
-    *OFF_POLICY_STATS,
+    *RULE_STATS,
 )
 EPISODE_COLUMNS = ("env_steps", "wall_time", "worker", "return", "length")
 UPDATE_COLUMNS = (

@@ -197,8 +197,12 @@ def _validate_nonfinite(algo: DictConfig) -> None:
 
 
 def _validate_algo(algo: DictConfig) -> None:
-    for key in ("num_workers", "num_envs", "n_steps"):
+    for key in ("num_workers", "num_envs", "n_steps", "epochs", "minibatches"):
         _positive_int(f"algo.{key}", algo[key])
+    _require(math.isfinite(algo.clip_range) and algo.clip_range > 0, "algo.clip_range", algo.clip_range,
+             "must be a finite number > 0")
+    if algo.target_kl is not None:
+        _require(algo.target_kl > 0, "algo.target_kl", algo.target_kl, "must be > 0 (null: never stop early)")
     _require(math.isfinite(algo.lr) and algo.lr > 0, "algo.lr", algo.lr, "must be a finite number > 0")
     _require(0 < algo.gamma <= 1, "algo.gamma", algo.gamma, "must lie in (0, 1]")
     _require(0 <= algo.gae_lambda <= 1, "algo.gae_lambda", algo.gae_lambda, "must lie in [0, 1]")

@@ -18,7 +18,7 @@ from experiments.config import ConfigError, exit_on_config_error
 from experiments.plan import check_command_line, compose_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGOS = "one of a2c, a3c, impala, single"
+ALGOS = "one of a2c, a3c, impala, ppo, single"
 
 # (command-line arguments, the key the message names, the value as the message shows it, words of the reason)
 BAD_INPUTS = [
@@ -60,7 +60,7 @@ BAD_INPUTS = [
     (["env.kwargs.foo=1"], "env.kwargs.foo", "1", "is not set; add it with +env.kwargs.foo=1"),
     (["hydra.run.dirr=x"], "hydra.run.dirr", "'x'", "hydra.run has no key dirr; did you mean dir?"),
     # config group options that do not exist, and group overrides Hydra cannot apply
-    (["algo=ppo"], "algo", "'ppo'", f"no such algo config; {ALGOS}"),
+    (["algo=trpo"], "algo", "'trpo'", f"no such algo config; {ALGOS}"),
     (["env=procgen"], "env", "'procgen'", "no such env config; one of acrobot, ant, atari_beam_rider, atari_breakout,"),
     (["logger=tensorboard"], "logger", "'tensorboard'", "no such logger config; one of wandb"),
     (["ray=remote"], "ray", "'remote'", "no such ray config; one of cluster, local"),
@@ -70,7 +70,7 @@ BAD_INPUTS = [
     (["-m", "+experiment=sync_vs_async", "suite=procgen"], "suite", "'procgen'",
      "one of atari, box2d, classic, minatar, mujoco"),
     (["hydra/launcher=nope"], "hydra/launcher", "'nope'", "no such hydra/launcher config; one of basic, joblib"),
-    (["-m", "algo=a2c,ppo"], "algo", "'ppo'", ALGOS),
+    (["-m", "algo=a2c,trpo"], "algo", "'trpo'", ALGOS),
     (["algo=5"], "algo", "5", ALGOS),
     (["experiment=demo"], "experiment", "'demo'", "is in the defaults list; add one with +experiment=demo"),
     (["+algo=a2c"], "algo", "'a2c'", "is chosen already; drop the +"),
@@ -97,6 +97,11 @@ BAD_INPUTS = [
     (["eval.episodes=-1"], "eval.episodes", "-1", "must be >= 0 (0: no evaluation)"),
     (["env.id=CartPol-v1"], "env.id", "'CartPol-v1'", "did you mean CartPole-v1"),
     (["algo=a3c", "algo.staleness.delay=2"], "algo.staleness.delay", "2", "needs algo.lock=true"),
+    (["algo=a2c", "algo.epochs=4"], "algo.epochs", "4", "is an algo=ppo setting"),
+    (["algo=ppo", "algo.minibatches=3"], "algo.minibatches", "3",
+     "must split a batch of algo.num_envs * algo.n_steps = 512 transitions into equal minibatches"),
+    (["algo=ppo", "algo.clip_range=-0.1"], "algo.clip_range", "-0.1", "must be a finite number > 0"),
+    (["algo=ppo", "algo.target_kl=0"], "algo.target_kl", "0.0", "must be > 0"),
     (["algo=a2c", "backend=ray"], "algo.mode", "'vector'", "with backend=ray use algo.mode=workers"),
     (["-m", "seed=0,1", "algo.lr=0.001,fast"], "algo.lr", "'fast'", "must be a float"),
     (["-m", "+experiment=staleness", "algo.staleness.delay=-1"], "algo.staleness.delay", "-1", "must be >= 0"),
@@ -158,7 +163,7 @@ SVRL_TRAIN = Path(sys.executable).parent / "svrl-train"
     (TRAIN + ["total_env_steps=1e5"], "total_env_steps=100000.0: must be an integer; write 100000"),
     (TRAIN + ["+algo.lrr=0.1"], "algo.lrr=0.1: algo has no key lrr; did you mean lr?"),
     (TRAIN + ["+foo=bar"], "foo='bar': the config has no key foo"),
-    (TRAIN + ["algo=ppo"], f"algo='ppo': no such algo config; {ALGOS}"),
+    (TRAIN + ["algo=trpo"], f"algo='trpo': no such algo config; {ALGOS}"),
     (TRAIN + ["seed=[1,2"], "seed='[1,2': is not a valid override"),
     (TRAIN + ["algo.lr=-1"], "algo.lr=-1.0: must be a finite number > 0"),
     (TRAIN + ["-m", "seed=0,1", "algo.lr=0.001,fast"], "(job seed=0 algo.lr=fast): algo.lr='fast': must be a float"),

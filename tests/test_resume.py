@@ -80,6 +80,9 @@ SETTINGS = {
     # a2c vector on MinAtar: the CNN over uint8 grids, sticky actions and difficulty ramping in the envs' state.
     "a2c_vector_minatar": ["algo=a2c", "algo.mode=vector", "algo.num_envs=2", "env=minatar_breakout",
                            "total_env_steps=600", "log_interval=100", "checkpoint_interval=250"],
+    # ppo: several shuffled minibatch steps per batch (torch's generator), stops between batches.
+    "ppo": ["algo=ppo", "env=cartpole", "algo.n_steps=16", "total_env_steps=1280", "log_interval=256",
+            "checkpoint_interval=512"],
 }
 
 

@@ -34,7 +34,7 @@ def test_run_spec_labels_and_overrides_name_the_backend():
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("ppo", "unknown algorithm 'ppo'"),
+    ("trpo", "unknown algorithm 'trpo'"),
     ("a2c:hogwild:2", "algo a2c has modes vector, workers, not 'hogwild'"),
     ("a2c:workers:two", "cannot read 'two'"),
     ("a2c:workers:ray:2w", "cannot read 'ray'; expected N or Nw .* or a backend .* last"),

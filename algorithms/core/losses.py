@@ -137,6 +137,46 @@ def vtrace(
     return targets, advantages
 
 
+def ppo_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    entropy: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    clip_value: bool,
+    value_coef: float,
+    entropy_coef: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate loss (Schulman et al., 2017, eq. 7) over a minibatch of transitions.
+
+    With r = pi(a|s) / pi_old(a|s): L_clip = -mean(min(r * A, clip(r, 1 - eps, 1 + eps) * A)); the value loss is
+    mean((V(s) - R)^2), or with ``clip_value`` mean(max((V - R)^2, (V_clip - R)^2)) where V_clip is V moved at most
+    eps from ``old_values`` (as CleanRL's ``clip_vloss`` and Stable-Baselines3's ``clip_range_vf``; no 0.5 factor,
+    as Stable-Baselines3: CleanRL's ``vf_coef`` is twice this ``value_coef``). L = L_clip + value_coef * value loss
+    - entropy_coef * mean(H). Also returns, without gradient, the approximate KL divergence mean((r - 1) - log r)
+    (Schulman's unbiased estimator, as CleanRL's ``approx_kl``) and the fraction of ratios outside the clip range.
+    """
+    log_ratio = log_probs - old_log_probs.detach()
+    ratio = log_ratio.exp()
+    advantages = advantages.detach()
+    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+    errors = (values - returns.detach()).pow(2)
+    if clip_value:
+        clipped = old_values.detach() + (values - old_values.detach()).clamp(-clip_range, clip_range)
+        errors = torch.max(errors, (clipped - returns.detach()).pow(2))
+    value_loss = errors.mean()
+    entropy_mean = entropy.mean()
+    total = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_fraction = ((ratio - 1).abs() > clip_range).float().mean()
+    return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean,
+                   "approx_kl": approx_kl, "clip_fraction": clip_fraction}
+
+
 def actor_critic_loss(
     log_probs: torch.Tensor,
     entropy: torch.Tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from algorithms.config import AlgoConfig
@@ -14,22 +15,26 @@ from algorithms.core.rollout import Rollout
 from algorithms.updates.rule import UpdateRule
 
 
+def targets(rollout: Rollout, algo: AlgoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The rollout's returns and advantages, ``[T, N]``: n-step (``gae_lambda=1``) or GAE(lambda), from the values
+    the rollout was collected with."""
+    rewards, values = rollout.rewards.numpy(), rollout.values.numpy()
+    bootstrap = dict(terminated=rollout.terminated.numpy(), truncated=rollout.truncated.numpy(),
+                     truncation_values=rollout.truncation_values.numpy(), next_value=rollout.next_value.numpy())
+    if algo.gae_lambda == 1.0:
+        returns = n_step_returns(rewards, gamma=algo.gamma, **bootstrap)
+        return returns, returns - values
+    advantages = gae_advantages(rewards, values, gamma=algo.gamma, gae_lambda=algo.gae_lambda, **bootstrap)
+    return advantages + values, advantages
+
+
 def compute_gradients(model: ActorCritic, rollout: Rollout, algo: AlgoConfig) -> dict[str, float]:
     """Fill ``model``'s ``.grad`` with the gradient of the actor-critic loss on ``rollout``.
 
     Returns the loss parts and the pre-clipping gradient norm. Gradients are clipped to
     ``algo.max_grad_norm`` in place; ``.grad`` is overwritten, never accumulated.
     """
-    rewards, values_np = rollout.rewards.numpy(), rollout.values.numpy()
-    bootstrap = dict(terminated=rollout.terminated.numpy(), truncated=rollout.truncated.numpy(),
-                     truncation_values=rollout.truncation_values.numpy(), next_value=rollout.next_value.numpy())
-    if algo.gae_lambda == 1.0:
-        returns_np = n_step_returns(rewards, gamma=algo.gamma, **bootstrap)
-        advantages_np = returns_np - values_np
-    else:
-        advantages_np = gae_advantages(rewards, values_np, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
-                                       **bootstrap)
-        returns_np = advantages_np + values_np
+    returns_np, advantages_np = targets(rollout, algo)
     device = model.device
     returns = torch.from_numpy(returns_np).to(device)
     advantages = torch.from_numpy(advantages_np).flatten().to(device)

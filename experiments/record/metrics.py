@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from experiments.columns import LOSS_STATS, OFF_POLICY_STATS
+from experiments.columns import LOSS_STATS, RULE_STATS
 
-AVERAGED_STATS = (*LOSS_STATS, *OFF_POLICY_STATS)  # each row holds their mean over its interval's updates
+AVERAGED_STATS = (*LOSS_STATS, *RULE_STATS)  # each row holds their mean over its interval's updates
 
 
 def next_on_grid(env_steps: int, interval: int) -> int:
