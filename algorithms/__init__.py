@@ -29,6 +29,7 @@ from algorithms.schedule_checks import (
     A3C_WORKERS_STEP_ENVS,
     ACTORS_LAG_BY_DELAY_ONLY,
     CHECKPOINTED_AT_END_ONLY,
+    EVERY_PASS_IN_ROUNDS,
     FRESH_GRADIENTS,
     IMPALA_ACTORS_STEP_ENVS,
     LEARNS_ON_POLICY,
@@ -120,6 +121,8 @@ A3C_PARAMETER_SERVER = (NO_LOCK, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY, ONE_ST
 IMPALA = (ACTORS_LAG_BY_DELAY_ONLY, learner_batch_fills, off_policy_correction, IMPALA_ACTORS_STEP_ENVS,
           ONE_STEP_PER_BATCH)
 PPO_VECTOR = (ONE_LEARNER_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY, minibatches_divide_the_batch)
+PPO_WORKERS = (A2C_WORKERS_STEP_ENVS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ROUNDS_FAIL_ON_NONFINITE,
+               minibatches_divide_the_batch, EVERY_PASS_IN_ROUNDS)
 # What each transport adds: its own group of settings (ray.*, sim.*) and what its workers cannot do.
 LOCAL: tuple[Check, ...] = ()
 RAY = (RAY_ACTORS_STEP_ENVS, ray_address, ray_actor_cpus, ray_start_timeout, ray_local_cluster_fits)
@@ -149,6 +152,9 @@ _ENTRIES = (
     Schedule("ppo", "vector", "local", "algorithms.transports.local.single:run",
              "one learner steps num_envs envs in lockstep and takes epochs x minibatches clipped steps per batch",
              worker_processes=False, learner_on_device=True, rule=PPO_RULE, checks=PPO_VECTOR + LOCAL),
+    Schedule("ppo", "workers", "local", "algorithms.transports.local.synchronous:run",
+             "worker processes average each minibatch's gradients at a shared-memory barrier (DD-PPO)",
+             worker_processes=True, rule=PPO_RULE, checks=PPO_WORKERS + LOCAL),
     Schedule("a2c", "workers", "ray", "algorithms.transports.ray:run_workers",
              "worker actors; a server actor is the barrier and applies the mean", worker_processes=True,
              rule=ACTOR_CRITIC_RULE, checks=A2C_WORKERS + RAY),

@@ -124,6 +124,9 @@ VIRTUAL_WORKERS_STEP_ENVS = _envs_stepped_in_process(
     "virtual workers step their envs in the one process of backend=simulated")
 
 # --------------------------------------------------------------------------- failures and resuming
+EVERY_PASS_IN_ROUNDS = Pinned({"algo.target_kl": None},
+                              "each worker estimates the KL on its own minibatches, so the replicas could disagree "
+                              "on stopping; mode=workers takes every pass")
 ROUNDS_FAIL_ON_NONFINITE = Pinned({"algo.on_nonfinite": "fail"},
                                   "a synchronous round cannot be skipped by one replica alone; mode=workers fails on "
                                   "a non-finite update (mode=vector can skip)")

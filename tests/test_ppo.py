@@ -16,6 +16,7 @@ from algorithms.core.envs import make_vector_env
 from algorithms.core.losses import ppo_loss
 from algorithms.core.model import build_model
 from algorithms.core.rollout import start_collector
+from algorithms.infra.checkpoint import read_checkpoint
 from algorithms.updates.actor_critic import compute_gradients
 from algorithms.updates.ppo import PPO
 from tests.conftest import compose_config, read_csv, train_run
@@ -111,3 +112,34 @@ def test_ppo_learns_cartpole(tmp_path: Path):
     returns = np.array([float(row["return"]) for row in read_csv(tmp_path / "episodes.csv")])
     best_mean_20 = np.convolve(returns, np.ones(20) / 20, mode="valid").max()
     assert best_mean_20 >= 200, f"best 20-episode mean return {best_mean_20:.1f}"
+
+
+def test_one_worker_of_dd_ppo_gives_the_parameters_of_the_one_process_schedule(tmp_path: Path):
+    """mode=workers steps once per minibatch at the barrier with the mean of the workers' gradients: with one worker
+    that is the one-process schedule, bit for bit, shuffles and clipping included."""
+    common = ["algo=ppo", "seed=4", "algo.num_envs=2", "algo.n_steps=16", "total_env_steps=320", "log_interval=64",
+              *FAST]
+    train_run(tmp_path / "vector", *common)
+    train_run(tmp_path / "workers", *common, "algo.mode=workers")
+    vector, workers = (read_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("vector", "workers"))
+    assert vector["policy_version"] == workers["policy_version"] == 10 * 16
+    assert all(torch.equal(vector["model"][name], workers["model"][name]) for name in vector["model"])
+    assert torch.equal(vector["optimizer"]["state"][0]["exp_avg_sq"], workers["optimizer"]["state"][0]["exp_avg_sq"])
+    vector_rows, worker_rows = (
+        [{key: value for key, value in row.items() if key not in ("wall_time", "wait_time")}
+         for row in read_csv(tmp_path / name / "updates.csv")] for name in ("vector", "workers"))
+    assert vector_rows == worker_rows
+
+
+def test_dd_ppo_workers_record_each_minibatch_round_and_resume(tmp_path: Path):
+    """Two workers: a row per worker per minibatch step, the lag growing over each batch's epochs; a resumed run
+    continues between batches."""
+    args = ["algo=ppo", "algo.mode=workers", "algo.num_workers=2", "algo.num_envs=1", "algo.n_steps=32",
+            "algo.epochs=2", "algo.minibatches=2", "log_interval=128", *FAST]
+    train_run(tmp_path, *args, "total_env_steps=256")
+    record = train_run(tmp_path, *args, "total_env_steps=512", "resume=true")
+    assert record.status == "completed"
+    rows = read_csv(tmp_path / "updates.csv")
+    assert len(rows) == 8 * 4 * 2  # batches of 64 steps x 4 steps x 2 workers
+    assert [int(row["staleness"]) for row in rows[:8]] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["policy_version"] == 8 * 4

@@ -17,6 +17,7 @@ import torch
 
 from algorithms.infra.checkpoint import Checkpoint, make_checkpoint
 from algorithms.infra.messages import (
+    LOSS_STATS,
     CheckpointPart,
     Episode,
     EpisodeRow,
@@ -51,11 +52,13 @@ def round_episodes(version: int, env_steps: int, episodes: Sequence[Episode], nu
             for episode in episodes]
 
 
-def round_row(version: int, env_steps: int, step: Step, stats: dict[str, float], wait_time: float,
-              checkpoint: bool = False) -> UpdateRow:
-    """A worker's row of the round at ``version`` (``env_steps``: after it), which waited ``wait_time`` seconds
-    for the slowest worker."""
-    return UpdateRow(env_steps, version, version, step.applied, step.lr, **stats, wait_time=wait_time,
+def round_row(version_at_sync: int, version: int, env_steps: int, step: Step, stats: dict[str, float],
+              wait_time: float, checkpoint: bool = False) -> UpdateRow:
+    """A worker's row of the round at ``version`` on a rollout collected at ``version_at_sync`` (the same but for
+    a rule's later steps on one rollout; ``env_steps``: after the rollout), which waited ``wait_time`` seconds for
+    the slowest worker."""
+    losses = {name: stats[name] for name in LOSS_STATS}  # a rule's own statistics are not the shared row's
+    return UpdateRow(env_steps, version_at_sync, version, step.applied, step.lr, **losses, wait_time=wait_time,
                      checkpoint=checkpoint)
 
 
@@ -97,7 +100,7 @@ class SyncLog:
 
     def add(self, worker: int, updates: list[UpdateRow], episodes: list[EpisodeRow]) -> None:
         for row in updates:
-            self.updates[int(row.version_at_sync)].append((worker, row))
+            self.updates[int(row.version_at_apply)].append((worker, row))
         for episode in episodes:
             self.episodes[int(episode.version)].append((worker, episode))
 

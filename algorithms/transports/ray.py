@@ -353,7 +353,8 @@ class SynchronousServer(ParameterServerActor):
         step = mean_step(self.rule, self.gradients, [push.stats for push in pushes], counters, self.steps_per_round)
         last = max(arrived for arrived, _ in current.pushes.values())
         for worker, (arrived, push) in sorted(current.pushes.items()):
-            self.log.add(worker, [round_row(current.version, counters.env_steps, step, push.stats, last - arrived)], [])
+            row = round_row(current.version, current.version, counters.env_steps, step, push.stats, last - arrived)
+            self.log.add(worker, [row], [])
         self.log.record_complete()
         if current.with_state:
             collectors = []

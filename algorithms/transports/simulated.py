@@ -169,8 +169,8 @@ def run_synchronous(cfg: RunConfig, record: Record) -> None:
             version, env_steps = counters.version, counters.env_steps
             step = mean_step(rule, gradients, [part.stats for part in parts], counters, num_workers * workers[0].steps)
             for worker, part in enumerate(parts):
-                log.add(worker, [round_row(version, counters.env_steps, step, part.stats, last - part.arrived)],
-                        round_episodes(version, env_steps, part.episodes, num_workers))
+                row = round_row(version, version, counters.env_steps, step, part.stats, last - part.arrived)
+                log.add(worker, [row], round_episodes(version, env_steps, part.episodes, num_workers))
             log.record_complete()
             evaluate_if_due(cfg, record, global_model, workers_done=True)
             round_start = clock.now + costs.message_s

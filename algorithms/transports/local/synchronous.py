@@ -47,7 +47,8 @@ class WorkerStart:
 def synchronous_worker(cfg: RunConfig, worker: int, conn: connection.Connection, start: WorkerStart,
                        exchange: GradientExchange, updates: SharedRows[UpdateRow],
                        episodes: SharedRows[EpisodeRow]) -> None:
-    """collect -> gradient -> exchange at the barrier -> apply the mean -> report; until the budget or a stop."""
+    """collect -> for each step of the rule: gradient -> exchange at the barrier -> apply the mean; report; until the
+    budget or a stop (which, like a checkpoint, falls between rollouts)."""
     algo, states = cfg.algo, pickle.loads(start.states) if start.states is not None else None
     rollouts = RolloutWorker(cfg, worker, start.env_steps, states["collector"] if states else None)
     try:
@@ -59,19 +60,26 @@ def synchronous_worker(cfg: RunConfig, worker: int, conn: connection.Connection,
         evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)  # the record's rule
         steps_per_update = algo.num_workers * rollouts.steps
         while env_steps < cfg.total_env_steps:  # true until the last update but when resuming a completed run
-            slot = version % 2
-            finished, stats = rollouts.compute_gradient()
-            rule.admit(worker, stats, version, env_steps + steps_per_update)
-            for row in round_episodes(version, env_steps, finished, algo.num_workers):
-                episodes.append(row)
-            wait_time = exchange.exchange(worker, slot, model.flat_grads)
-            exchange.mean_gradient(slot, out=model.flat_grads)
-            step = rule.step(version, version, env_steps, steps_per_update, worker=worker)
-            env_steps += steps_per_update
-            stop = exchange.stop_voted(slot) or env_steps >= cfg.total_env_steps
+            collected_at, after = version, env_steps + steps_per_update
+            for episode in round_episodes(collected_at, env_steps, rollouts.collect(), algo.num_workers):
+                episodes.append(episode)
+            rows, stop_voted = [], False
+            # One round per step of the rule: once per rollout for the actor-critic, per minibatch for PPO (DD-PPO).
+            for stats in rule.gradients(model, rollouts.collector.rollout):
+                slot = version % 2
+                rule.admit(worker, stats, version, after)
+                wait_time = exchange.exchange(worker, slot, model.flat_grads)
+                exchange.mean_gradient(slot, out=model.flat_grads)
+                step = rule.step(version, collected_at, env_steps, steps_per_update, worker=worker)
+                stop_voted = exchange.stop_voted(slot) or stop_voted  # every replica sees the same votes
+                rows.append(round_row(collected_at, version, after, step, stats, wait_time))
+                version += 1
+            env_steps = after
+            stop = stop_voted or env_steps >= cfg.total_env_steps
             checkpoint = stop or checkpoint_crossed(env_steps, steps_per_update, cfg.checkpoint_interval)
-            updates.append(round_row(version, env_steps, step, stats, wait_time, checkpoint))
-            version += 1
+            rows[-1] = rows[-1]._replace(checkpoint=checkpoint)  # the part follows the batch's last step
+            for row in rows:
+                updates.append(row)
             if worker == 0 and env_steps >= evaluation_at:  # the replicas are identical: one sends the policy
                 conn.send(take_snapshot(model.flat_params, env_steps, version, rollouts.collector.obs_normalizer))
                 evaluation_at = next_evaluation_at(env_steps, cfg.eval, cfg.total_env_steps)
