@@ -97,3 +97,20 @@ def test_benchmark_times_stable_baselines3_on_the_one_learner_specs(tmp_path, ca
     assert result["sb3_envs"] == "ours" and len(run["sb3_sps"]) == 1 and run["sb3_sps"][0] > 0
     assert run["vs_sb3"] == pytest.approx(run["steady_sps_median"] / run["sb3_sps_median"])
     assert "vs SB3" in capsys.readouterr().out
+
+
+def test_the_stable_baselines3_peer_of_a_ppo_run_is_its_ppo_on_the_same_settings():
+    """SB3's PPO with our batch split (minibatch = num_envs * n_steps / minibatches), epochs, clipping and Adam."""
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+
+    from experiments.tools.sb3_peer import build_peer
+    from tests.conftest import compose_config
+
+    peer = build_peer(compose_config("algo=ppo", "env=cartpole", "algo.target_kl=0.02"), "ours")
+    assert isinstance(peer, PPO)
+    assert (peer.n_steps, peer.batch_size, peer.n_epochs, peer.target_kl) == (128, 128, 4, 0.02)
+    assert peer.clip_range(1.0) == peer.clip_range_vf(1.0) == 0.2
+    assert peer.ent_coef == 0.01 and peer.vf_coef == 0.25 and peer.gae_lambda == 0.95
+    assert peer.policy.optimizer.defaults["eps"] == 1e-5
+    peer.env.close()

@@ -1,4 +1,5 @@
-"""Stable-Baselines3's A2C on one of our run configs: the peer that ``experiments.tools.throughput --sb3`` measures.
+"""Stable-Baselines3's A2C or PPO on one of our run configs: the peer that ``experiments.tools.throughput --sb3``
+measures.
 
 The peer gets what our learner gets: the same number of envs stepped in lockstep, the same hyperparameters
 and optimizer (``rmsprop_tf`` is SB3's ``RMSpropTFLike``), the same network (separate MLPs; the Nature CNN;
@@ -78,10 +79,9 @@ def sb3_atari_envs(cfg: DictConfig) -> Any:
 PEER_ENVS = ("native", "ours")  # SB3's own Atari stack, or ours (which leaves only the learners' difference)
 
 
-def build_peer(cfg: DictConfig, envs_from: str = "native") -> Any:
-    """SB3's A2C for the a2c-vector (or single) run ``cfg`` describes, over SB3's own Atari stack (``native``,
-    on Atari only) or over the envs our run steps (``ours``)."""
-    from stable_baselines3 import A2C
+def peer_envs(cfg: DictConfig, envs_from: str) -> Any:
+    """The peer's vectorized envs: SB3's own Atari stack (``native``, on Atari only) or the envs our run steps
+    (``ours``), under ``VecNormalize`` where our collector normalizes."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     algo, env_cfg = cfg.algo, cfg.env
@@ -92,13 +92,27 @@ def build_peer(cfg: DictConfig, envs_from: str = "native") -> Any:
 
         envs = VecNormalize(envs, norm_obs=env_cfg.normalize_obs, norm_reward=env_cfg.normalize_reward,
                             clip_obs=env_cfg.clip_obs, clip_reward=env_cfg.clip_reward, gamma=algo.gamma)
+    return envs
+
+
+def build_peer(cfg: DictConfig, envs_from: str = "native") -> Any:
+    """SB3's learner for the one-learner run ``cfg`` describes: its PPO for ``algo=ppo``, its A2C for ``single`` and
+    ``a2c`` vector mode."""
+    from stable_baselines3 import A2C, PPO
+
+    algo, envs = cfg.algo, peer_envs(cfg, envs_from)
     policy, policy_kwargs = policy_for(cfg, envs.observation_space)
     lr = algo.lr if algo.lr_schedule == "constant" else (lambda remaining: remaining * algo.lr)
-    return A2C(policy, envs, learning_rate=lr, n_steps=algo.n_steps, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
-               ent_coef=algo.entropy_coef, vf_coef=algo.value_coef, max_grad_norm=algo.max_grad_norm,
-               rms_prop_eps=algo.optimizer_eps, use_rms_prop=algo.optimizer != "adam",
-               normalize_advantage=algo.normalize_advantage, policy_kwargs=policy_kwargs, seed=cfg.seed,
-               device="cpu", verbose=0)
+    common = dict(learning_rate=lr, n_steps=algo.n_steps, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
+                  ent_coef=algo.entropy_coef, vf_coef=algo.value_coef, max_grad_norm=algo.max_grad_norm,
+                  normalize_advantage=algo.normalize_advantage, seed=cfg.seed, device="cpu", verbose=0)
+    if algo.name == "ppo":  # SB3's value loss, like ours, has no factor 0.5; its Adam takes our eps
+        return PPO(policy, envs, batch_size=algo.num_envs * algo.n_steps // algo.minibatches, n_epochs=algo.epochs,
+                   clip_range=algo.clip_range, clip_range_vf=algo.clip_range if algo.clip_value else None,
+                   target_kl=algo.target_kl, **common,
+                   policy_kwargs={"optimizer_kwargs": {"eps": algo.optimizer_eps}, **policy_kwargs})
+    return A2C(policy, envs, rms_prop_eps=algo.optimizer_eps, use_rms_prop=algo.optimizer != "adam",
+               policy_kwargs=policy_kwargs, **common)
 
 
 def peer_steady_rate(cfg: DictConfig, warmup: float, envs_from: str = "native") -> float:

@@ -13,8 +13,8 @@ Run specs are ``ALGO[:MODE][:N[w]][:Me][:BACKEND]``: N workers, M envs per worke
     python -m experiments.tools.throughput --runs single a2c:workers:2w:1e --repeats 3 --against /tmp/old
     python -m experiments.tools.throughput --env atari_pong --runs a2c:vector:16e --steps 20000 --sb3
 
-``--sb3`` times Stable-Baselines3's A2C (``experiments.tools.sb3_peer``) on each one-learner spec's settings right
-after it, over SB3's own Atari stack (``native``) or over our envs (``--sb3 ours``: only the learners differ).
+``--sb3`` times Stable-Baselines3's A2C or PPO (``experiments.tools.sb3_peer``) on each one-learner spec's settings
+right after it, over SB3's own Atari stack (``native``) or over our envs (``--sb3 ours``: only the learners differ).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class Measurement:
     overall_sps: list[float] = field(default_factory=list)  # including start-up
     raw_sps: list[float] = field(default_factory=list)  # measured right before each repeat
     against_sps: list[float] = field(default_factory=list)  # in the --against checkout, right after each repeat
-    sb3_sps: list[float] = field(default_factory=list)  # Stable-Baselines3's A2C (--sb3), right after each repeat
+    sb3_sps: list[float] = field(default_factory=list)  # Stable-Baselines3's peer (--sb3), right after each repeat
 
     def summary(self) -> dict[str, Any]:
         steady, raw = statistics.median(self.steady_sps), statistics.median(self.raw_sps)
@@ -208,7 +208,7 @@ def measure(specs: list[RunSpec], env: str, steps: int, repeats: int, raw_second
             extra: list[str], keep: Path | None, against: OtherCheckout | None = None,
             sb3: str | None = None) -> list[Measurement]:
     """Run every spec ``repeats`` times, each run followed by the same spec in ``against``'s checkout and, for
-    the one-learner A2C specs, by Stable-Baselines3's A2C on the same settings (``sb3``: whose envs)."""
+    the one-learner specs, by Stable-Baselines3's A2C or PPO on the same settings (``sb3``: whose envs)."""
     configs = [compose_run(spec, env, steps, log_rows=50, extra=extra) for spec in specs]
     for spec, cfg in zip(specs, configs, strict=True):  # every config checked before the first run
         try:
@@ -349,9 +349,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure every run with the benchmark of this checkout of another commit (e.g. "
                              "made with git worktree add DIR REV), right after it here; report the ratio")
     parser.add_argument("--sb3", nargs="?", const="native", choices=("native", "ours"),
-                        help="also time Stable-Baselines3's A2C (a dev dependency) on each single and a2c:vector "
-                             "spec's settings, right after it: over SB3's own Atari stack (native, the default) or "
-                             "over our envs (ours: only the learners differ); report the ratio")
+                        help="also time Stable-Baselines3's A2C or PPO (a dev dependency) on each single, "
+                             "a2c:vector and ppo:vector spec's settings, right after it: over SB3's own Atari stack "
+                             "(native, the default) or over our envs (ours: only the learners differ); report the "
+                             "ratio")
     args = parser.parse_args(argv)
     try:
         args.specs = [parse_spec(text) for text in args.runs]
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Ray actor-to-actor call round trip here: {floor['empty']:.2f} ms empty, {floor['parameters']:.2f} ms "
               f"with the model's {floor['parameter_bytes']:,} bytes of parameters each way")
     if args.sb3 is not None:
-        print(f"vs SB3: steady rate here over Stable-Baselines3's A2C on the same settings ({args.sb3} envs), "
+        print(f"vs SB3: steady rate here over Stable-Baselines3's A2C or PPO on the same settings ({args.sb3} envs), "
               "timed right after each run here")
     if checkout is not None:
         dirty = " with uncommitted changes" if checkout["git_dirty"] else ""
