@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from algorithms.config import RunConfig
 from algorithms.schedule_checks import (
     A2C_WORKERS_STEP_ENVS,
     A3C_WORKERS_STEP_ENVS,
@@ -86,7 +87,7 @@ class Schedule:
     def load_rule(self) -> type:
         return _import(self.rule)
 
-    def problems(self, cfg: Any) -> Iterator[Problem]:
+    def problems(self, cfg: RunConfig) -> Iterator[Problem]:
         """Each value of ``cfg`` this schedule cannot run with, in the order of its checks. Lazily: a caller that
         stops at the first never runs a later check on a value an earlier one refused."""
         for check in self.checks:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from functools import reduce
 from typing import Any
 
-from algorithms.config import AlgoConfig, StalenessConfig
+from algorithms.config import AlgoConfig, RunConfig, StalenessConfig
 
 CORRECTIONS = ("vtrace", "none", "truncated_is")
 
@@ -32,7 +32,7 @@ class Problem:
     reason: str
 
 
-Check = Callable[[Any], Iterator[Problem]]
+Check = Callable[[RunConfig], Iterator[Problem]]
 
 
 def value_at(cfg: Any, key: str) -> Any:
@@ -59,7 +59,7 @@ class Pinned:
     def pairs(self) -> tuple[tuple[str, Any], ...]:
         return tuple(self.values.items()) if isinstance(self.values, Mapping) else self.values
 
-    def __call__(self, cfg: Any) -> Iterator[Problem]:
+    def __call__(self, cfg: RunConfig) -> Iterator[Problem]:
         if cfg.algo.num_workers < self.from_workers:
             return
         for key, pinned in self.pairs():
@@ -141,7 +141,7 @@ def _finite_at_least(key: str, value: float, low: float,
         yield Problem(key, value, reason)
 
 
-def minibatches_divide_the_batch(cfg: Any) -> Iterator[Problem]:
+def minibatches_divide_the_batch(cfg: RunConfig) -> Iterator[Problem]:
     """PPO's minibatches are equal shares of a batch of ``num_envs * n_steps`` transitions, each of at least two
     (a minibatch's advantages are normalized by their standard deviation)."""
     algo = cfg.algo
@@ -152,7 +152,7 @@ def minibatches_divide_the_batch(cfg: Any) -> Iterator[Problem]:
                       "minibatches of at least 2")
 
 
-def delay_needs_lock(cfg: Any) -> Iterator[Problem]:
+def delay_needs_lock(cfg: RunConfig) -> Iterator[Problem]:
     """Hogwild workers copy a parameter snapshot ``delay`` versions old, which must not change while they copy it."""
     algo = cfg.algo
     if algo.staleness.delay != 0 and not algo.lock:
@@ -161,12 +161,12 @@ def delay_needs_lock(cfg: Any) -> Iterator[Problem]:
                       "copies it)")
 
 
-def learner_batch_fills(cfg: Any) -> Iterator[Problem]:
+def learner_batch_fills(cfg: RunConfig) -> Iterator[Problem]:
     """The actors' queue can hold a learner's whole batch (else the learner waits forever)."""
     algo = cfg.algo
     for key in ("batch_size", "queue_depth"):
-        if algo[key] < 1:
-            yield Problem(f"algo.{key}", algo[key], "must be a positive integer")
+        if getattr(algo, key) < 1:
+            yield Problem(f"algo.{key}", getattr(algo, key), "must be a positive integer")
     waiting = algo.num_workers * algo.queue_depth
     if algo.batch_size > waiting:
         yield Problem("algo.batch_size", algo.batch_size,
@@ -174,17 +174,17 @@ def learner_batch_fills(cfg: Any) -> Iterator[Problem]:
                       "unrolls can wait for it")
 
 
-def off_policy_correction(cfg: Any) -> Iterator[Problem]:
+def off_policy_correction(cfg: RunConfig) -> Iterator[Problem]:
     """A correction the learner knows, with truncations that leave it defined."""
     algo = cfg.algo
     if algo.correction not in CORRECTIONS:
         yield Problem("algo.correction", algo.correction, f"must be one of {', '.join(CORRECTIONS)}")
     for key in ("rho_bar", "c_bar"):
-        if not (math.isfinite(algo[key]) and algo[key] > 0):
-            yield Problem(f"algo.{key}", algo[key], "must be a finite number > 0")
+        if not (math.isfinite(getattr(algo, key)) and getattr(algo, key) > 0):
+            yield Problem(f"algo.{key}", getattr(algo, key), "must be a finite number > 0")
 
 
-def ray_address(cfg: Any) -> Iterator[Problem]:
+def ray_address(cfg: RunConfig) -> Iterator[Problem]:
     """A cluster to connect to, or a local one to size: not both."""
     ray = cfg.ray
     if ray.address is None:
@@ -197,18 +197,18 @@ def ray_address(cfg: Any) -> Iterator[Problem]:
                       f"sizes a local cluster; with ray.address={ray.address} the cluster's own resources apply")
 
 
-def ray_actor_cpus(cfg: Any) -> Iterator[Problem]:
+def ray_actor_cpus(cfg: RunConfig) -> Iterator[Problem]:
     for key in ("cpus_per_worker", "server_cpus"):
-        yield from _finite_at_least(f"ray.{key}", cfg.ray[key], 0)
+        yield from _finite_at_least(f"ray.{key}", getattr(cfg.ray, key), 0)
 
 
-def ray_start_timeout(cfg: Any) -> Iterator[Problem]:
+def ray_start_timeout(cfg: RunConfig) -> Iterator[Problem]:
     timeout = cfg.ray.start_timeout_s
     if not (math.isfinite(timeout) and timeout > 0):
         yield Problem("ray.start_timeout_s", timeout, "must be a finite number of seconds > 0")
 
 
-def ray_local_cluster_fits(cfg: Any) -> Iterator[Problem]:
+def ray_local_cluster_fits(cfg: RunConfig) -> Iterator[Problem]:
     """A local cluster of ``ray.num_cpus`` CPUs can place every actor the run asks for."""
     algo, ray = cfg.algo, cfg.ray
     if ray.num_cpus is None:
@@ -227,13 +227,13 @@ SIM_COSTS = ("env_step_s", "forward_s", "backward_s", "message_s", "byte_s", "la
              "jitter_sigma")
 
 
-def sim_costs(cfg: Any) -> Iterator[Problem]:
+def sim_costs(cfg: RunConfig) -> Iterator[Problem]:
     """The virtual clock's costs: each finite and >= 0."""
     for key in SIM_COSTS:
-        yield from _finite_at_least(f"sim.{key}", cfg.sim[key], 0)
+        yield from _finite_at_least(f"sim.{key}", getattr(cfg.sim, key), 0)
 
 
-def sim_stragglers(cfg: Any) -> Iterator[Problem]:
+def sim_stragglers(cfg: RunConfig) -> Iterator[Problem]:
     """Who is slow, and how slow: a probability, a factor >= 1, and speed factors > 0."""
     sim = cfg.sim
     if not 0 <= sim.straggler_fraction <= 1:

@@ -254,7 +254,8 @@ def _schedule_of(cfg: DictConfig) -> Schedule:
 def _validate_for_schedule(schedule: Schedule, cfg: DictConfig) -> None:
     """What the run's schedule declares beyond the rules every schedule shares (its settings, its transport's):
     the first problem its entry's checks find."""
-    problem = next(schedule.problems(cfg), None)
+    # the composed config has RunConfig's fields (its schema), so the checks read it as one
+    problem = next(schedule.problems(cast(RunConfig, cfg)), None)
     if problem is not None:
         raise ConfigError(problem.key, problem.value, problem.reason)
 
