@@ -47,6 +47,11 @@ SCHEDULES = {
     "simulated-parameter-server-2": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2",
                                      "backend=simulated"],
     "simulated-impala-2": ["algo=impala", "algo.num_workers=2", "algo.batch_size=1", "backend=simulated"],
+    # two passes of one minibatch over each rollout of 5 steps: PPO's several steps per rollout, as few versions as
+    # the others reach before the NaN
+    "ppo-vector": ["algo=ppo", "algo.num_envs=2", "algo.n_steps=5", "algo.epochs=2", "algo.minibatches=1"],
+    "ppo-workers-2": ["algo=ppo", "algo.mode=workers", "algo.num_workers=2", "algo.num_envs=1", "algo.n_steps=5",
+                      "algo.epochs=2", "algo.minibatches=1"],
 }
 DIVERGED = r"non-finite (policy_loss|value_loss) in worker [01]'s update at policy version \d+, env step \d+"
 

@@ -22,7 +22,8 @@ BUDGET = 400  # env steps per run: 20 or more random Hopper episodes, however th
 # How many collectors' states each schedule's checkpoint keeps: the one-process schedules and each synchronous
 # worker keep theirs; Hogwild's and the parameter server's worker processes keep their statistics to themselves.
 CHECKPOINTED_COLLECTORS = {"single": 1, "a2c-vector": 1, "a2c-workers": 2, "a3c-hogwild": 0,
-                           "a3c-parameter-server": 0, "impala": 0, "ray-a2c-workers": 2, "ray-a3c-parameter-server": 0}
+                           "a3c-parameter-server": 0, "impala": 0, "ray-a2c-workers": 2, "ray-a3c-parameter-server": 0,
+                           "ppo-vector": 1, "ppo-workers": 2}
 INITIAL_COUNT = RunningMeanStd().count  # the statistics' prior count, before any observation
 
 
@@ -53,9 +54,10 @@ def test_every_schedule_trains_hopper_with_normalizers_kept_as_documented(tmp_pa
     env_steps = checkpoint["env_steps"]
     assert env_steps >= BUDGET
 
-    # Every env step is one update row's: each row stands for one worker's rollout of n_steps x num_envs steps.
+    # Every env step is in one rollout, and each worker's rollout of n_steps x num_envs steps has one update row per
+    # step of its rule (PPO: epochs x minibatches; the others: one).
     updates = read_csv(run_dir / "updates.csv")
-    assert len(updates) * cfg.algo.n_steps * cfg.algo.num_envs == env_steps
+    assert len(updates) * cfg.algo.n_steps * cfg.algo.num_envs == env_steps * cfg.algo.epochs * cfg.algo.minibatches
     assert max(int(row["env_steps"]) for row in updates) == env_steps
 
     episodes = read_csv(run_dir / "episodes.csv")
