@@ -102,16 +102,16 @@ def test_target_kl_stops_a_batch_s_passes_early(tmp_path: Path):
 
 @pytest.mark.slow
 def test_ppo_learns_cartpole(tmp_path: Path):
-    """CleanRL's settings (conf/tuned/ppo_cartpole.yaml) for 100k env steps of their 500k, seed 0.
+    """CleanRL's settings (conf/tuned/ppo_cartpole.yaml) for 50k env steps of their 500k (the learning rate annealed
+    over the 50k), seed 0.
 
-    Measured with seeds 0 and 1: the best 20-episode mean return reached 355.3 and 361.8 (the final policy's 10
-    deterministic evaluation episodes: 455.2 and 467.7); the threshold 200 leaves room.
-    Cost: one busy process for about 20 s on an idle core.
+    Measured with seeds 0 and 1: the best 20-episode mean return reached 220.2 and 212.1 (at 100k steps: 355.3 and
+    361.8); the threshold 150 leaves room. Cost: one busy process for about 5 s on an idle core.
     """
-    train_run(tmp_path, "algo=ppo", "env=cartpole", "total_env_steps=100000", "log_interval=10000", *FAST)
+    train_run(tmp_path, "algo=ppo", "env=cartpole", "total_env_steps=50000", "log_interval=10000", *FAST)
     returns = np.array([float(row["return"]) for row in read_csv(tmp_path / "episodes.csv")])
     best_mean_20 = np.convolve(returns, np.ones(20) / 20, mode="valid").max()
-    assert best_mean_20 >= 200, f"best 20-episode mean return {best_mean_20:.1f}"
+    assert best_mean_20 >= 150, f"best 20-episode mean return {best_mean_20:.1f}"
 
 
 def test_one_worker_of_dd_ppo_gives_the_parameters_of_the_one_process_schedule(tmp_path: Path):
