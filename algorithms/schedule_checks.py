@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import reduce
 from typing import Any
 
@@ -48,21 +48,15 @@ class Pinned:
     ``from_workers``, the pin holds only for runs of at least that many workers.
     """
 
-    values: Mapping[str, Any] | tuple[tuple[str, Any], ...]
+    # Left out of the hash (a dict has none), so that entries, frozen dataclasses holding their checks, hash.
+    values: Mapping[str, Any] = field(hash=False)
     reason: str
     from_workers: int = 1
-
-    def __post_init__(self) -> None:
-        # Stored as pairs, not a dict, so that entries (frozen dataclasses holding their checks) stay hashable.
-        object.__setattr__(self, "values", tuple(dict(self.values).items()))
-
-    def pairs(self) -> tuple[tuple[str, Any], ...]:
-        return tuple(self.values.items()) if isinstance(self.values, Mapping) else self.values
 
     def __call__(self, cfg: RunConfig) -> Iterator[Problem]:
         if cfg.algo.num_workers < self.from_workers:
             return
-        for key, pinned in self.pairs():
+        for key, pinned in self.values.items():
             value = value_at(cfg, key)
             if value != pinned:
                 yield Problem(key, value, self.reason.format(algo=cfg.algo.name, value=pinned))
