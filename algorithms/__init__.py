@@ -38,6 +38,7 @@ from algorithms.schedule_checks import (
     ONE_ENV_IN_ONE_PROCESS,
     ONE_LEARNER_PROCESS,
     ONE_STEP_PER_BATCH,
+    ONE_STEP_PER_UNROLL_BATCH,
     RAY_ACTORS_STEP_ENVS,
     ROUNDS_FAIL_ON_NONFINITE,
     VIRTUAL_WORKERS_STEP_ENVS,
@@ -110,7 +111,7 @@ class Schedule:
 
 
 ACTOR_CRITIC_RULE = "algorithms.updates.actor_critic:NStepActorCritic"
-OFF_POLICY_RULE = "algorithms.updates.off_policy:OffPolicyActorCritic"
+OFF_POLICY_RULE = "algorithms.updates.off_policy:OffPolicyActorCritic"  # impala's one step, appo's epochs
 PPO_RULE = "algorithms.updates.ppo:PPO"
 
 # What each algorithm and mode accepts, whatever the backend, in the order a bad config is told about it.
@@ -120,7 +121,9 @@ A2C_WORKERS = (A2C_WORKERS_STEP_ENVS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ROUNDS_
 A3C_HOGWILD = (delay_needs_lock, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY, ONE_STEP_PER_BATCH)
 A3C_PARAMETER_SERVER = (NO_LOCK, A3C_WORKERS_STEP_ENVS, LEARNS_ON_POLICY, ONE_STEP_PER_BATCH)
 IMPALA = (ACTORS_LAG_BY_DELAY_ONLY, learner_batch_fills, off_policy_correction, IMPALA_ACTORS_STEP_ENVS,
-          ONE_STEP_PER_BATCH)
+          ONE_STEP_PER_UNROLL_BATCH)
+APPO = (ACTORS_LAG_BY_DELAY_ONLY, learner_batch_fills, off_policy_correction, IMPALA_ACTORS_STEP_ENVS,
+        minibatches_divide_the_batch)
 PPO_VECTOR = (ONE_LEARNER_PROCESS, FRESH_GRADIENTS, LEARNS_ON_POLICY, minibatches_divide_the_batch)
 PPO_WORKERS = (A2C_WORKERS_STEP_ENVS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ROUNDS_FAIL_ON_NONFINITE,
                minibatches_divide_the_batch, EVERY_PASS_IN_ROUNDS)
@@ -156,6 +159,10 @@ _ENTRIES = (
     Schedule("ppo", "workers", "local", "algorithms.transports.local.synchronous:run",
              "worker processes average each minibatch's gradients at a shared-memory barrier (DD-PPO)",
              worker_processes=True, rule=PPO_RULE, checks=PPO_WORKERS + LOCAL),
+    Schedule("appo", "actor_learner", "local", "algorithms.transports.local.actor_learner:run",
+             "impala's actor processes; the trainer takes epochs x minibatches clipped steps on each batch of unrolls",
+             worker_processes=True, server_process=True, learner_on_device=True,
+             rule=OFF_POLICY_RULE, checks=APPO + LOCAL),
     Schedule("a2c", "workers", "ray", "algorithms.transports.ray:run_workers",
              "worker actors; a server actor is the barrier and applies the mean", worker_processes=True,
              rule=ACTOR_CRITIC_RULE, checks=A2C_WORKERS + RAY),
@@ -165,6 +172,10 @@ _ENTRIES = (
     Schedule("impala", "actor_learner", "ray", "algorithms.transports.ray:run_impala",
              "actor actors send unrolls; the driver learns from them with V-trace", worker_processes=True,
              server_process=True, learner_on_device=True, rule=OFF_POLICY_RULE, checks=IMPALA + RAY),
+    Schedule("appo", "actor_learner", "ray", "algorithms.transports.ray:run_impala",
+             "actor actors send unrolls; the driver takes epochs x minibatches clipped steps on each batch",
+             worker_processes=True, server_process=True, learner_on_device=True, rule=OFF_POLICY_RULE,
+             checks=APPO + RAY),
     Schedule("a2c", "workers", "simulated", "algorithms.transports.simulated:run_synchronous",
              "virtual workers on a virtual clock meet at a barrier each round", worker_processes=False,
              rule=ACTOR_CRITIC_RULE, checks=A2C_WORKERS + SIMULATED),
@@ -177,6 +188,9 @@ _ENTRIES = (
     Schedule("impala", "actor_learner", "simulated", "algorithms.transports.simulated:run_impala",
              "virtual actors on a virtual clock; their unrolls queue at one learner", worker_processes=False,
              rule=OFF_POLICY_RULE, checks=IMPALA + SIMULATED),
+    Schedule("appo", "actor_learner", "simulated", "algorithms.transports.simulated:run_impala",
+             "virtual actors on a virtual clock; one learner takes epochs x minibatches steps on each batch",
+             worker_processes=False, rule=OFF_POLICY_RULE, checks=APPO + SIMULATED),
 )
 SCHEDULES: dict[tuple[str, str, str], Schedule] = {(s.algo, s.mode, s.backend): s for s in _ENTRIES}
 

@@ -49,15 +49,16 @@ class AlgoConfig:
     on_nonfinite: str = "fail"  # a NaN or infinite loss or gradient: fail the run, or skip_update (drop it)
     max_nonfinite_skips: int = 10  # with skip_update: fail after this many non-finite updates of a worker in a row
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
-    # impala only (algorithms/schedules/actor_learner.py): the learner's batch, the actors' queue and the off-policy
-    # correction.
+    # impala and appo only (algorithms/schedules/actor_learner.py): the learner's batch, the actors' queue, the
+    # off-policy correction (algorithms/core/losses.py: CORRECTIONS) and the bound on the data's lag.
     batch_size: int = 1  # unrolls per learner update
     queue_depth: int = 2  # unroll slots per actor: how many of its unrolls may wait for the learner
     wait_for_update: bool = False  # an actor acts again only once its last unroll's update is published
-    correction: str = "vtrace"  # vtrace | none (on-policy targets) | truncated_is (1-step importance weights)
+    correction: str = "vtrace"  # vtrace | none | truncated_is | ppo_clip (ratio against mu) | decoupled (AReaL)
     rho_bar: float = 1.0  # V-trace's truncation of the importance weights in the targets and policy gradient
     c_bar: float = 1.0  # V-trace's truncation of the trace coefficients (gae_lambda is its lambda)
-    # ppo only (algorithms/updates/ppo.py): the passes over each batch and the clipping.
+    max_policy_lag: int | None = None  # leave out samples acted more than this many versions ago (null: keep all)
+    # ppo and appo only (algorithms/updates/ppo.py, off_policy.py): the passes over each batch and the clipping.
     epochs: int = 1  # passes over each batch
     minibatches: int = 1  # optimizer steps per pass, each on an equal share of the batch (must divide it)
     clip_range: float = 0.2  # the surrogate's ratio is clipped to [1 - clip_range, 1 + clip_range]

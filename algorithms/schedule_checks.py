@@ -20,7 +20,7 @@ from typing import Any
 
 from algorithms.config import AlgoConfig, RunConfig, StalenessConfig
 
-CORRECTIONS = ("vtrace", "none", "truncated_is")
+CORRECTIONS = ("vtrace", "none", "truncated_is", "ppo_clip", "decoupled")  # algorithms.core.losses.CORRECTIONS
 
 
 @dataclass(frozen=True)
@@ -71,23 +71,29 @@ def _defaults(config: type, prefix: str, names: tuple[str, ...]) -> dict[str, An
 
 # impala's learner settings (experiments.columns.IMPALA_DEFAULTS, which analysis reads, lists the same keys).
 OFF_POLICY_DEFAULTS = _defaults(AlgoConfig, "algo", ("batch_size", "queue_depth", "wait_for_update", "correction",
-                                                     "rho_bar", "c_bar"))
+                                                     "rho_bar", "c_bar", "max_policy_lag"))
 STALENESS_DEFAULTS = _defaults(StalenessConfig, "algo.staleness", ("delay", "max", "lr_scaling"))
 # ppo's passes over each batch and their clipping.
 PPO_DEFAULTS = _defaults(AlgoConfig, "algo", ("epochs", "minibatches", "clip_range", "clip_value", "target_kl"))
 
 # --------------------------------------------------------------------------- settings an algorithm does not read
-LEARNS_ON_POLICY = Pinned(OFF_POLICY_DEFAULTS, "is an algo=impala setting (its learner's batch, queue and off-policy "
-                                               "correction); algo={algo} leaves it at {value}")
-ONE_STEP_PER_BATCH = Pinned(PPO_DEFAULTS, "is an algo=ppo setting (its passes over each batch and their clipping); "
-                                         "algo={algo} takes one step per batch and leaves it at {value}")
+LEARNS_ON_POLICY = Pinned(OFF_POLICY_DEFAULTS, "is an algo=impala and algo=appo setting (the learner's batch, the "
+                                               "actors' queue and the off-policy correction); algo={algo} leaves it at "
+                                               "{value}")
+ONE_STEP_PER_BATCH = Pinned(PPO_DEFAULTS, "is an algo=ppo and algo=appo setting (the passes over each batch and "
+                                         "their clipping); algo={algo} takes one step per batch and leaves it at "
+                                         "{value}")
+# impala's correction may clip (ppo_clip, decoupled), so it takes algo.clip_range; its one step takes nothing else.
+ONE_STEP_PER_UNROLL_BATCH = Pinned({key: value for key, value in PPO_DEFAULTS.items() if key != "algo.clip_range"},
+                                   "is an algo=appo setting (its passes over each batch of unrolls); algo={algo} "
+                                   "takes one step per batch and leaves it at {value}")
 FRESH_GRADIENTS = Pinned(STALENESS_DEFAULTS,
                          "controlled staleness is an a3c setting; algo={algo} applies every gradient fresh")
 # impala's actors take algo.staleness.delay (they act on parameters that many versions old), nothing else.
 ACTORS_LAG_BY_DELAY_ONLY = Pinned(
     {key: default for key, default in STALENESS_DEFAULTS.items() if key != "algo.staleness.delay"},
-    "is an a3c setting for stale gradients; impala's actors lag by algo.staleness.delay, and V-trace "
-    "(algo.correction) corrects their unrolls")
+    "is an a3c setting for stale gradients; algo={algo}'s actors lag by algo.staleness.delay, bounded by "
+    "algo.max_policy_lag and corrected by algo.correction")
 NO_LOCK = Pinned({"algo.lock": False},
                  "is a mode=hogwild setting; the parameter server applies one gradient at a time")
 
@@ -136,14 +142,15 @@ def _finite_at_least(key: str, value: float, low: float,
 
 
 def minibatches_divide_the_batch(cfg: RunConfig) -> Iterator[Problem]:
-    """PPO's minibatches are equal shares of a batch of ``num_envs * n_steps`` transitions, each of at least two
-    (a minibatch's advantages are normalized by their standard deviation)."""
+    """PPO's minibatches are equal shares of a batch of ``num_envs * n_steps`` transitions (APPO's: of ``batch_size``
+    such unrolls), each of at least two (a minibatch's advantages are normalized by their standard deviation)."""
     algo = cfg.algo
-    batch = algo.num_envs * algo.n_steps
+    batch = algo.batch_size * algo.num_envs * algo.n_steps
     if batch % algo.minibatches or batch // algo.minibatches < 2:
+        factors = "algo.num_envs * algo.n_steps" if algo.batch_size == 1 else \
+            "algo.batch_size * algo.num_envs * algo.n_steps"
         yield Problem("algo.minibatches", algo.minibatches,
-                      f"must split a batch of algo.num_envs * algo.n_steps = {batch} transitions into equal "
-                      "minibatches of at least 2")
+                      f"must split a batch of {factors} = {batch} transitions into equal minibatches of at least 2")
 
 
 def delay_needs_lock(cfg: RunConfig) -> Iterator[Problem]:
@@ -176,6 +183,8 @@ def off_policy_correction(cfg: RunConfig) -> Iterator[Problem]:
     for key in ("rho_bar", "c_bar"):
         if not (math.isfinite(getattr(algo, key)) and getattr(algo, key) > 0):
             yield Problem(f"algo.{key}", getattr(algo, key), "must be a finite number > 0")
+    if algo.max_policy_lag is not None and algo.max_policy_lag < 0:
+        yield Problem("algo.max_policy_lag", algo.max_policy_lag, "must be a version count >= 0, or null for no bound")
 
 
 def ray_address(cfg: RunConfig) -> Iterator[Problem]:

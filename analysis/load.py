@@ -35,7 +35,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.columns import EPISODE_COLUMNS, EVAL_COLUMNS, IMPALA_DEFAULTS, METRIC_COLUMNS, UPDATE_COLUMNS
+from experiments.columns import (
+    EPISODE_COLUMNS,
+    EVAL_COLUMNS,
+    IMPALA_DEFAULTS,
+    METRIC_COLUMNS,
+    OFF_POLICY_ALGOS,
+    UPDATE_COLUMNS,
+)
 
 # Columns that identify a run and its experimental condition in every frame.
 RUN_COLUMNS = ("run_id", "env_name", "env_id", "algo", "mode", "schedule", "num_workers", "num_envs", "seed",
@@ -523,7 +530,7 @@ def _override_values(run: RunData, keys: Iterable[str]) -> dict[str, str]:
     def value(key: str) -> str:
         if key in run.overrides:
             return run.overrides[key]
-        if key.removeprefix("algo.") in IMPALA_DEFAULTS and run.meta.get("algo") not in (None, "impala"):
+        if key.removeprefix("algo.") in IMPALA_DEFAULTS and run.meta.get("algo") not in (None, *OFF_POLICY_ALGOS):
             return NOT_APPLICABLE
         return str(config[key]) if key in config else "unset"
 

@@ -3,18 +3,21 @@
 Kept apart from the record so that analysis reads the contract without importing torch.
 """
 
-# The algo settings only algo=impala has, at the defaults every other algorithm keeps (the config refuses others),
-# so that analysis reads them as not applying to another algorithm's run.
+# The algorithms whose learner takes unrolls acted by older policies, and the algo settings only they have, at the
+# defaults every other algorithm keeps (the config refuses others), so that analysis reads them as not applying to
+# another algorithm's run.
+OFF_POLICY_ALGOS = ("impala", "appo")
 IMPALA_DEFAULTS = {"batch_size": 1, "queue_depth": 2, "wait_for_update": False, "correction": "vtrace",
-                   "rho_bar": 1.0, "c_bar": 1.0}
+                   "rho_bar": 1.0, "c_bar": 1.0, "max_policy_lag": None}
 
 # The statistics every schedule reports with an update (algorithms.infra.messages.LOSS_STATS, which analysis may not
 # import; a test keeps the two equal).
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
 # Statistics only some update rules report with an update, averaged into metrics.csv like the loss statistics (empty
-# for the others): IMPALA's mean truncated importance ratio min(rho_bar, pi/mu) over an update's transitions; PPO's
-# approximate KL divergence from the policy that collected the batch and fraction of clipped ratios per minibatch.
-RULE_STATS = ("importance_ratio", "approx_kl", "clip_fraction")
+# for the others): the off-policy learners' (IMPALA, APPO) mean truncated importance ratio min(rho_bar, pi/mu) over
+# the batch and fraction of its samples left out as older than max_policy_lag; PPO's and APPO's approximate KL
+# divergence from the policy that started the batch and fraction of clipped ratios per minibatch.
+RULE_STATS = ("importance_ratio", "approx_kl", "clip_fraction", "lag_dropped")
 
 METRIC_COLUMNS = (
     "env_steps", "wall_time", "updates", "policy_version", "episodes",

@@ -18,7 +18,7 @@ from experiments.config import ConfigError, exit_on_config_error
 from experiments.plan import check_command_line, compose_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGOS = "one of a2c, a3c, impala, ppo, single"
+ALGOS = "one of a2c, a3c, appo, impala, ppo, single"
 
 # (command-line arguments, the key the message names, the value as the message shows it, words of the reason)
 BAD_INPUTS = [
@@ -97,7 +97,7 @@ BAD_INPUTS = [
     (["eval.episodes=-1"], "eval.episodes", "-1", "must be >= 0 (0: no evaluation)"),
     (["env.id=CartPol-v1"], "env.id", "'CartPol-v1'", "did you mean CartPole-v1"),
     (["algo=a3c", "algo.staleness.delay=2"], "algo.staleness.delay", "2", "needs algo.lock=true"),
-    (["algo=a2c", "algo.epochs=4"], "algo.epochs", "4", "is an algo=ppo setting"),
+    (["algo=a2c", "algo.epochs=4"], "algo.epochs", "4", "is an algo=ppo and algo=appo setting"),
     (["algo=ppo", "algo.minibatches=3"], "algo.minibatches", "3",
      "must split a batch of algo.num_envs * algo.n_steps = 512 transitions into equal minibatches"),
     (["algo=ppo", "algo.clip_range=-0.1"], "algo.clip_range", "-0.1", "must be a finite number > 0"),

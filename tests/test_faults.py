@@ -47,6 +47,11 @@ SCHEDULES = {
     "simulated-parameter-server-2": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2",
                                      "backend=simulated"],
     "simulated-impala-2": ["algo=impala", "algo.num_workers=2", "algo.batch_size=1", "backend=simulated"],
+    # two passes over each batch of two unrolls: as many versions as impala-2's one step per unroll
+    "appo-2": ["algo=appo", "algo.num_workers=2", "algo.num_envs=1", "algo.n_steps=5", "algo.epochs=2",
+               "algo.minibatches=1"],
+    "simulated-appo-2": ["algo=appo", "algo.num_workers=2", "algo.num_envs=1", "algo.n_steps=5", "algo.epochs=2",
+                         "algo.minibatches=1", "backend=simulated"],
     # two passes of one minibatch over each rollout of 5 steps: PPO's several steps per rollout, as few versions as
     # the others reach before the NaN
     "ppo-vector": ["algo=ppo", "algo.num_envs=2", "algo.n_steps=5", "algo.epochs=2", "algo.minibatches=1"],

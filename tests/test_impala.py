@@ -19,7 +19,7 @@ from algorithms.infra.checkpoint import read_checkpoint
 from algorithms.infra.shared_memory import ParameterBoard
 from algorithms.infra.supervision import WorkerFailure
 from algorithms.updates.actor_critic import compute_gradients
-from algorithms.updates.off_policy import off_policy_gradients
+from algorithms.updates.off_policy import OffPolicyActorCritic
 from experiments.config import ConfigError, validate
 from tests.conftest import compose_config, read_csv, read_meta, train_run
 from tests.processes import worker_pids
@@ -51,23 +51,30 @@ def collected_unroll(*overrides: str) -> tuple:
     return cfg, envs, model, collector
 
 
-def gradient_of(model, loss) -> tuple[torch.Tensor, dict[str, float], float | None]:
-    result = loss()
-    stats, ratio = result if isinstance(result, tuple) else (result, None)
-    return model.flat_grads.clone(), stats, ratio
+def gradient_of(model, loss) -> tuple[torch.Tensor, dict[str, float]]:
+    stats = loss()
+    return model.flat_grads.clone(), stats
+
+
+def off_policy_step(cfg, model, unroll) -> dict[str, float]:
+    """The gradient of IMPALA's one step on ``unroll``, left in ``model.flat_grads``, and its statistics."""
+    return next(OffPolicyActorCritic(cfg).gradients(model, unroll))
 
 
 def test_on_policy_the_off_policy_loss_is_the_n_step_loss():
     cfg, envs, model, collector = collected_unroll()
     try:
-        unroll = unroll_from(collector, model)
-        expected, expected_stats, _ = gradient_of(model, lambda: compute_gradients(model, collector.rollout, cfg.algo))
-        for correction in ("vtrace", "none", "truncated_is"):
+        unroll = unroll_from(collector, model, 0)
+        expected, expected_stats = gradient_of(model, lambda: compute_gradients(model, collector.rollout, cfg.algo))
+        for correction in ("vtrace", "none", "truncated_is", "ppo_clip", "decoupled"):
             cfg.algo.correction = correction
-            gradient, stats, ratio = gradient_of(model, lambda: off_policy_gradients(model, unroll, cfg.algo))
-            assert ratio == 1.0  # the actor's log-probabilities are the learner's, bit for bit
+            gradient, stats = gradient_of(model, lambda: off_policy_step(cfg, model, unroll))
+            assert stats["importance_ratio"] == 1.0  # the actor's log-probabilities are the learner's, bit for bit
             torch.testing.assert_close(gradient, expected, rtol=1e-5, atol=1e-7)
-            assert stats == pytest.approx(expected_stats, rel=1e-5)
+            # The policy loss is a surrogate with the same gradient: -mean(w * r * A) at r = 1, not -mean(A log pi).
+            same = [name for name in expected_stats if name != "policy_loss"]
+            assert {name: stats[name] for name in same} == pytest.approx({name: expected_stats[name] for name in same},
+                                                                         rel=1e-5)
     finally:
         envs.close()
 
@@ -75,20 +82,20 @@ def test_on_policy_the_off_policy_loss_is_the_n_step_loss():
 def test_off_policy_the_corrections_differ_and_the_ratio_is_reported_truncated():
     cfg, envs, model, collector = collected_unroll()
     try:
-        unroll = unroll_from(collector, model)
+        unroll = unroll_from(collector, model, 0)
         # The behaviour policy gave every taken action more probability than the learner does: ratios e^-0.5.
         stale = Unrolls(**{**vars(unroll), "behaviour_log_probs": unroll.behaviour_log_probs + 0.5})
         gradients = {}
-        for correction in ("vtrace", "none", "truncated_is"):
+        for correction in ("vtrace", "none", "truncated_is", "ppo_clip", "decoupled"):
             cfg.algo.correction = correction
-            gradients[correction], _, ratio = gradient_of(model, lambda: off_policy_gradients(model, stale, cfg.algo))
-            assert ratio == pytest.approx(math.exp(-0.5), rel=1e-5)
-        assert not torch.allclose(gradients["vtrace"], gradients["none"])
-        assert not torch.allclose(gradients["truncated_is"], gradients["none"])
+            gradients[correction], stats = gradient_of(model, lambda: off_policy_step(cfg, model, stale))
+            assert stats["importance_ratio"] == pytest.approx(math.exp(-0.5), rel=1e-5)
+        for correction in ("vtrace", "truncated_is", "ppo_clip", "decoupled"):
+            assert not torch.allclose(gradients[correction], gradients["none"]), correction
         # Ratios above rho_bar are truncated to it: from a less likely behaviour, every ratio counts as 1.
         cfg.algo.correction = "vtrace"
         fresh = Unrolls(**{**vars(unroll), "behaviour_log_probs": unroll.behaviour_log_probs - 0.5})
-        assert gradient_of(model, lambda: off_policy_gradients(model, fresh, cfg.algo))[2] == 1.0
+        assert gradient_of(model, lambda: off_policy_step(cfg, model, fresh))[1]["importance_ratio"] == 1.0
     finally:
         envs.close()
 

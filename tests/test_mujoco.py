@@ -22,8 +22,8 @@ BUDGET = 400  # env steps per run: 20 or more random Hopper episodes, however th
 # How many collectors' states each schedule's checkpoint keeps: the one-process schedules and each synchronous
 # worker keep theirs; Hogwild's and the parameter server's worker processes keep their statistics to themselves.
 CHECKPOINTED_COLLECTORS = {"single": 1, "a2c-vector": 1, "a2c-workers": 2, "a3c-hogwild": 0,
-                           "a3c-parameter-server": 0, "impala": 0, "ray-a2c-workers": 2, "ray-a3c-parameter-server": 0,
-                           "ppo-vector": 1, "ppo-workers": 2}
+                           "a3c-parameter-server": 0, "impala": 0, "appo": 0, "ray-a2c-workers": 2,
+                           "ray-a3c-parameter-server": 0, "ppo-vector": 1, "ppo-workers": 2}
 INITIAL_COUNT = RunningMeanStd().count  # the statistics' prior count, before any observation
 
 
@@ -35,7 +35,8 @@ def test_the_mujoco_suite_runs_every_schedule_on_the_four_envs_at_the_zoo_s_budg
     cells = {(job.env.id, job.algo.name, job.algo.mode) for job in jobs}
     assert cells == {(env, *schedule) for env in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5")
                      for schedule in (("single", "serial"), ("a2c", "vector"), ("a2c", "workers"),
-                                      ("a3c", "hogwild"), ("a3c", "parameter_server"), ("impala", "actor_learner"))}
+                                      ("a3c", "hogwild"), ("a3c", "parameter_server"), ("impala", "actor_learner"),
+                                      ("ppo", "vector"), ("ppo", "workers"), ("appo", "actor_learner"))}
     assert all(job.env.normalize_obs and job.env.normalize_reward for job in jobs)
     assert {job.total_env_steps for job in jobs} == {1_000_000}
 

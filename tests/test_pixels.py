@@ -22,6 +22,7 @@ SCHEDULES = {
     "a3c-hogwild": ["algo=a3c", "algo.num_workers=2"],
     "a3c-parameter-server": ["algo=a3c", "algo.mode=parameter_server", "algo.num_workers=2"],
     "impala": ["algo=impala", "algo.num_workers=2"],
+    "appo": ["algo=appo", "algo.num_workers=2", "algo.epochs=2"],
     "ppo-vector": ["algo=ppo", "algo.num_envs=2", "algo.n_steps=10", "algo.minibatches=2"],
     "ppo-workers": ["algo=ppo", "algo.mode=workers", "algo.num_workers=2", "algo.num_envs=1", "algo.n_steps=10",
                     "algo.minibatches=2"],

@@ -276,6 +276,18 @@ def test_impala_actors_give_the_local_impala_run(cluster, tmp_path):
     assert wait_until_gone(started_pids(tmp_path / "ray")) == []
 
 
+def test_appo_actors_give_the_local_appo_run(cluster, tmp_path):
+    # APPO's epochs over impala's transport: one actor in lockstep, the same run on both transports, bit for bit.
+    common = ["algo=appo", "algo.num_workers=1", "algo.batch_size=1", "algo.queue_depth=1", "algo.wait_for_update=true",
+              "algo.num_envs=2", "algo.n_steps=16", "algo.epochs=2", "algo.minibatches=4", "seed=4",
+              "total_env_steps=640", "log_interval=320", "algo.staleness.delay=2"]
+    train_run(tmp_path / "local", *common)
+    record = train_run(tmp_path / "ray", *common, "backend=ray")
+    assert record.status == "completed" and record.policy_version == 20 * 8
+    assert_same_training(tmp_path / "local", tmp_path / "ray")
+    assert wait_until_gone(started_pids(tmp_path / "ray")) == []
+
+
 def test_parameter_server_actor_answers_each_gradient_with_delayed_parameters(cluster, run_dir):
     # Acrobot normalizes observations: worker 0's statistics travel with its pushes to the evaluations
     record = train_run(run_dir, *PS, "algo.num_workers=2", "algo.staleness.delay=1", "total_env_steps=2000",

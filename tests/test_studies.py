@@ -12,7 +12,8 @@ from tests.conftest import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(path.stem for path in Path(CONF_DIR, "experiment").glob("*.yaml"))
-ALL_SCHEDULES = {"single", "a2c/vector", "a2c/workers", "a3c/hogwild", "a3c/parameter_server", "impala/actor_learner"}
+ALL_SCHEDULES = {"single", "a2c/vector", "a2c/workers", "a3c/hogwild", "a3c/parameter_server", "impala/actor_learner",
+                 "ppo/vector", "ppo/workers", "appo/actor_learner"}
 
 
 def schedule(job) -> str:
@@ -84,9 +85,9 @@ def test_plan_prints_each_jobs_config_and_what_a_rerun_would_do(tmp_path):
     (done / "meta.json").write_text('{"status": "completed"}')
     result = plan("+experiment=demo", "--cfg", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("# job: ") == 18
-    assert result.stdout.count("total_env_steps: 50000") == 18
-    assert "18 jobs (17 to run, 1 already completed), 850,000 env steps to run" in result.stdout
+    assert result.stdout.count("# job: ") == 27
+    assert result.stdout.count("total_env_steps: 50000") == 27
+    assert "27 jobs (26 to run, 1 already completed), 1,300,000 env steps to run" in result.stdout
     assert not any(path.name != "sweep" for path in tmp_path.iterdir()), "planning must create nothing"
 
 

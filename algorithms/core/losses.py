@@ -10,6 +10,9 @@ used when the last step ended nothing. The loss is a torch function with autogra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -137,6 +140,47 @@ def vtrace(
     return targets, advantages
 
 
+def clipped_surrogate(
+    log_probs: torch.Tensor,
+    reference_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate policy loss (Schulman et al., 2017, eq. 7) against a reference policy.
+
+    With r = pi(a|s) / pi_ref(a|s): -mean(w * min(r * A, clip(r, 1 - eps, 1 + eps) * A)), w = 1 unless ``weights``
+    are given. At pi = pi_ref its gradient is the policy gradient -mean(w * A * grad log pi). Returns the loss and,
+    without gradient, the ratios r.
+    """
+    ratio = (log_probs - reference_log_probs.detach()).exp()
+    advantages = advantages.detach()
+    surrogate = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    if weights is not None:
+        surrogate = weights.detach() * surrogate
+    return surrogate.mean(), ratio.detach()
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip_range: float | None) -> torch.Tensor:
+    """mean((V(s) - R)^2), or with a ``clip_range`` mean(max((V - R)^2, (V_clip - R)^2)) where V_clip is V moved at
+    most ``clip_range`` from ``old_values`` (CleanRL's ``clip_vloss``, Stable-Baselines3's ``clip_range_vf``). No
+    factor 0.5, as Stable-Baselines3: CleanRL's ``vf_coef`` is twice the ``value_coef`` that weights this loss."""
+    errors = (values - returns.detach()).pow(2)
+    if clip_range is not None:
+        clipped = old_values.detach() + (values - old_values.detach()).clamp(-clip_range, clip_range)
+        errors = torch.max(errors, (clipped - returns.detach()).pow(2))
+    return errors.mean()
+
+
+def approximate_kl(log_probs: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
+    """mean((r - 1) - log r) with r = pi / pi_ref: Schulman's unbiased, non-negative estimator of KL(pi_ref, pi), as
+    CleanRL's ``approx_kl``. Without gradient."""
+    with torch.no_grad():
+        log_ratio = log_probs - reference_log_probs
+        return (log_ratio.exp() - 1 - log_ratio).mean()
+
+
 def ppo_loss(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -150,31 +194,91 @@ def ppo_loss(
     value_coef: float,
     entropy_coef: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate loss (Schulman et al., 2017, eq. 7) over a minibatch of transitions.
-
-    With r = pi(a|s) / pi_old(a|s): L_clip = -mean(min(r * A, clip(r, 1 - eps, 1 + eps) * A)); the value loss is
-    mean((V(s) - R)^2), or with ``clip_value`` mean(max((V - R)^2, (V_clip - R)^2)) where V_clip is V moved at most
-    eps from ``old_values`` (as CleanRL's ``clip_vloss`` and Stable-Baselines3's ``clip_range_vf``; no 0.5 factor,
-    as Stable-Baselines3: CleanRL's ``vf_coef`` is twice this ``value_coef``). L = L_clip + value_coef * value loss
-    - entropy_coef * mean(H). Also returns, without gradient, the approximate KL divergence mean((r - 1) - log r)
-    (Schulman's unbiased estimator, as CleanRL's ``approx_kl``) and the fraction of ratios outside the clip range.
-    """
-    log_ratio = log_probs - old_log_probs.detach()
-    ratio = log_ratio.exp()
-    advantages = advantages.detach()
-    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
-    errors = (values - returns.detach()).pow(2)
-    if clip_value:
-        clipped = old_values.detach() + (values - old_values.detach()).clamp(-clip_range, clip_range)
-        errors = torch.max(errors, (clipped - returns.detach()).pow(2))
-    value_loss = errors.mean()
+    """PPO's loss over a minibatch of transitions: L = :func:`clipped_surrogate` against ``old_log_probs`` +
+    value_coef * :func:`value_loss` (clipped with ``clip_range`` under ``clip_value``) - entropy_coef * mean(H).
+    Also returns, without gradient, :func:`approximate_kl` and the fraction of ratios outside the clip range."""
+    policy_loss, ratio = clipped_surrogate(log_probs, old_log_probs, advantages, clip_range)
+    critic_loss = value_loss(values, old_values, returns, clip_range if clip_value else None)
     entropy_mean = entropy.mean()
-    total = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
-    with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()
-        clip_fraction = ((ratio - 1).abs() > clip_range).float().mean()
-    return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean,
-                   "approx_kl": approx_kl, "clip_fraction": clip_fraction}
+    total = policy_loss + value_coef * critic_loss - entropy_coef * entropy_mean
+    return total, {"policy_loss": policy_loss, "value_loss": critic_loss, "entropy": entropy_mean,
+                   "approx_kl": approximate_kl(log_probs, old_log_probs.detach()),
+                   "clip_fraction": clip_fraction(ratio, clip_range)}
+
+
+def clip_fraction(ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """The fraction of ``ratio`` outside [1 - clip_range, 1 + clip_range]."""
+    return ((ratio - 1).abs() > clip_range).float().mean()
+
+
+# --------------------------------------------------------------------------- off-policy corrections
+# Data acted by a behaviour policy mu, older than the learner's policy pi. The proximal policy pi_prox is the
+# learner's own when it takes the batch (before its first step on it): on-policy it is mu. Each correction is a
+# policy loss of (log pi, log pi_prox, log mu, advantages, clip_range, rho_bar), returning the loss and the ratios
+# its clipping or weighting acts on; :data:`CORRECTIONS` also says whether its targets and advantages are V-trace's
+# (:func:`vtrace` with log rho = log pi_prox - log mu) or the same recursion with every ratio 1 (uncorrected).
+# With one step per batch (IMPALA) pi is pi_prox at the step, where every clipped surrogate's gradient is the policy
+# gradient.
+
+
+def truncated_importance_weights(log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor,
+                                 rho_bar: float) -> torch.Tensor:
+    """min(rho_bar, pi / mu), without gradient."""
+    return (log_probs.detach() - behaviour_log_probs).exp().clamp(max=rho_bar)
+
+
+def uncorrected_surrogate(log_probs: torch.Tensor, proximal_log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor,
+                          advantages: torch.Tensor, clip_range: float,
+                          rho_bar: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``none``: PPO as if the data were the proximal policy's (its clipped surrogate against pi_prox), mu ignored;
+    with uncorrected targets. IMPALA's "no correction" at one step per batch. Also ``vtrace``'s policy loss, whose
+    V-trace advantages carry the correction (rho_t = min(rho_bar, pi_prox/mu) weights each)."""
+    return clipped_surrogate(log_probs, proximal_log_probs, advantages, clip_range)
+
+
+def truncated_importance_sampling(log_probs: torch.Tensor, proximal_log_probs: torch.Tensor,
+                                  behaviour_log_probs: torch.Tensor, advantages: torch.Tensor, clip_range: float,
+                                  rho_bar: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``truncated_is``: the policy gradient with each term weighted by min(rho_bar, pi/mu) at the current pi,
+    -mean(min(rho_bar, pi/mu) * A * log pi), unclipped; with uncorrected targets (IMPALA's Table 2 "1-step
+    importance sampling"). On-policy, at pi = mu, the policy gradient."""
+    weights = truncated_importance_weights(log_probs, behaviour_log_probs, rho_bar)
+    loss = -(weights * advantages.detach() * log_probs).mean()
+    return loss, (log_probs.detach() - behaviour_log_probs).exp()
+
+
+def behaviour_clipped_surrogate(log_probs: torch.Tensor, proximal_log_probs: torch.Tensor,
+                                behaviour_log_probs: torch.Tensor, advantages: torch.Tensor, clip_range: float,
+                                rho_bar: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ppo_clip``: the clipped surrogate with the ratio taken against the behaviour policy, pi/mu, on V-trace's
+    targets and advantages (Sample Factory's APPO). A sample acted long ago starts outside the clip range and moves
+    the policy only towards it. On-policy (mu = pi_prox) it is PPO's loss."""
+    return clipped_surrogate(log_probs, behaviour_log_probs, advantages, clip_range)
+
+
+def decoupled_surrogate(log_probs: torch.Tensor, proximal_log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor,
+                        advantages: torch.Tensor, clip_range: float,
+                        rho_bar: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decoupled``: decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization"; AReaL, Fu
+    et al. 2025): the trust region is around the proximal policy, the off-policy correction a separate weight,
+    -mean(min(rho_bar, pi_prox/mu) * min(r A, clip(r) A)) with r = pi/pi_prox; with uncorrected targets. On-policy
+    (mu = pi_prox) it is PPO's loss."""
+    weights = truncated_importance_weights(proximal_log_probs, behaviour_log_probs, rho_bar)
+    return clipped_surrogate(log_probs, proximal_log_probs, advantages, clip_range, weights)
+
+
+class Correction(NamedTuple):
+    policy_loss: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    vtrace_targets: bool  # targets and advantages by V-trace; else by the same recursion with every ratio 1
+
+
+CORRECTIONS: dict[str, Correction] = {
+    "vtrace": Correction(uncorrected_surrogate, vtrace_targets=True),
+    "none": Correction(uncorrected_surrogate, vtrace_targets=False),
+    "truncated_is": Correction(truncated_importance_sampling, vtrace_targets=False),
+    "ppo_clip": Correction(behaviour_clipped_surrogate, vtrace_targets=True),
+    "decoupled": Correction(decoupled_surrogate, vtrace_targets=False),
+}
 
 
 def actor_critic_loss(

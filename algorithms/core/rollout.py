@@ -55,6 +55,7 @@ class Unrolls:
     truncated: torch.Tensor  # [T, N]
     truncation_values: torch.Tensor  # [T, N], V(final obs) where truncated, by the behaviour policy's critic
     behaviour_log_probs: torch.Tensor  # [T, N], log mu(a_t | x_t)
+    behaviour_versions: torch.Tensor  # [T, N] int64, the policy version (mu's) that acted each step
     bootstrap_obs: torch.Tensor  # [N, *obs_shape], the observation after the last step
 
     def copy(self) -> Unrolls:
@@ -237,14 +238,16 @@ class Collector:
 
 
 @torch.no_grad()
-def unroll_from(collector: Collector, model: ActorCritic) -> Unrolls:
-    """The unroll ``collector`` just collected with ``model``, with its behaviour log-probabilities (one batched
-    pass over the unroll: the same computation the learner makes, so an on-policy ratio is exactly 1)."""
+def unroll_from(collector: Collector, model: ActorCritic, version: int) -> Unrolls:
+    """The unroll ``collector`` just collected with ``model``, the parameters of ``version``, with its behaviour
+    log-probabilities (one batched pass over the unroll: the same computation the learner makes, so an on-policy
+    ratio is exactly 1)."""
     rollout = collector.rollout
     with torch.no_grad():
         log_probs, _, _ = model.evaluate(rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1))
     return Unrolls(rollout.obs, rollout.actions, rollout.rewards, rollout.terminated, rollout.truncated,
                    rollout.truncation_values, log_probs.view(rollout.rewards.shape),
+                   torch.full(rollout.rewards.shape, version, dtype=torch.int64),
                    torch.from_numpy(collector.current_obs))
 
 

@@ -21,7 +21,7 @@ def act(actor: RolloutWorker, version: int, slot: int = 0) -> tuple[UnrollReady,
     the local transport keeps its arrays) and its arrays with the behaviour log-probabilities, which are the
     collector's buffers (copy them before the next unroll)."""
     episodes = actor.collect()
-    unroll = unroll_from(actor.collector, actor.model)
+    unroll = unroll_from(actor.collector, actor.model, version)
     return UnrollReady(actor.worker, slot, version, episodes, actor.steps, time.monotonic(),
                        actor.evaluation_statistics()), unroll
 

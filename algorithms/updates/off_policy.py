@@ -1,5 +1,7 @@
-"""IMPALA's off-policy actor-critic update rule (Espeholt et al. 2018): one step per batch of unrolls acted by older
-policies, corrected with V-trace or another ``algo.correction``."""
+"""The off-policy actor-critic rule of a central learner whose data were acted by older policies: IMPALA's (Espeholt
+et al. 2018: one step per batch of unrolls) and APPO's (Sample Factory's asynchronous PPO, Petrenko et al. 2020:
+``algo.epochs`` passes of ``algo.minibatches`` clipped steps over each batch), corrected as ``algo.correction`` says
+(:data:`~algorithms.core.losses.CORRECTIONS`) and bounded by ``algo.max_policy_lag``."""
 
 from __future__ import annotations
 
@@ -9,51 +11,83 @@ import numpy as np
 import torch
 
 from algorithms.config import AlgoConfig
-from algorithms.core.losses import actor_critic_loss, vtrace
+from algorithms.core.losses import CORRECTIONS, approximate_kl, clip_fraction, value_loss, vtrace
 from algorithms.core.nets import ActorCritic
 from algorithms.core.rollout import Unrolls
 from algorithms.updates.actor_critic import backpropagate
-from algorithms.updates.rule import UpdateRule
+from algorithms.updates.rule import Refused, UpdateRule
 
 
-def off_policy_gradients(model: ActorCritic, unrolls: Unrolls, algo: AlgoConfig) -> tuple[dict[str, float], float]:
-    """Fill ``model``'s ``.grad`` with the actor-critic loss on ``unrolls`` acted by older policies, corrected as
-    ``algo.correction`` says (IMPALA's learner; Espeholt et al. 2018):
-
-    - ``vtrace``: V-trace targets and advantages (:func:`~algorithms.core.losses.vtrace`, ``rho_bar``, ``c_bar`` and
-      ``gae_lambda`` as its lambda);
-    - ``none``: the same targets with every importance ratio taken as 1 (the paper's "no correction");
-    - ``truncated_is``: those uncorrected targets, each advantage weighted by its truncated importance ratio
-      ``min(rho_bar, pi/mu)`` (the paper's "1-step importance sampling").
-
-    Values are the learner's own, with its current parameters (the bootstrap too); only a truncation's
-    ``V(s_final)`` is the actor's. Returns the loss statistics and the mean truncated importance ratio.
-    """
-    device, rewards = model.device, unrolls.rewards.numpy()
-    log_probs, entropy, values = model.evaluate(unrolls.obs.flatten(0, 1).to(device),
-                                                unrolls.actions.flatten(0, 1).to(device))
-    with torch.no_grad():
-        bootstrap_values = model(unrolls.bootstrap_obs.to(device))[1].cpu().numpy()
-    log_rhos = log_probs.detach().view(rewards.shape).cpu().numpy() - unrolls.behaviour_log_probs.numpy()
-    truncated_ratios = np.minimum(algo.rho_bar, np.exp(log_rhos))
-    targets, advantages = vtrace(
-        rewards, values.detach().view(rewards.shape).cpu().numpy(),
-        log_rhos if algo.correction == "vtrace" else np.zeros_like(log_rhos),
-        unrolls.terminated.numpy(), unrolls.truncated.numpy(), unrolls.truncation_values.numpy(), bootstrap_values,
-        gamma=algo.gamma, rho_bar=algo.rho_bar, c_bar=algo.c_bar, trace_lambda=algo.gae_lambda)
-    if algo.correction == "truncated_is":
-        advantages = advantages * truncated_ratios
-    advantages_t = torch.from_numpy(advantages).flatten().to(device)
-    if algo.normalize_advantage:
-        advantages_t = (advantages_t - advantages_t.mean()) / (advantages_t.std() + 1e-8)
-    loss, parts = actor_critic_loss(log_probs, entropy, values, torch.from_numpy(targets).flatten().to(device),
-                                    advantages_t, algo.value_coef, algo.entropy_coef)
-    return backpropagate(model, loss, parts, algo), float(truncated_ratios.mean())
+def corrected_targets(unrolls: Unrolls, values: np.ndarray, bootstrap_values: np.ndarray, log_rhos: np.ndarray,
+                      algo: AlgoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The value targets and advantages of ``unrolls`` [T, N] under ``algo.correction``: V-trace's (``rho_bar``,
+    ``c_bar``, ``gae_lambda`` as its lambda) with ``log_rhos = log pi_prox - log mu``, or the same recursion with
+    every ratio 1. Values are the learner's; only a truncation's ``V(s_final)`` is the actor's."""
+    if not CORRECTIONS[algo.correction].vtrace_targets:
+        log_rhos = np.zeros_like(log_rhos)
+    return vtrace(unrolls.rewards.numpy(), values, log_rhos, unrolls.terminated.numpy(), unrolls.truncated.numpy(),
+                  unrolls.truncation_values.numpy(), bootstrap_values, gamma=algo.gamma, rho_bar=algo.rho_bar,
+                  c_bar=algo.c_bar, trace_lambda=algo.gae_lambda)
 
 
 class OffPolicyActorCritic(UpdateRule):
-    """One step per batch with :func:`off_policy_gradients`; its statistics add the mean truncated importance ratio."""
+    """``epochs`` x ``minibatches`` steps on each batch of unrolls (IMPALA: one), on targets computed once per batch
+    with the learner's parameters as it takes the batch (the proximal policy).
+
+    Samples whose lag (the learner's version when it takes the batch minus the version that acted them) exceeds
+    ``algo.max_policy_lag`` are left out of every pass, as Sample Factory's learner leaves them; a batch left with too
+    few samples for its minibatches is recorded as dropped (:class:`~algorithms.updates.rule.Refused`). Each step's
+    statistics add the mean truncated importance ratio min(rho_bar, pi_prox/mu) over the batch, the approximate KL
+    from the proximal policy, the fraction of ratios the correction clipped, and the fraction of the batch left out.
+    """
 
     def gradients(self, model: ActorCritic, batch: Unrolls) -> Iterator[dict[str, float]]:
-        stats, importance_ratio = off_policy_gradients(model, batch, self.algo)
-        yield {**stats, "importance_ratio": importance_ratio}
+        algo, device, shape = self.algo, model.device, batch.rewards.shape
+        correction = CORRECTIONS[algo.correction]
+        obs, actions = batch.obs.flatten(0, 1).to(device), batch.actions.flatten(0, 1).to(device)
+        behaviour = batch.behaviour_log_probs.flatten().to(device)
+        evaluated = model.evaluate(obs, actions)  # with autograd: a single whole-batch step reuses it
+        proximal, old_values = evaluated[0].detach(), evaluated[2].detach()
+        with torch.no_grad():
+            bootstrap_values = model(batch.bootstrap_obs.to(device))[1].cpu().numpy()
+        log_rhos = (proximal - behaviour).view(shape).cpu().numpy()
+        targets_np, advantages_np = corrected_targets(batch, old_values.view(shape).cpu().numpy(), bootstrap_values,
+                                                      log_rhos, algo)
+        targets, advantages = (torch.from_numpy(array).flatten().to(device) for array in (targets_np, advantages_np))
+        kept = self.within_lag(batch.behaviour_versions.flatten())
+        rule_stats = {"importance_ratio": float(np.minimum(algo.rho_bar, np.exp(log_rhos)).mean()),
+                      "lag_dropped": 1.0 - len(kept) / len(behaviour)}
+        if len(kept) < 2 * algo.minibatches:  # too few for minibatches whose advantages can be normalized
+            yield Refused(policy_loss=0.0, value_loss=0.0, entropy=0.0, grad_norm=0.0, approx_kl=0.0,
+                          clip_fraction=0.0, **rule_stats)
+            return
+        whole_batch = algo.minibatches == 1 and len(kept) == len(behaviour)
+        for epoch in range(algo.epochs):
+            approx_kl = 0.0
+            shares = [kept] if whole_batch else kept[torch.randperm(len(kept))].tensor_split(algo.minibatches)
+            for indices in shares:
+                minibatch_advantages = advantages[indices]
+                if algo.normalize_advantage:
+                    minibatch_advantages = ((minibatch_advantages - minibatch_advantages.mean())
+                                            / (minibatch_advantages.std() + 1e-8))
+                log_probs, entropy, values = (evaluated if whole_batch and epoch == 0
+                                              else model.evaluate(obs[indices], actions[indices]))
+                policy_loss, ratio = correction.policy_loss(log_probs, proximal[indices], behaviour[indices],
+                                                            minibatch_advantages, algo.clip_range, algo.rho_bar)
+                critic_loss = value_loss(values, old_values[indices], targets[indices],
+                                         algo.clip_range if algo.clip_value else None)
+                entropy_mean = entropy.mean()
+                loss = policy_loss + algo.value_coef * critic_loss - algo.entropy_coef * entropy_mean
+                stats = backpropagate(model, loss, {"policy_loss": policy_loss, "value_loss": critic_loss,
+                                                    "entropy": entropy_mean}, algo)
+                approx_kl = float(approximate_kl(log_probs, proximal[indices]))
+                yield {**stats, "approx_kl": approx_kl, "clip_fraction": float(clip_fraction(ratio, algo.clip_range)),
+                       **rule_stats}
+            if algo.target_kl is not None and approx_kl > algo.target_kl:
+                return
+
+    def within_lag(self, behaviour_versions: torch.Tensor) -> torch.Tensor:
+        """The indices of the samples acted at most ``algo.max_policy_lag`` versions before the learner's own."""
+        if self.algo.max_policy_lag is None:
+            return torch.arange(len(behaviour_versions))
+        return torch.nonzero(self.version - behaviour_versions <= self.algo.max_policy_lag).flatten()

@@ -89,6 +89,11 @@ class LearnedRow(NamedTuple):
     extra: dict[str, float]
 
 
+class Refused(dict[str, float]):
+    """The statistics of a step a rule's :meth:`~UpdateRule.gradients` yields without a gradient, to be recorded as
+    dropped rather than taken (APPO's batch whose every sample is older than ``algo.max_policy_lag``)."""
+
+
 class UpdateRule(ABC):
     """A rule, bound to the :class:`Target` it steps (``None`` in a worker that only computes gradients).
 
@@ -99,6 +104,9 @@ class UpdateRule(ABC):
     def __init__(self, cfg: RunConfig, target: Target | None = None, can_skip: bool = True):
         self.algo, self.total_env_steps, self.target, self.can_skip = cfg.algo, cfg.total_env_steps, target, can_skip
         self.guards: dict[int, NonFiniteGuard] = {}  # by worker: non-finite updates in a row count per worker
+        # The version the next step of :meth:`learn` applies to, current whenever :meth:`gradients` resumes: what a
+        # rule measures its data's lag against.
+        self.version = 0
 
     @abstractmethod
     def gradients(self, model: ActorCritic, batch: Any) -> Iterator[dict[str, float]]:
@@ -174,11 +182,15 @@ class UpdateRule(ABC):
         after the batch. The staleness rules see the oldest source."""
         env_steps, oldest = counters.env_steps, min(source.version for source in sources)
         taken = []
+        self.version = counters.version
         for stats in self.gradients(model, batch):
             losses = {name: stats[name] for name in LOSS_STATS}
             version = counters.version
-            step = self.apply(0, losses, version, oldest, env_steps, steps)
-            counters.version = version + step.applied
+            if isinstance(stats, Refused):
+                step = Step(False, learning_rate(self.algo, env_steps, self.total_env_steps))
+            else:
+                step = self.apply(0, losses, version, oldest, env_steps, steps)
+            counters.version = self.version = version + step.applied
             taken.append((version, step, losses, {name: stats[name] for name in stats.keys() - losses.keys()}))
         counters.env_steps = env_steps + steps
         return [LearnedRow(source.worker, UpdateRow(counters.env_steps, source.version, version, step.applied,

@@ -1,4 +1,4 @@
-"""IMPALA (Espeholt et al. 2018): actors make trajectories stale, the learner corrects for it with V-trace.
+"""IMPALA (Espeholt et al. 2018) and APPO: actors make trajectories stale, the learner corrects for it.
 
 ``num_workers`` actor processes each step ``num_envs`` envs. At the start of every unroll an actor copies the
 latest parameters the learner published (a :class:`~algorithms.infra.shared_memory.ParameterBoard`, ``staleness.delay``
@@ -7,14 +7,14 @@ log-probabilities into one of its ``queue_depth`` preallocated shared-memory slo
 tells the learner which slot and which policy version (:class:`~algorithms.infra.messages.UnrollReady`, a few bytes:
 the arrays never travel through a pipe). An actor whose slots are all waiting for the learner waits too, so
 the queue is bounded. The learner (the trainer process, on ``device``) takes unrolls in the order they were
-sent, ``batch_size`` at a time, computes the corrected loss (``algo.correction``;
-:func:`~algorithms.updates.off_policy.off_policy_gradients`), steps the optimizer and publishes the new parameters.
+sent, ``batch_size`` at a time, takes its update rule's steps on them (impala's one step, appo's epochs; corrected
+as ``algo.correction`` says: :mod:`algorithms.updates.off_policy`) and publishes the new parameters.
 
-Every unroll is one row of ``updates.csv``: ``version_at_sync`` is the version it was acted with,
-``version_at_apply`` the version its update was applied to. With one actor, ``batch_size=1`` and
-``wait_for_update`` (the actor acts again only once its unroll's update is published), the schedule is
-``single``'s: on-policy V-trace with lambda 1 is the n-step advantage, and the parameters agree to float32
-rounding (the learner computes the values in one batched pass, ``single`` while acting).
+Every unroll is one row of ``updates.csv`` per step of the rule: ``version_at_sync`` is the version it was acted
+with, ``version_at_apply`` the version the step was applied to. With one actor, ``batch_size=1`` and
+``wait_for_update`` (the actor acts again only once its unroll's update is published), impala's schedule is
+``single``'s and appo's is ``ppo``'s: on-policy V-trace with lambda 1 is the n-step advantage, and the parameters
+agree to float32 rounding (the learner computes the values in one batched pass, the others while acting).
 
 An actor that dies is restarted from the current parameters (``algo.max_restarts``); the unrolls it had sent are
 kept. Checkpoints hold the learner's state; resumed actors start fresh episodes.
@@ -55,6 +55,7 @@ class UnrollSlots:
         lead = (cfg.algo.num_workers, cfg.algo.queue_depth)
         layout = {name: getattr(rollout, name) for name in UNROLL_FIELDS if hasattr(rollout, name)}
         layout["behaviour_log_probs"] = rollout.rewards
+        layout["behaviour_versions"] = torch.zeros(rollout.rewards.shape, dtype=torch.int64)
         layout["bootstrap_obs"] = rollout.obs[0]
         self.tensors = {name: torch.zeros(lead + like.shape, dtype=like.dtype).share_memory_()
                         for name, like in layout.items()}
