@@ -235,6 +235,30 @@ def plot_staleness_distribution(updates: pd.DataFrame, env_ids: Mapping[str, str
     return fig
 
 
+def plot_lag_distribution(updates: pd.DataFrame, series: Sequence[str], env_ids: Mapping[str, str]) -> Figure:
+    """ECDF of the lag of every update row (the versions between the policy that acted its data and the one its step
+    was applied to), one panel per env, one line per condition, every algorithm on one axis: PPO's later epochs,
+    DD-PPO's rounds, A3C's stale gradients and the actors' unrolls alike."""
+    if updates.empty:
+        raise NoData("no runs with an updates.csv")
+    envs = sorted(updates["env_name"].unique())
+    fig, axes = _panels([env_ids.get(env, env) for env in envs])
+    colours = _curve_colours(updates, series)
+    for ax, env in zip(axes.flat, envs, strict=True):
+        rows = updates[updates.env_name == env]
+        for condition, subset in sorted(rows.groupby(list(series), dropna=False), key=lambda item: natural_key(
+                ", ".join(map(str, item[0])))):
+            key = condition if isinstance(condition, tuple) else (condition,)
+            sns.ecdfplot(subset, x="staleness", ax=ax, color=colours(key), linestyle=_variant_style(
+                rows, series, dict(zip(series, key, strict=True))),
+                label=f"{', '.join(map(str, key))} ({_seeds([subset['run_id'].nunique()])})")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("lag (policy versions from acting to the step)")
+        ax.set_ylabel("fraction of update rows")
+        ax.legend(title="rows pooled over seeds", fontsize="x-small", title_fontsize="small")
+    return fig
+
+
 def plot_vs_workers(summary: pd.DataFrame, value: str, series: Sequence[str], ylabel: str, estimator: str,
                     confidence: float, env_ids: Mapping[str, str], scale: float = 1.0) -> Figure:
     """A per-run measure vs worker count: runs as faint points, the estimate over seeds with its CI as a line."""

@@ -56,8 +56,8 @@ REQUIRED_META = {"status": str, "algo": str, "mode": str, "env_id": str, "env_na
 CONDITION_AND_SEED = tuple(key for key in REQUIRED_META if key != "status")
 # The run-record files, the columns of the record's contract that analysis reads (a header without one
 # of them does not match; columns added later to the record are fine, as the contract allows) and the
-# columns that identify one row (None: the whole row). A repeated key means rows were appended twice,
-# e.g. by a resume that did not truncate.
+# columns that identify one row. A repeated key means rows were appended twice, e.g. by a resume that did not
+# truncate. Episodes have none (None): two envs of one worker may end episodes of one length and return at one step.
 RECORD_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "metrics": (("env_steps", "wall_time", "return_mean"), ("env_steps",)),
     "episodes": (("env_steps", "wall_time", "worker", "return", "length"), None),
@@ -367,10 +367,9 @@ def read_record_csv(path: Path, columns: Sequence[str], key: Sequence[str] | Non
     except ValueError as error:  # pandas' ParserError, e.g. a stray quote
         raise BrokenRun(f"{name} cannot be parsed as CSV ({error})") from error
     _check_numbers(frame.drop(columns=list(text_columns)), name)
-    repeated = frame.duplicated(subset=list(key) if key else None)
+    repeated = frame.duplicated(subset=list(key)) if key else pd.Series(False, index=frame.index)
     if repeated.any():
-        what = f"{', '.join(key)} " if key else ""
-        raise BrokenRun(f"{name} has {int(repeated.sum())} duplicate rows (repeated {what}values)")
+        raise BrokenRun(f"{name} has {int(repeated.sum())} duplicate rows (repeated {', '.join(key or ())} values)")
     return frame
 
 

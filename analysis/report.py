@@ -40,7 +40,7 @@ from analysis import figures, stats
 from analysis.figures import DEFAULT_DPI
 from analysis.load import CLOCKS, RunSet, SkippedRun, SkippedRunWarning, load_runs, load_wandb
 
-FIGURES = ("return_vs_steps", "return_vs_time", "staleness_distribution", "staleness_vs_workers",
+FIGURES = ("return_vs_steps", "return_vs_time", "lag_distribution", "staleness_distribution", "staleness_vs_workers",
            "return_vs_staleness", "throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers")
 # The figures and tables drawn from wall_time: they name their clock, and runs of two clocks get one each per clock.
 WALL_CLOCK_OUTPUTS = {"return_vs_time", "throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers",
@@ -51,6 +51,9 @@ CAPTIONS = {
     "return_vs_steps": "Sample efficiency: {returns} against environment steps.",
     "return_vs_time": "Return against {seconds}: {returns}. A condition's curve ends where its shortest "
                       "run ends, so every point averages the same seeds.{note}",
+    "lag_distribution": "Distribution (ECDF) of the lag of every update row, every schedule on one axis: the "
+                        "policy versions from the one that acted the data to the one its step was applied to "
+                        "(PPO's later epochs, stale gradients, actors' unrolls).",
     "staleness_distribution": "Distribution (ECDF) of gradient staleness, per worker count, for multi-worker "
                               "schedules.",
     "staleness_vs_workers": "Mean gradient staleness per run against the number of workers.",
@@ -335,6 +338,8 @@ def speedup_table(analysis: Analysis) -> pd.DataFrame:
 DRAW: dict[str, Callable[[Analysis], figures.Figure]] = {
     "return_vs_steps": _curves("env_steps"),
     "return_vs_time": _curves("wall_time"),
+    "lag_distribution": lambda analysis: figures.plot_lag_distribution(analysis.runset.updates, analysis.series,
+                                                                       analysis.env_ids),
     "staleness_distribution": _staleness_distribution,
     "staleness_vs_workers": _vs_workers("staleness_mean", lambda _: "mean staleness (policy versions behind)",
                                         _multi_worker_schedules, "no multi-worker runs"),

@@ -321,6 +321,13 @@ def test_broken_runs_are_skipped_with_a_warning_naming_run_and_reason(sweep: Pat
     assert reason in skipped.reason
 
 
+def test_two_envs_ending_equal_episodes_at_one_step_are_two_episodes(sweep: Path, tmp_path: Path):
+    run = copy_run(run_of(sweep, "cartpole", 1), tmp_path / "run")
+    episodes = len(load_runs(run).episodes)
+    _duplicate_last_line("episodes.csv")(run)
+    assert len(load_runs(run).episodes) == episodes + 1
+
+
 def test_empty_folders_among_a_sweeps_runs_are_counted_and_other_folders_ignored(sweep: Path, tmp_path: Path):
     tree = tmp_path / "tree"
     good = copy_run(run_of(sweep, "cartpole", 1), tree / "sweep" / "good")
