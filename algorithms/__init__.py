@@ -40,6 +40,7 @@ from algorithms.schedule_checks import (
     ONE_STEP_PER_BATCH,
     ONE_STEP_PER_UNROLL_BATCH,
     RAY_ACTORS_STEP_ENVS,
+    RAY_UNROLLS_TAKE_ONE_VERSION,
     ROUNDS_FAIL_ON_NONFINITE,
     VIRTUAL_WORKERS_STEP_ENVS,
     Check,
@@ -129,7 +130,8 @@ PPO_WORKERS = (A2C_WORKERS_STEP_ENVS, FRESH_GRADIENTS, LEARNS_ON_POLICY, ROUNDS_
                minibatches_divide_the_batch, EVERY_PASS_IN_ROUNDS)
 # What each transport adds: its own group of settings (ray.*, sim.*) and what its workers cannot do.
 LOCAL: tuple[Check, ...] = ()
-RAY = (RAY_ACTORS_STEP_ENVS, ray_address, ray_actor_cpus, ray_start_timeout, ray_local_cluster_fits)
+RAY = (RAY_ACTORS_STEP_ENVS, RAY_UNROLLS_TAKE_ONE_VERSION, ray_address, ray_actor_cpus, ray_start_timeout,
+       ray_local_cluster_fits)
 SIMULATED = (sim_costs, sim_stragglers, CHECKPOINTED_AT_END_ONLY, VIRTUAL_WORKERS_STEP_ENVS)
 
 _ENTRIES = (

@@ -58,6 +58,7 @@ class AlgoConfig:
     rho_bar: float = 1.0  # V-trace's truncation of the importance weights in the targets and policy gradient
     c_bar: float = 1.0  # V-trace's truncation of the trace coefficients (gae_lambda is its lambda)
     max_policy_lag: int | None = None  # leave out samples acted more than this many versions ago (null: keep all)
+    in_flight_updates: bool = False  # actors load each newly published version between two steps of an unroll
     # ppo and appo only (algorithms/updates/ppo.py, off_policy.py): the passes over each batch and the clipping.
     epochs: int = 1  # passes over each batch
     minibatches: int = 1  # optimizer steps per pass, each on an equal share of the batch (must divide it)

@@ -71,7 +71,7 @@ def _defaults(config: type, prefix: str, names: tuple[str, ...]) -> dict[str, An
 
 # impala's learner settings (experiments.columns.IMPALA_DEFAULTS, which analysis reads, lists the same keys).
 OFF_POLICY_DEFAULTS = _defaults(AlgoConfig, "algo", ("batch_size", "queue_depth", "wait_for_update", "correction",
-                                                     "rho_bar", "c_bar", "max_policy_lag"))
+                                                     "rho_bar", "c_bar", "max_policy_lag", "in_flight_updates"))
 STALENESS_DEFAULTS = _defaults(StalenessConfig, "algo.staleness", ("delay", "max", "lr_scaling"))
 # ppo's passes over each batch and their clipping.
 PPO_DEFAULTS = _defaults(AlgoConfig, "algo", ("epochs", "minibatches", "clip_range", "clip_value", "target_kl"))
@@ -120,6 +120,9 @@ IMPALA_ACTORS_STEP_ENVS = _envs_stepped_in_process(
     "impala actor processes step their envs themselves (they cannot start env subprocesses)")
 RAY_ACTORS_STEP_ENVS = _envs_stepped_in_process(
     "Ray worker actors step their envs themselves (they do not start env subprocesses)")
+RAY_UNROLLS_TAKE_ONE_VERSION = Pinned({"algo.in_flight_updates": False},
+                                     "a Ray actor receives its parameters with each unroll call; in-flight updates "
+                                     "run on backend=local and backend=simulated")
 VIRTUAL_WORKERS_STEP_ENVS = _envs_stepped_in_process(
     "virtual workers step their envs in the one process of backend=simulated")
 
@@ -183,6 +186,10 @@ def off_policy_correction(cfg: RunConfig) -> Iterator[Problem]:
     for key in ("rho_bar", "c_bar"):
         if not (math.isfinite(getattr(algo, key)) and getattr(algo, key) > 0):
             yield Problem(f"algo.{key}", getattr(algo, key), "must be a finite number > 0")
+    if algo.in_flight_updates and algo.staleness.delay:
+        yield Problem("algo.in_flight_updates", algo.in_flight_updates,
+                      "actors taking each new version as it is published cannot also lag by algo.staleness.delay; "
+                      "set one of them")
     if algo.max_policy_lag is not None and algo.max_policy_lag < 0:
         yield Problem("algo.max_policy_lag", algo.max_policy_lag, "must be a version count >= 0, or null for no bound")
 

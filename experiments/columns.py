@@ -8,16 +8,18 @@ Kept apart from the record so that analysis reads the contract without importing
 # another algorithm's run.
 OFF_POLICY_ALGOS = ("impala", "appo")
 IMPALA_DEFAULTS = {"batch_size": 1, "queue_depth": 2, "wait_for_update": False, "correction": "vtrace",
-                   "rho_bar": 1.0, "c_bar": 1.0, "max_policy_lag": None}
+                   "rho_bar": 1.0, "c_bar": 1.0, "max_policy_lag": None, "in_flight_updates": False}
 
 # The statistics every schedule reports with an update (algorithms.infra.messages.LOSS_STATS, which analysis may not
 # import; a test keeps the two equal).
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
 # Statistics only some update rules report with an update, averaged into metrics.csv like the loss statistics (empty
 # for the others): the off-policy learners' (IMPALA, APPO) mean truncated importance ratio min(rho_bar, pi/mu) over
-# the batch and fraction of its samples left out as older than max_policy_lag; PPO's and APPO's approximate KL
-# divergence from the policy that started the batch and fraction of clipped ratios per minibatch.
-RULE_STATS = ("importance_ratio", "approx_kl", "clip_fraction", "lag_dropped")
+# the batch, fraction of its samples left out as older than max_policy_lag and mean lag of each step's samples (from
+# each sample's own behaviour version: with in-flight updates, below the row's staleness, which counts from the
+# unroll's first step); PPO's and APPO's approximate KL divergence from the policy that started the batch and
+# fraction of clipped ratios per minibatch.
+RULE_STATS = ("importance_ratio", "approx_kl", "clip_fraction", "lag_dropped", "sample_lag")
 
 METRIC_COLUMNS = (
     "env_steps", "wall_time", "updates", "policy_version", "episodes",

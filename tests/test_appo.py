@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from algorithms.core.rollout import behaviour_log_probs
 from algorithms.infra.checkpoint import read_checkpoint
-from tests.conftest import read_csv, train_run
+from algorithms.schedules.actor_learner import InFlightUnroll
+from algorithms.schedules.worker import RolloutWorker
+from tests.conftest import compose_config, read_csv, train_run
 from tests.test_resume import records
 
 FAST = ["logger.wandb.mode=disabled", "quiet=true"]
@@ -88,3 +91,47 @@ def test_a_resumed_run_continues_from_the_checkpoint(tmp_path: Path):
     assert [int(row["update"]) for row in rows] == list(range(1, len(rows) + 1))
     assert min(int(row["version_at_sync"]) for row in rows[len(rows) // 2 + 16:]) >= first.policy_version
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["policy_version"] == second.policy_version
+
+
+# --------------------------------------------------------------------------- in-flight updates
+def test_an_in_flight_unroll_keeps_each_step_s_behaviour_version_and_log_probabilities():
+    cfg = compose_config("algo=appo", "algo.num_envs=2", "algo.n_steps=8", "algo.in_flight_updates=true")
+    actor = RolloutWorker(cfg, 0, 0)
+    try:
+        first = actor.model.flat_params.clone()
+        unroll = InFlightUnroll(actor, 7)
+        for _ in range(3):
+            assert unroll.step()
+        newer = first + 0.05 * torch.randn_like(first)
+        unroll.load(lambda out: (out.copy_(newer), 9)[1])  # version 9 is published after the third step
+        while unroll.step():
+            pass
+        ready, acted = unroll.finish()
+    finally:
+        actor.close()
+    assert ready.version == 7 and acted.behaviour_versions.tolist() == [[7, 7]] * 3 + [[9, 9]] * 5
+    rollout = actor.collector.rollout
+    expected = behaviour_log_probs(rollout, actor.model, 3)
+    torch.testing.assert_close(acted.behaviour_log_probs[3:], expected, rtol=0, atol=0)
+    actor.model.flat_params.copy_(first)
+    torch.testing.assert_close(acted.behaviour_log_probs[:3], behaviour_log_probs(rollout, actor.model, 0, 3),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["local", "simulated"])
+def test_in_flight_updates_change_nothing_when_nothing_is_published_during_an_unroll(tmp_path: Path, backend: str):
+    """One actor in lockstep: no version is published while it acts, so the unrolls are those of the plain schedule."""
+    common = [*LOCKSTEP, *SMALL, "seed=2", "total_env_steps=320", f"backend={backend}"]
+    train_run(tmp_path / "plain", *common)
+    train_run(tmp_path / "in_flight", *common, "algo.in_flight_updates=true")
+    plain, in_flight = (read_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("plain", "in_flight"))
+    assert all(torch.equal(plain["model"][name], in_flight["model"][name]) for name in plain["model"])
+
+
+@pytest.mark.parametrize("backend", ["local", "simulated"])
+def test_actors_taking_in_flight_updates_train_and_record(tmp_path: Path, backend: str):
+    record = train_run(tmp_path, "algo=appo", "algo.num_workers=2", *SMALL, "algo.in_flight_updates=true",
+                       "total_env_steps=1280", "log_interval=320", f"backend={backend}")
+    assert record.status == "completed" and record.env_steps >= 1280
+    rows = read_csv(tmp_path / "updates.csv")
+    assert len(rows) == 1280 // 64 * 8 * 2 and all(row["applied"] == "1" for row in rows)

@@ -14,6 +14,7 @@ reports in the vector env's info at a game over (its score and length; see :func
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -159,10 +160,22 @@ class Collector:
 
     def collect(self, model: ActorCritic) -> list[Episode]:
         """Fill :attr:`rollout` with ``n_steps`` steps of every env; return the episodes that ended."""
+        steps = self.steps(model)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def steps(self, model: ActorCritic) -> Generator[int, None, list[Episode]]:
+        """:meth:`collect` a step at a time: yields the index of each step after the first before taking it, so that
+        the caller may give ``model`` new parameters between steps (in-flight updates); returns the episodes."""
         if self.current_obs is None:
             raise RuntimeError("call reset(seed) before collect()")
         episodes: list[Episode] = []
         for t in range(self.n_steps):
+            if t:
+                yield t
             self._obs[t] = self.current_obs
             actions, self._values[t] = model.act(self.current_obs, self.rng)
             self._actions[t] = actions
@@ -238,17 +251,26 @@ class Collector:
 
 
 @torch.no_grad()
-def unroll_from(collector: Collector, model: ActorCritic, version: int) -> Unrolls:
-    """The unroll ``collector`` just collected with ``model``, the parameters of ``version``, with its behaviour
-    log-probabilities (one batched pass over the unroll: the same computation the learner makes, so an on-policy
-    ratio is exactly 1)."""
-    rollout = collector.rollout
+def behaviour_log_probs(rollout: Rollout, model: ActorCritic, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """log pi(a_t | x_t) of steps ``start`` to ``stop`` of ``rollout`` under ``model``, [stop - start, N]: one
+    batched pass, the same computation the learner makes, so that an on-policy ratio is exactly 1."""
+    obs, actions = rollout.obs[start:stop], rollout.actions[start:stop]
     with torch.no_grad():
-        log_probs, _, _ = model.evaluate(rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1))
+        log_probs, _, _ = model.evaluate(obs.flatten(0, 1), actions.flatten(0, 1))
+    return log_probs.view(obs.shape[:2])
+
+
+def unroll_from(collector: Collector, model: ActorCritic, version: int, log_probs: torch.Tensor | None = None,
+                versions: torch.Tensor | None = None) -> Unrolls:
+    """The unroll ``collector`` just collected with ``model``, the parameters of ``version``, with its behaviour
+    log-probabilities; an unroll whose parameters changed between steps gives each step's ``log_probs`` and
+    ``versions``."""
+    rollout = collector.rollout
+    if log_probs is None or versions is None:
+        log_probs = behaviour_log_probs(rollout, model)
+        versions = torch.full(rollout.rewards.shape, version, dtype=torch.int64)
     return Unrolls(rollout.obs, rollout.actions, rollout.rewards, rollout.terminated, rollout.truncated,
-                   rollout.truncation_values, log_probs.view(rollout.rewards.shape),
-                   torch.full(rollout.rewards.shape, version, dtype=torch.int64),
-                   torch.from_numpy(collector.current_obs))
+                   rollout.truncation_values, log_probs, versions, torch.from_numpy(collector.current_obs))
 
 
 def reset_seed(cfg: RunConfig, worker: int, num_envs: int, env_steps: int) -> int:

@@ -190,6 +190,11 @@ class ParameterBoard:
         view[1] = version
         view[0] += 1
 
+    @property
+    def version(self) -> int:
+        """The version published last (or being published)."""
+        return int(self.counters.view[1])
+
     def read_into(self, out: torch.Tensor) -> int:
         """Copy the published parameters into ``out``; return their version."""
         view = self.counters.view

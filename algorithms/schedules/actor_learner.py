@@ -6,10 +6,13 @@ shared-memory slots, Ray through its object store, the simulator on a virtual cl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+
+import torch
 
 from algorithms.config import RunConfig
-from algorithms.core.rollout import Unrolls, unroll_from
-from algorithms.infra.messages import Record, UnrollReady, record_episodes, record_update
+from algorithms.core.rollout import Unrolls, behaviour_log_probs, unroll_from
+from algorithms.infra.messages import Episode, Record, UnrollReady, record_episodes, record_update
 from algorithms.schedules.global_model import GlobalModel
 from algorithms.schedules.worker import RolloutWorker
 from algorithms.updates import rule_for
@@ -21,9 +24,58 @@ def act(actor: RolloutWorker, version: int, slot: int = 0) -> tuple[UnrollReady,
     the local transport keeps its arrays) and its arrays with the behaviour log-probabilities, which are the
     collector's buffers (copy them before the next unroll)."""
     episodes = actor.collect()
-    unroll = unroll_from(actor.collector, actor.model, version)
+    return announce(actor, version, episodes, slot), unroll_from(actor.collector, actor.model, version)
+
+
+def announce(actor: RolloutWorker, version: int, episodes: list[Episode], slot: int) -> UnrollReady:
     return UnrollReady(actor.worker, slot, version, episodes, actor.steps, time.monotonic(),
-                       actor.evaluation_statistics()), unroll
+                       actor.evaluation_statistics())
+
+
+class InFlightUnroll:
+    """An unroll whose actor takes each newly published version between its steps (``algo.in_flight_updates``:
+    PipelineRL's in-flight weight updates, the extreme of asynchrony). The behaviour log-probabilities of the steps
+    acted with one version are computed with it before the next is loaded, and each step's version is kept, so the
+    corrections and ``max_policy_lag`` see every step's own behaviour policy. The unroll is announced with the version
+    of its first step (its oldest). A transport drives it: :meth:`step`, and :meth:`load` between steps when it has
+    a newer version."""
+
+    def __init__(self, actor: RolloutWorker, version: int):
+        self.actor, self.first_version, self.version = actor, version, version
+        self.steps = actor.collector.steps(actor.model)
+        shape = actor.collector.rollout.rewards.shape
+        self.log_probs, self.versions = torch.empty(shape), torch.empty(shape, dtype=torch.int64)
+        self.taken = 0  # steps acted; those from segment_start on with self.version
+        self.segment_start = 0
+        self.episodes: list[Episode] | None = None
+
+    def step(self) -> bool:
+        """Act the next step; whether the unroll has steps left."""
+        try:
+            self.taken = next(self.steps)
+            return True
+        except StopIteration as done:
+            self.episodes, self.taken = done.value, len(self.log_probs)
+            return False
+
+    def load(self, read: Callable[[torch.Tensor], int]) -> None:
+        """Close the segment acted with the model's parameters, then ``read`` newer ones into it."""
+        self._close_segment()
+        self.version = read(self.actor.model.flat_params)
+
+    def finish(self, slot: int = 0) -> tuple[UnrollReady, Unrolls]:
+        """The acted unroll, as :func:`act` gives it."""
+        assert self.episodes is not None, "step() until the unroll has no steps left"
+        self._close_segment()
+        collector, model = self.actor.collector, self.actor.model
+        return (announce(self.actor, self.first_version, self.episodes, slot),
+                unroll_from(collector, model, self.first_version, self.log_probs, self.versions))
+
+    def _close_segment(self) -> None:
+        start, stop = self.segment_start, self.taken
+        self.log_probs[start:stop] = behaviour_log_probs(self.actor.collector.rollout, self.actor.model, start, stop)
+        self.versions[start:stop] = self.version
+        self.segment_start = stop
 
 
 class UnrollLearner:

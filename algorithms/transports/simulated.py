@@ -39,7 +39,7 @@ from algorithms.config import RunConfig
 from algorithms.core.rollout import UNROLL_FIELDS, Unrolls, join_unrolls
 from algorithms.infra.checkpoint import make_checkpoint
 from algorithms.infra.messages import Episode, Push, Record, UnrollReady, to_wire
-from algorithms.schedules.actor_learner import UnrollLearner, act
+from algorithms.schedules.actor_learner import InFlightUnroll, UnrollLearner, act
 from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
 from algorithms.schedules.parameter_server import ParameterServer
 from algorithms.schedules.synchronous import SyncLog, mean_step, round_episodes, round_row
@@ -191,8 +191,8 @@ def compute_part(rollouts: RolloutWorker, params: torch.Tensor, gradient: torch.
 
 
 # --------------------------------------------------------------------------- impala: unrolls queue at one learner
-LEARNED, ACTED, ARRIVED = 0, 1, 2  # event kinds, in their order at one time: an actor starting when an update is
-# published acts with it (as a local actor waiting for it does)
+LEARNED, ACTED, ARRIVED, STEPPED = 0, 1, 2, 3  # event kinds, in their order at one time: an actor starting (or, with
+# in-flight updates, stepping) when an update is published acts with it (as a local actor waiting for it does)
 
 
 def run_impala(cfg: RunConfig, record: Record) -> None:
@@ -219,7 +219,8 @@ class SimulatedImpala:
         self.global_model, self.actors, self.costs, self.clock = start(cfg, record)
         self.learner = UnrollLearner(cfg, record, self.global_model)
         sim, algo = cfg.sim, cfg.algo
-        self.unroll_cost_s = algo.n_steps * algo.num_envs * sim.env_step_s + algo.n_steps * sim.forward_s + sim.unroll_s
+        self.step_cost_s = algo.num_envs * sim.env_step_s + sim.forward_s  # one step of every env
+        self.unroll_cost_s = algo.n_steps * self.step_cost_s + sim.unroll_s
         self.update_cost_s = sim.learn_s + algo.batch_size * sim.learn_unroll_s
         self.events: list[tuple[float, int, int, int, Any]] = []  # time, kind, worker, sequence, payload
         self.sequence = 0  # the last tie-break: payloads are never compared
@@ -232,7 +233,7 @@ class SimulatedImpala:
         for worker in range(self.algo.num_workers):
             self.start_unroll(worker, self.costs.message_s)  # the initial parameters' broadcast
         handlers: dict[int, Callable[[float, int, Any], None]] = {LEARNED: self.learned, ACTED: self.acted,
-                                                                   ARRIVED: self.arrived}
+                                                                   ARRIVED: self.arrived, STEPPED: self.stepped}
         while self.events and not (self.learner.finished() or self.record.stop_requested):
             time, kind, worker, _, payload = heapq.heappop(self.events)
             self.clock.now = time
@@ -243,14 +244,32 @@ class SimulatedImpala:
         heapq.heappush(self.events, (time, kind, worker, self.sequence, payload))
 
     def start_unroll(self, worker: int, now: float) -> None:
-        """The actor's next unroll, acted now with the published parameters."""
+        """The actor's next unroll, acted now with the published parameters (with in-flight updates, its first
+        step; each later step is an event of its own, acted with the parameters published by then)."""
         actor = self.actors[worker]
-        version, params = self.global_model.params_for_worker()
-        actor.model.flat_params.copy_(params)
-        ready, unroll = act(actor, version)
-        unroll = unroll.copy()  # the collector's buffers: the next unroll is acted before this one is learned
         self.held[worker] += 1
-        self.push(now + self.costs.task(worker, self.unroll_cost_s), ACTED, worker, (ready, unroll))
+        if self.algo.in_flight_updates:
+            unroll = InFlightUnroll(actor, self.read_published(actor.model.flat_params))
+            unroll.step()
+            self.push(now + self.costs.task(worker, self.step_cost_s), STEPPED, worker, unroll)
+            return
+        ready, acted = act(actor, self.read_published(actor.model.flat_params))
+        self.push(now + self.costs.task(worker, self.unroll_cost_s), ACTED, worker, (ready, acted.copy()))
+
+    def read_published(self, out: torch.Tensor) -> int:
+        version, params = self.global_model.params_for_worker()
+        out.copy_(params)
+        return version
+
+    def stepped(self, now: float, worker: int, unroll: InFlightUnroll) -> None:
+        """The next step of an unroll taking in-flight updates, with a newer version if one was published."""
+        if self.global_model.counters.version > unroll.version:
+            unroll.load(self.read_published)
+        if unroll.step():
+            self.push(now + self.costs.task(worker, self.step_cost_s), STEPPED, worker, unroll)
+            return
+        ready, acted = unroll.finish()
+        self.push(now + self.costs.task(worker, self.cfg.sim.unroll_s), ACTED, worker, (ready, acted.copy()))
 
     def acted(self, now: float, worker: int, item: tuple[UnrollReady, Unrolls]) -> None:
         unroll = item[1]

@@ -38,7 +38,8 @@ class OffPolicyActorCritic(UpdateRule):
     ``algo.max_policy_lag`` are left out of every pass, as Sample Factory's learner leaves them; a batch left with too
     few samples for its minibatches is recorded as dropped (:class:`~algorithms.updates.rule.Refused`). Each step's
     statistics add the mean truncated importance ratio min(rho_bar, pi_prox/mu) over the batch, the approximate KL
-    from the proximal policy, the fraction of ratios the correction clipped, and the fraction of the batch left out.
+    from the proximal policy, the fraction of ratios the correction clipped, the mean lag of the step's samples (each
+    from its own step's behaviour version) and the fraction of the batch left out.
     """
 
     def gradients(self, model: ActorCritic, batch: Unrolls) -> Iterator[dict[str, float]]:
@@ -54,12 +55,13 @@ class OffPolicyActorCritic(UpdateRule):
         targets_np, advantages_np = corrected_targets(batch, old_values.view(shape).cpu().numpy(), bootstrap_values,
                                                       log_rhos, algo)
         targets, advantages = (torch.from_numpy(array).flatten().to(device) for array in (targets_np, advantages_np))
-        kept = self.within_lag(batch.behaviour_versions.flatten())
+        versions = batch.behaviour_versions.flatten()
+        kept = self.within_lag(versions)
         rule_stats = {"importance_ratio": float(np.minimum(algo.rho_bar, np.exp(log_rhos)).mean()),
                       "lag_dropped": 1.0 - len(kept) / len(behaviour)}
         if len(kept) < 2 * algo.minibatches:  # too few for minibatches whose advantages can be normalized
             yield Refused(policy_loss=0.0, value_loss=0.0, entropy=0.0, grad_norm=0.0, approx_kl=0.0,
-                          clip_fraction=0.0, **rule_stats)
+                          clip_fraction=0.0, sample_lag=float((self.version - versions).float().mean()), **rule_stats)
             return
         whole_batch = algo.minibatches == 1 and len(kept) == len(behaviour)
         for epoch in range(algo.epochs):
@@ -82,7 +84,7 @@ class OffPolicyActorCritic(UpdateRule):
                                                     "entropy": entropy_mean}, algo)
                 approx_kl = float(approximate_kl(log_probs, proximal[indices]))
                 yield {**stats, "approx_kl": approx_kl, "clip_fraction": float(clip_fraction(ratio, algo.clip_range)),
-                       **rule_stats}
+                       "sample_lag": float((self.version - versions[indices]).float().mean()), **rule_stats}
             if algo.target_kl is not None and approx_kl > algo.target_kl:
                 return
 

@@ -35,7 +35,7 @@ from algorithms.infra.messages import Record, SlotFree, UnrollReady
 from algorithms.infra.shared_memory import ParameterBoard
 from algorithms.infra.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
 from algorithms.infra.timing import TIMINGS
-from algorithms.schedules.actor_learner import UnrollLearner, act
+from algorithms.schedules.actor_learner import InFlightUnroll, UnrollLearner, act
 from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
 from algorithms.schedules.worker import RolloutWorker
 from algorithms.transports.local.asynchronous import tend_workers
@@ -107,13 +107,25 @@ def actor_loop(cfg: RunConfig, worker: int, conn: connection.Connection, slots: 
     try:
         while (slot := inbox.take()) is not None:
             with TIMINGS.part("unroll"):  # what backend=simulated's costs are calibrated on
-                ready, unroll = act(actor, board.read_into(actor.model.flat_params), slot)
+                if cfg.algo.in_flight_updates:
+                    ready, unroll = act_taking_updates(actor, board, slot)
+                else:
+                    ready, unroll = act(actor, board.read_into(actor.model.flat_params), slot)
                 slots.write(actor.worker, slot, unroll)
                 conn.send(ready)
             if cfg.algo.wait_for_update:
                 inbox.wait_for(slot)
     finally:
         actor.close()
+
+
+def act_taking_updates(actor: RolloutWorker, board: ParameterBoard, slot: int) -> tuple[UnrollReady, Unrolls]:
+    """One unroll whose actor loads each version the learner publishes meanwhile, between two steps."""
+    unroll = InFlightUnroll(actor, board.read_into(actor.model.flat_params))
+    while unroll.step():
+        if board.version > unroll.version:
+            unroll.load(board.read_into)
+    return unroll.finish(slot)
 
 
 # --------------------------------------------------------------------------- the learner
