@@ -131,7 +131,10 @@ class SimConfig:
     own: an unroll costs ``n_steps * num_envs * env_step_s + n_steps * forward_s + unroll_s`` (``unroll_s``: the
     behaviour log-probabilities' batched pass, reading the parameters, writing the unroll and announcing it), and
     a learner update of ``batch_size`` unrolls ``learn_s + batch_size * learn_unroll_s`` (one batched pass of the
-    corrected loss over them all, the step, publishing the parameters and recording the rows). The defaults are
+    corrected loss over them all, the step, publishing the parameters and recording the rows; appo's ``epochs``
+    passes of ``minibatches`` steps each, ``epochs * (minibatches * learn_s + batch_size * learn_unroll_s)``). With
+    ``algo.in_flight_updates`` each step of an unroll is an event of its own, costing
+    ``num_envs * env_step_s + forward_s``. The defaults are
     rough figures for CartPole's MLP on a 2 GHz core; ``experiments.tools.calibrate`` measures this machine's."""
 
     env_step_s: float = 1.0e-5  # one env step of one env

@@ -210,9 +210,11 @@ class SimulatedImpala:
     ``unroll_s`` (the behaviour log-probabilities, reading the parameters, writing and announcing it), then the
     actor starts the next one if a slot of its ``queue_depth`` is free, while the unroll travels to the learner
     (one message of its bytes). The learner, a serial resource, takes ``batch_size`` unrolls in arrival order and
-    publishes ``learn_s + batch_size * learn_unroll_s`` later (one batched pass over them all); slots free when
-    their unrolls are taken (with ``wait_for_update``, when the update is published). The learning is the local
-    learner's (:class:`~algorithms.schedules.actor_learner.UnrollLearner`)."""
+    publishes ``learn_s + batch_size * learn_unroll_s`` later (one batched pass over them all; appo's ``epochs``
+    passes of ``minibatches`` steps cost ``epochs * (minibatches * learn_s + batch_size * learn_unroll_s)``); slots
+    free when their unrolls are taken (with ``wait_for_update``, when the update is published). With
+    ``in_flight_updates`` each step of an unroll is an event, acted with the parameters published by then. The
+    learning is the local learner's (:class:`~algorithms.schedules.actor_learner.UnrollLearner`)."""
 
     def __init__(self, cfg: RunConfig, record: Record):
         self.cfg, self.algo, self.record = cfg, cfg.algo, record
@@ -221,7 +223,8 @@ class SimulatedImpala:
         sim, algo = cfg.sim, cfg.algo
         self.step_cost_s = algo.num_envs * sim.env_step_s + sim.forward_s  # one step of every env
         self.unroll_cost_s = algo.n_steps * self.step_cost_s + sim.unroll_s
-        self.update_cost_s = sim.learn_s + algo.batch_size * sim.learn_unroll_s
+        # impala's one step; appo's epochs of minibatch steps, each pass over the whole batch
+        self.update_cost_s = algo.epochs * (algo.minibatches * sim.learn_s + algo.batch_size * sim.learn_unroll_s)
         self.events: list[tuple[float, int, int, int, Any]] = []  # time, kind, worker, sequence, payload
         self.sequence = 0  # the last tie-break: payloads are never compared
         self.queue: list[tuple[UnrollReady, Unrolls]] = []  # arrived, in arrival order
