@@ -65,7 +65,7 @@ BAD_INPUTS = [
     (["logger=tensorboard"], "logger", "'tensorboard'", "no such logger config; one of wandb"),
     (["ray=remote"], "ray", "'remote'", "no such ray config; one of cluster, local"),
     (["+experiment=nope"], "experiment", "'nope'",
-     "one of correction, demo, staleness, stragglers, sync_vs_async, worker_scaling"),
+     "one of correction, demo, ppo_vs_appo, staleness, stragglers, sync_vs_async, worker_scaling"),
     (["-m", "+schedule=a2c,single"], "schedule", "'a2c'", "no such schedule config; one of a2c_vector"),
     (["-m", "+experiment=sync_vs_async", "suite=procgen"], "suite", "'procgen'",
      "one of atari, box2d, classic, minatar, mujoco"),

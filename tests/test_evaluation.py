@@ -27,7 +27,9 @@ def evals(run_dir):
     ["algo=single", "env=cartpole", "total_env_steps=3000"],
     # normalized observations and rewards, continuous actions: evaluation must leave the statistics alone
     ["algo=a2c", "algo.num_envs=4", "env=pendulum", "total_env_steps=3200"],
-], ids=["single-cartpole", "a2c_vector-pendulum"])
+    # PPO shuffles its minibatches with torch's generator, which evaluation must leave alone too
+    ["algo=ppo", "env=cartpole", "algo.n_steps=32", "total_env_steps=2944"],
+], ids=["single-cartpole", "a2c_vector-pendulum", "ppo_vector-cartpole"])
 def test_evaluation_leaves_the_training_record_unchanged(tmp_path, overrides):
     plain = train_run(tmp_path / "plain", *overrides)
     evaluated = train_run(tmp_path / "evaluated", *overrides, *EVAL_ON)

@@ -53,7 +53,7 @@ def test_a_study_runs_on_another_suite_and_the_command_line_wins():
 def test_worker_scaling_sweeps_worker_counts_of_the_multi_process_schedules():
     _, jobs = compose_jobs(["+experiment=worker_scaling"])
     cells = {(schedule(job), job.algo.num_workers) for job in jobs}
-    schedules = ("a2c/workers", "a3c/hogwild", "a3c/parameter_server", "impala/actor_learner")
+    schedules = ("a2c/workers", "a3c/hogwild", "a3c/parameter_server", "impala/actor_learner", "appo/actor_learner")
     assert cells == {(name, workers) for name in schedules for workers in (1, 2, 4, 8, 16)}
     assert len(jobs) == len(cells) * 3
 
