@@ -1,18 +1,20 @@
-"""This harness's A2C next to Stable-Baselines3's, on deterministic evaluation returns, against rl-baselines3-zoo.
+"""This harness's A2C or PPO next to Stable-Baselines3's, on deterministic evaluation returns, against published scores.
 
-For every env and seed, on the zoo's settings (the env file's values, the zoo's ``n_envs`` and ``n_timesteps``):
+For every env and seed, on the published run's settings (``--algo a2c``: the env file's values with the zoo's
+``n_envs`` and ``n_timesteps``; ``--algo ppo``: ``conf/tuned/ppo_ENV.yaml``, CleanRL's or the zoo's, budget included):
 
-- ours: ``algo=a2c`` (vector mode, the zoo's number of envs) trained in this process into a run directory,
-  evaluated at its end by its own ``eval.*`` (deterministic, ``--episodes`` episodes);
+- ours: ``algo=a2c`` or ``algo=ppo`` (vector mode) trained in this process into a run directory, evaluated at its end
+  by its own ``eval.*`` (deterministic, ``--episodes`` episodes);
 - SB3's: ``experiments.tools.sb3_peer.build_peer`` on the same config over the same envs (``VecNormalize`` where the
   env file normalizes), trained the same env steps, evaluated by ``evaluate_policy`` on as many deterministic
   episodes of a fresh env with the training statistics frozen, as the zoo evaluates.
 
-It prints a Markdown table (mean and standard deviation over seeds of each run's evaluation mean, next to the zoo's
-published score) and writes it with every run's numbers as JSON to ``--out``. Stable-Baselines3 is a development
-dependency.
+It prints a Markdown table (mean and standard deviation over seeds of each run's evaluation mean, next to the
+published score, its source, env id and budget) and writes it with every run's numbers as JSON to ``--out``.
+Stable-Baselines3 is a development dependency.
 
     python -m experiments.tools.compare_sb3 --env cartpole acrobot lunarlander halfcheetah --seeds 0 1 2
+    python -m experiments.tools.compare_sb3 --algo ppo --env cartpole acrobot lunarlander --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -33,30 +35,43 @@ from experiments.config import ConfigError, validate
 from experiments.train import CONFIG_DIR, train
 
 
-class ZooScore(NamedTuple):
-    """rl-baselines3-zoo's A2C: its benchmark.md score (deterministic evaluation), budget and hyperparams/a2c.yml's
-    n_envs (1 where the entry sets none)."""
+class Published(NamedTuple):
+    """A published score (mean and standard deviation of returns as its source measures them: the zoo's over the
+    deterministic evaluation episodes of one agent, CleanRL's training episodes'), where it is published, on which env
+    id and budget, and the overrides that put our run on its settings beyond what the config composes."""
 
+    source: str
     env_id: str
     mean: float
     std: float
     steps: int
-    num_envs: int
+    overrides: tuple[str, ...] = ()
 
 
+ZOO = "rl-baselines3-zoo benchmark.md"
+CLEANRL = "CleanRL ppo.py (Huang et al. 2022)"
+# rl-baselines3-zoo's A2C: the env files hold its settings except hyperparams/a2c.yml's n_envs (1 where it sets none).
 ZOO_A2C = {
-    "cartpole": ZooScore("CartPole-v1", 500.0, 0.0, 500_000, 8),
-    "acrobot": ZooScore("Acrobot-v1", -83.353, 17.213, 500_000, 16),
-    "lunarlander": ZooScore("LunarLander-v2", 155.751, 80.419, 200_000, 8),
-    "halfcheetah": ZooScore("HalfCheetah-v3", 3041.174, 157.265, 1_000_000, 1),
+    "cartpole": Published(ZOO, "CartPole-v1", 500.0, 0.0, 500_000, ("algo.num_envs=8",)),
+    "acrobot": Published(ZOO, "Acrobot-v1", -83.353, 17.213, 500_000, ("algo.num_envs=16",)),
+    "lunarlander": Published(ZOO, "LunarLander-v2", 155.751, 80.419, 200_000, ("algo.num_envs=8",)),
+    "halfcheetah": Published(ZOO, "HalfCheetah-v3", 3041.174, 157.265, 1_000_000, ("algo.num_envs=1",)),
+}
+# PPO: conf/tuned/ppo_ENV.yaml holds each source's settings, envs included.
+PUBLISHED = {
+    "a2c": ZOO_A2C,
+    "ppo": {
+        "cartpole": Published(CLEANRL, "CartPole-v1", 490.0, 6.0, 500_000),
+        "acrobot": Published(CLEANRL, "Acrobot-v1", -86.0, 1.0, 500_000),
+        "lunarlander": Published(ZOO, "LunarLander-v2", 242.119, 31.823, 1_000_000),
+    },
 }
 
 
-def compose_zoo_run(env: str, seed: int, steps: int, episodes: int) -> DictConfig:
-    zoo = ZOO_A2C[env]
-    overrides = ["algo=a2c", f"algo.num_envs={zoo.num_envs}", f"env={env}", f"seed={seed}", f"total_env_steps={steps}",
-                 f"checkpoint_interval={steps}", f"eval.episodes={episodes}", "eval.deterministic=true",
-                 "logger.wandb.mode=disabled", "quiet=true"]
+def compose_run(algo: str, env: str, seed: int, steps: int, episodes: int) -> DictConfig:
+    overrides = [f"algo={algo}", *PUBLISHED[algo][env].overrides, f"env={env}", f"seed={seed}",
+                 f"total_env_steps={steps}", f"checkpoint_interval={steps}", f"eval.episodes={episodes}",
+                 "eval.deterministic=true", "logger.wandb.mode=disabled", "quiet=true"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     try:
@@ -75,7 +90,7 @@ def our_evaluation(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def sb3_evaluation(cfg: DictConfig) -> float:
-    """SB3's A2C trained on ``cfg`` and evaluated as the zoo does."""
+    """SB3's A2C or PPO trained on ``cfg`` and evaluated as the zoo does."""
     import torch
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
@@ -105,25 +120,36 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {deviation:.1f}"
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| env | env steps | seeds | ours (A2C) | Stable-Baselines3 A2C | rl-baselines3-zoo A2C |",
+def table(algo: str, results: dict[str, dict[str, Any]]) -> str:
+    name = algo.upper()
+    lines = [f"| env | env steps | seeds | ours ({name}) | Stable-Baselines3 {name} | published {name} |",
              "| --- | --- | --- | --- | --- | --- |"]
     for env, result in results.items():
-        zoo = ZOO_A2C[env]
+        score = PUBLISHED[algo][env]
         lines.append(f"| {env} | {result['steps']:,} | {len(result['ours'])} | {spread(result['ours'])} | "
-                     f"{spread(result['sb3'])} | {zoo.mean:.1f} ± {zoo.std:.1f} ({zoo.env_id}, {zoo.steps:,} steps) |")
+                     f"{spread(result['sb3'])} | {score.mean:.1f} ± {score.std:.1f} ({score.source}, "
+                     f"{score.env_id}, {score.steps:,} steps) |")
     return "\n".join(lines)
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.tools.compare_sb3",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--env", nargs="+", choices=sorted(ZOO_A2C), default=sorted(ZOO_A2C))
+    parser.add_argument("--algo", choices=sorted(PUBLISHED), default="a2c")
+    parser.add_argument("--env", nargs="+", choices=sorted({env for envs in PUBLISHED.values() for env in envs}),
+                        help="default: every env with a published score for --algo")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="env steps of every run (default: the zoo's)")
+    parser.add_argument("--steps", type=int, default=None, help="env steps of every run (default: the published)")
     parser.add_argument("--episodes", type=int, default=10, help="deterministic evaluation episodes per run")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare_sb3"), help="run directories and results")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directories and results (default: runs/compare_sb3, runs/compare_sb3_ppo for ppo)")
     args = parser.parse_args(argv)
+    published = PUBLISHED[args.algo]
+    args.env = args.env or sorted(published)
+    if unpublished := [env for env in args.env if env not in published]:
+        parser.error(f"--env {' '.join(unpublished)}: no published {args.algo} score (choose from "
+                     f"{', '.join(sorted(published))})")
+    args.out = args.out or Path("runs/compare_sb3" + ("" if args.algo == "a2c" else f"_{args.algo}"))
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: must be a positive number of env steps")
     if args.episodes < 1:
@@ -133,7 +159,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
-    configs = {(env, seed): compose_zoo_run(env, seed, args.steps or ZOO_A2C[env].steps, args.episodes)
+    configs = {(env, seed): compose_run(args.algo, env, seed, args.steps or PUBLISHED[args.algo][env].steps,
+                                        args.episodes)
                for env in args.env for seed in args.seeds}  # every config checked before the first run
     results: dict[str, dict[str, Any]] = {}
     for (env, seed), cfg in configs.items():
@@ -144,11 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         result["seconds"].append(time.monotonic() - started)
         print(f"  {env} seed {seed}: ours {result['ours'][-1]:.1f}, SB3 {result['sb3'][-1]:.1f} "
               f"({result['seconds'][-1]:.0f} s)", file=sys.stderr, flush=True)
-    print(table(results))
+    print(table(args.algo, results))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"episodes": args.episodes, "seeds": args.seeds,
-                                                       "results": results}, indent=2))
-    (args.out / "results.md").write_text(table(results) + "\n")
+    (args.out / "results.json").write_text(json.dumps({"algo": args.algo, "episodes": args.episodes,
+                                                       "seeds": args.seeds, "results": results}, indent=2))
+    (args.out / "results.md").write_text(table(args.algo, results) + "\n")
 
 
 if __name__ == "__main__":

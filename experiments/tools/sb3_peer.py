@@ -55,7 +55,10 @@ def policy_for(cfg: DictConfig, observation_space: Any) -> tuple[str, dict[str, 
         hidden = list(cfg.model.hidden_sizes)
         return "MlpPolicy", {**kwargs, "net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": activation}
     if cnn_kind(cfg.model.cnn, observation_space.shape) == "minatar":  # frames of 0s and 1s: nothing to scale
-        kwargs.update(features_extractor_class=minatar_extractor(), normalize_images=False)
+        # heads straight on the torso, as ours (SB3 adds two 64-unit layers after any extractor but its NatureCNN)
+        kwargs.update(features_extractor_class=minatar_extractor(), normalize_images=False, net_arch=[])
+    if cfg.model.share_torso is False:  # SB3's CnnPolicy shares one extractor unless told otherwise, as ours does
+        kwargs.update(share_features_extractor=False)
     return "CnnPolicy", kwargs
 
 
