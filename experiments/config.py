@@ -70,10 +70,12 @@ class Config(RunConfig):
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     log_interval: int = 2_000  # env steps between rows of metrics.csv
     return_window: int = 20  # episodes behind return_mean in metrics.csv
-    # Warn when the value loss or grad norm exceeds this times its recent median (null: off). A healthy
-    # CartPole run reached 385x (value-loss jumps at truncations), so the default leaves a wide margin.
+    # Warn when the value loss or grad norm exceeds this times its scale: its recent median, or blowup_floor where
+    # the median is below it (null: off). A healthy CartPole run reached 385x its median while the median was
+    # above 1 (value-loss jumps at truncations); a nearly exact critic's median of 1e-7 is what the floor is for.
     blowup_factor: float | None = 10_000.0
     blowup_window: int = 200  # updates behind that median
+    blowup_floor: float = 1.0  # the smallest scale: a value below blowup_factor x this is never a blow-up
     resume: bool = False
     quiet: bool = False  # no progress bar: for sweeps
     cpu_budget: int | None = None  # CPUs a parallel sweep may keep busy (null: all of this machine's)
@@ -297,6 +299,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.blowup_factor is not None:
         _require(math.isfinite(cfg.blowup_factor) and cfg.blowup_factor > 1, "blowup_factor", cfg.blowup_factor,
                  "must be a finite number > 1 (null: no warning)")
+        _require(math.isfinite(cfg.blowup_floor) and cfg.blowup_floor >= 0, "blowup_floor", cfg.blowup_floor,
+                 "must be a finite number >= 0")
     for key in ("total_env_steps", "log_interval", "checkpoint_interval", "return_window", "torch_threads",
                 "blowup_window"):
         _positive_int(key, cfg[key])

@@ -156,8 +156,12 @@ def test_a_finite_blowup_is_reported_once_as_a_warning_and_an_event(run_dir, cap
         assert warnings == []
         return
     assert [(entry["quantity"], entry["env_steps"]) for entry in warnings][:1] == [("value_loss", 1500)]
-    assert warnings[0]["value"] > 10_000 * warnings[0]["median"]
-    assert "warning: worker 0 at env step 1500: value_loss" in capsys.readouterr().err
+    assert warnings[0]["value"] > 10_000 * max(warnings[0]["median"], 1.0)
+    printed = capsys.readouterr().err
+    assert "warning: worker 0 at env step 1500: value_loss" in printed
+    counts = read_meta(run_dir)["blowup_warnings"]
+    assert sum(counts.values()) == len(warnings)
+    assert printed.count("warning: worker") == len(counts)  # one line per quantity, however many events
 
 
 GUARDED = """

@@ -298,3 +298,5 @@ def test_single_worker_learns_cartpole(tmp_path):
         assert best >= 300, f"seed {seed}: best 20-episode mean {best}"
         assert np.mean(last_100) >= 100, f"seed {seed}: last 100 episodes {np.mean(last_100)}"
         assert not math.isnan(best)
+        # A healthy run, whose critic becomes nearly exact: the blow-up watch stays quiet (its floor).
+        assert "warning" not in stderr and read_meta(tmp_path / f"s{seed}")["blowup_warnings"] == {}

@@ -67,7 +67,8 @@ class RunRecord:
         self.wandb = WandbMirror(cfg, self.run_dir, self.meta)
         self.progress = ProgressBar(cfg)
         self.signals = StopSignals()
-        self._blowups = BlowupWatch(cfg.blowup_factor, cfg.blowup_window) if cfg.blowup_factor else None
+        self._blowups = (BlowupWatch(cfg.blowup_factor, cfg.blowup_window, cfg.blowup_floor) if cfg.blowup_factor
+                         else None)
         self._evaluations: Evaluations | None = None
         self._evaluation_error: Exception | None = None  # a failed evaluation fails the run
         self._last_eval: dict[str, Any] | None = None
@@ -230,11 +231,16 @@ class RunRecord:
         self.grid.reach(env_steps, lr, self.wall_time)
 
     def _warn_blowups(self, worker: int, env_steps: int, stats: dict[str, float]) -> None:
+        """Each blow-up is an event and counts in ``meta.json``; only a quantity's first in the run is printed."""
+        counts = self.meta.fields["blowup_warnings"]
         for blowup in self._blowups.observe(stats) if self._blowups is not None else ():
-            print(f"warning: worker {worker} at env step {env_steps}: {blowup.describe()} "
-                  f"(blowup_factor={self.cfg.blowup_factor:g})", file=sys.stderr, flush=True)
+            counts[blowup.quantity] = counts.get(blowup.quantity, 0) + 1
+            if counts[blowup.quantity] == 1:
+                print(f"warning: worker {worker} at env step {env_steps}: {blowup.describe()} "
+                      f"(blowup_factor={self.cfg.blowup_factor:g}; later ones are counted in meta.json's "
+                      "blowup_warnings and listed in events.jsonl)", file=sys.stderr, flush=True)
             self.event("blowup_warning", worker=worker, env_steps=env_steps, quantity=blowup.quantity,
-                       value=blowup.value, median=blowup.median)
+                       value=blowup.value, median=blowup.median, scale=blowup.scale)
 
     def event(self, kind: str, **fields: Any) -> None:
         entry = self._event_entry(kind, **fields)

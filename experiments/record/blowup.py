@@ -2,9 +2,12 @@
 
 A run can go badly wrong long before anything is NaN (a value loss that jumps a thousandfold after a
 reward spike or an unlucky stale gradient). :class:`BlowupWatch` keeps the last ``window`` values of the
-value loss and the gradient norm and reports a value above ``factor`` times their median, at most once
-per quantity until the next metrics row, so a researcher sees it in the log and in ``events.jsonl``
-without being flooded. It only watches; what to do about it is the researcher's call.
+value loss and the gradient norm and reports a value above ``factor`` times their scale: their median, but
+never less than ``floor``. The floor is what keeps a healthy run quiet: once a critic is nearly exact its median
+loss is about 1e-7, and the ordinary error of one unexpected episode end (a value loss of a few thousand on
+CartPole) would be a billion times that; a real blow-up (a reward of 1e4 once: a value loss near 1e8) is still
+far above ``factor * floor``. It reports at most once per quantity until the next metrics row (the record prints
+only a quantity's first and counts the rest). It only watches; what to do about it is the researcher's call.
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ class Blowup:
     quantity: str
     value: float
     median: float
+    scale: float  # the median, or the floor above it
 
     def describe(self) -> str:
-        return f"{self.quantity} {self.value:.4g} is {self.value / self.median:.0f} times its recent median " \
-               f"{self.median:.4g}"
+        scale = "recent median" if self.scale == self.median else f"floor (its recent median is {self.median:.4g})"
+        return f"{self.quantity} {self.value:.4g} is {self.value / self.scale:.0f} times its {scale} " \
+               f"{self.scale:.4g}"
 
 
 class BlowupWatch:
-    def __init__(self, factor: float, window: int):
-        self.factor = factor
+    def __init__(self, factor: float, window: int, floor: float):
+        self.factor, self.floor = factor, floor
         self.history: dict[str, deque[float]] = {name: deque(maxlen=window) for name in WATCHED}
         self.reported: set[str] = set()  # quantities already reported since the last metrics row
 
@@ -43,8 +48,9 @@ class BlowupWatch:
                 continue  # non-finite values are the divergence guard's, not a warning
             if len(history) == history.maxlen and name not in self.reported:
                 median = statistics.median(history)
-                if median > 0 and value > self.factor * median:
-                    found.append(Blowup(name, value, median))
+                scale = max(median, self.floor)
+                if scale > 0 and value > self.factor * scale:
+                    found.append(Blowup(name, value, median, scale))
                     self.reported.add(name)
             history.append(value)
         return found

@@ -84,6 +84,7 @@ def initial_meta(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "overrides": overrides,
         "resumed_at_env_steps": [],
         "worker_failures": [],
+        "blowup_warnings": {},  # quantity -> blow-ups reported (experiments.record.blowup)
         "clock": "real",  # "simulated" for backend=simulated: wall_time columns are virtual seconds
         "final": None,
         "wandb": None,
@@ -108,9 +109,10 @@ class MetaFile:
         self.fields: dict[str, Any] = {}
 
     def carry_over(self) -> None:
-        """On a resume: keep the first start, the resumes and the worker failures of the run it continues."""
+        """On a resume: keep the first start, the resumes, the worker failures and the blow-up counts of the run it
+        continues."""
         previous = self._read() or {}
-        for key in ("start_time", "resumed_at_env_steps", "worker_failures"):
+        for key in ("start_time", "resumed_at_env_steps", "worker_failures", "blowup_warnings"):
             self.fields[key] = previous.get(key, self.fields[key])
 
     def _read(self) -> dict[str, Any] | None:
