@@ -4,9 +4,9 @@ A run can go badly wrong long before anything is NaN (a value loss that jumps a 
 reward spike or an unlucky stale gradient). :class:`BlowupWatch` keeps the last ``window`` values of the
 value loss and the gradient norm and reports a value above ``factor`` times their scale: their median, but
 never less than ``floor``. The floor is what keeps a healthy run quiet: once a critic is nearly exact its median
-loss is about 1e-7, and the ordinary error of one unexpected episode end (a value loss of a few thousand on
-CartPole) would be a billion times that; a real blow-up (a reward of 1e4 once: a value loss near 1e8) is still
-far above ``factor * floor``. It reports at most once per quantity until the next metrics row (the record prints
+loss is about 1e-7, and the ordinary error of one unexpected episode end (a value loss or gradient norm up to about
+1.5e4 on CartPole) would be a billion times that; a real blow-up (a reward of 1e4 once: a value loss near 1e8) is
+still far above ``factor * floor``. It reports at most once per quantity until the next metrics row (the record prints
 only a quantity's first and counts the rest). It only watches; what to do about it is the researcher's call.
 """
 
