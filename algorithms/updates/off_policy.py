@@ -14,7 +14,7 @@ from algorithms.config import AlgoConfig
 from algorithms.core.losses import CORRECTIONS, approximate_kl, clip_fraction, value_loss, vtrace
 from algorithms.core.nets import ActorCritic
 from algorithms.core.rollout import Unrolls
-from algorithms.updates.actor_critic import backpropagate
+from algorithms.updates.ppo import clipped_passes
 from algorithms.updates.rule import Refused, UpdateRule
 
 
@@ -47,7 +47,11 @@ class OffPolicyActorCritic(UpdateRule):
         correction = CORRECTIONS[algo.correction]
         obs, actions = batch.obs.flatten(0, 1).to(device), batch.actions.flatten(0, 1).to(device)
         behaviour = batch.behaviour_log_probs.flatten().to(device)
-        evaluated = model.evaluate(obs, actions)  # with autograd: a single whole-batch step reuses it
+        versions = batch.behaviour_versions.flatten()
+        kept = self.within_lag(versions)
+        whole_batch = algo.minibatches == 1 and len(kept) == len(behaviour)
+        with torch.set_grad_enabled(whole_batch):  # a single whole-batch step reuses this pass; others need none
+            evaluated = model.evaluate(obs, actions)
         proximal, old_values = evaluated[0].detach(), evaluated[2].detach()
         with torch.no_grad():
             bootstrap_values = model(batch.bootstrap_obs.to(device))[1].cpu().numpy()
@@ -55,38 +59,29 @@ class OffPolicyActorCritic(UpdateRule):
         targets_np, advantages_np = corrected_targets(batch, old_values.view(shape).cpu().numpy(), bootstrap_values,
                                                       log_rhos, algo)
         targets, advantages = (torch.from_numpy(array).flatten().to(device) for array in (targets_np, advantages_np))
-        versions = batch.behaviour_versions.flatten()
-        kept = self.within_lag(versions)
         rule_stats = {"importance_ratio": float(np.minimum(algo.rho_bar, np.exp(log_rhos)).mean()),
                       "lag_dropped": 1.0 - len(kept) / len(behaviour)}
         if len(kept) < 2 * algo.minibatches:  # too few for minibatches whose advantages can be normalized
             yield Refused(policy_loss=0.0, value_loss=0.0, entropy=0.0, grad_norm=0.0, approx_kl=0.0,
                           clip_fraction=0.0, sample_lag=float((self.version - versions).float().mean()), **rule_stats)
             return
-        whole_batch = algo.minibatches == 1 and len(kept) == len(behaviour)
-        for epoch in range(algo.epochs):
-            approx_kl = 0.0
-            shares = [kept] if whole_batch else kept[torch.randperm(len(kept))].tensor_split(algo.minibatches)
-            for indices in shares:
-                minibatch_advantages = advantages[indices]
-                if algo.normalize_advantage:
-                    minibatch_advantages = ((minibatch_advantages - minibatch_advantages.mean())
-                                            / (minibatch_advantages.std() + 1e-8))
-                log_probs, entropy, values = (evaluated if whole_batch and epoch == 0
-                                              else model.evaluate(obs[indices], actions[indices]))
-                policy_loss, ratio = correction.policy_loss(log_probs, proximal[indices], behaviour[indices],
-                                                            minibatch_advantages, algo.clip_range, algo.rho_bar)
-                critic_loss = value_loss(values, old_values[indices], targets[indices],
-                                         algo.clip_range if algo.clip_value else None)
-                entropy_mean = entropy.mean()
-                loss = policy_loss + algo.value_coef * critic_loss - algo.entropy_coef * entropy_mean
-                stats = backpropagate(model, loss, {"policy_loss": policy_loss, "value_loss": critic_loss,
-                                                    "entropy": entropy_mean}, algo)
-                approx_kl = float(approximate_kl(log_probs, proximal[indices]))
-                yield {**stats, "approx_kl": approx_kl, "clip_fraction": float(clip_fraction(ratio, algo.clip_range)),
-                       "sample_lag": float((self.version - versions[indices]).float().mean()), **rule_stats}
-            if algo.target_kl is not None and approx_kl > algo.target_kl:
-                return
+
+        def loss_of(share: torch.Tensor, log_probs: torch.Tensor, entropy: torch.Tensor, values: torch.Tensor,
+                    minibatch_advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            policy_loss, ratio = correction.policy_loss(log_probs, proximal[share], behaviour[share],
+                                                        minibatch_advantages, algo.clip_range, algo.rho_bar)
+            critic_loss = value_loss(values, old_values[share], targets[share],
+                                     algo.clip_range if algo.clip_value else None)
+            entropy_mean = entropy.mean()
+            loss = policy_loss + algo.value_coef * critic_loss - algo.entropy_coef * entropy_mean
+            return loss, {"policy_loss": policy_loss, "value_loss": critic_loss, "entropy": entropy_mean,
+                          "approx_kl": approximate_kl(log_probs, proximal[share]),
+                          "clip_fraction": clip_fraction(ratio, algo.clip_range),
+                          "sample_lag": (self.version - versions[share]).float().mean()}
+
+        for stats in clipped_passes(model, obs, actions, advantages, kept, algo, loss_of,
+                                    evaluated if whole_batch else None):
+            yield {**stats, **rule_stats}
 
     def within_lag(self, behaviour_versions: torch.Tensor) -> torch.Tensor:
         """The indices of the samples acted at most ``algo.max_policy_lag`` versions before the learner's own."""
