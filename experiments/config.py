@@ -79,6 +79,8 @@ class Config(RunConfig):
     blowup_window: int = 200  # updates behind that median
     blowup_floor: float = 100.0  # the smallest scale: a value below blowup_factor x this is never a blow-up
     resume: bool = False
+    # resume=true continues only the same experiment (experiments.admission); this accepts a changed one, recorded.
+    resume_accept_changes: bool = False
     quiet: bool = False  # no progress bar: for sweeps
     cpu_budget: int | None = None  # CPUs a parallel sweep may keep busy (null: all of this machine's)
 

@@ -82,8 +82,9 @@ def compose_jobs(arguments: Sequence[str], config_name: str = "config") -> tuple
         return base, compose_valid_jobs(base.hydra.sweeper.get("params") or {}, arguments, config_name)
 
 
-def check_command_line(argv: Sequence[str]) -> None:
-    """Compose and validate what ``experiments.train`` would run for these arguments; ConfigError if bad.
+def check_command_line(argv: Sequence[str]) -> DictConfig | None:
+    """Compose and validate what ``experiments.train`` would run for these arguments; ConfigError if bad. Return
+    a single run's config (with its ``hydra`` node), None for a multirun or a command that runs nothing.
 
     Run before ``hydra.main``, which words a bad override in several lines and exits with status 1. The
     jobs of a multirun are left to :class:`ValidateBeforeLaunch`, which composes them anyway: composing
@@ -91,13 +92,15 @@ def check_command_line(argv: Sequence[str]) -> None:
     """
     args = get_args_parser().parse_args(list(argv))
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_dir:
-        return  # help and info run nothing; a config tree of one's own is Hydra's to check
+        return None  # help and info run nothing; a config tree of one's own is Hydra's to check
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         # Composed as a multirun's base config, which is a single run's config when nothing is swept.
         base = compose_checked(args.overrides, RunMode.MULTIRUN, args.config_name or "config")
-    if not (args.multirun or base.hydra.mode == RunMode.MULTIRUN):  # Hydra's own rule for a multirun
-        refuse_sweeps(args.overrides)
-        validate_checked(base, args.overrides)
+    if args.multirun or base.hydra.mode == RunMode.MULTIRUN:  # Hydra's own rule for a multirun
+        return None
+    refuse_sweeps(args.overrides)
+    validate_checked(base, args.overrides)
+    return base
 
 
 def next_action(run_dir: Path) -> str:

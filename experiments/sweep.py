@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # planning a sweep must not load torch
 JOB_LOG = "sweep_jobs.jsonl"
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_MARKDOWN = "sweep_summary.md"
-OUTCOMES = ("completed", "resumed", "skipped", "failed", "interrupted")
+OUTCOMES = ("completed", "resumed", "skipped", "failed", "interrupted", "busy")
+# Set (to anything but 0 or empty) to see the traceback of a failed run, which is otherwise one line.
+TRACEBACK_VARIABLE = "SVRL_TRACEBACK"
 
 
 def busy_processes(cfg: DictConfig) -> int:
@@ -82,6 +84,7 @@ def previous_status(run_dir: Path) -> str | None:
 def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str, overrides: list[str],
                   train: Callable[[DictConfig, str, list[str]], RunRecord]) -> str:
     """Run, resume or skip one job of a sweep; record its outcome; never raise for a failed run."""
+    from experiments.admission import RunDirectoryBusy, RunRefused
     from experiments.record import RunFailed, checkpoint_paths  # here: planning a sweep must not load torch
 
     restore_start_method()
@@ -99,10 +102,16 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str
         try:
             record = train(cfg, str(run_dir), overrides)
             outcome = {"completed": "resumed" if cfg.resume else "completed"}.get(record.status, record.status)
+        except RunDirectoryBusy as busy:  # another sweep is running this job: it is that one's to finish
+            outcome = "busy"
+            print(f"skipped (another process is running it): {busy}", flush=True)
+        except RunRefused as refusal:  # nothing written: the record still says how the job last ended
+            outcome, error = "failed", str(refusal)
+            print(f"error: {refusal}", file=sys.stderr, flush=True)
         except RunFailed as failure:  # the record has marked the run failed and said why in one line
             outcome, error = "failed", str(failure)
-        except Exception as exception:  # the record has marked the run failed; the sweep goes on
-            traceback.print_exc()
+        except Exception as exception:  # the record has marked the run failed and printed why; the sweep goes on
+            show_traceback_if_asked()
             outcome, error = "failed", f"{type(exception).__name__}: {exception}"
     entry = {"job": job_name, "overrides": overrides, "run_dir": str(run_dir), "outcome": outcome,
              "error": error, "time": time.time()}
@@ -133,6 +142,13 @@ class SweepSummary(Callback):
         print("\n".join(lines[2:]) + f"\nSweep summary written to {sweep_dir / SUMMARY_MARKDOWN}", flush=True)
         if counts["failed"]:
             sys.exit(1)
+
+
+def show_traceback_if_asked() -> None:
+    """Print the exception being handled when ``SVRL_TRACEBACK`` asks for it; a run's failure is otherwise the one
+    line its record prints."""
+    if os.environ.get(TRACEBACK_VARIABLE, "0") not in ("", "0"):
+        traceback.print_exc()
 
 
 def restore_start_method() -> None:

@@ -4,7 +4,9 @@ Before Hydra starts, ``experiments.plan.check_command_line`` composes and valida
 bad input is one line naming the key and the value, exit status 2, nothing created. Then Hydra composes
 the config from ``conf/``, the run record is opened in Hydra's output directory and the function that
 ``algorithms.SCHEDULES`` names for the run's schedule trains. The exit status is 0 for a
-completed run, 1 for a failed one and 130 for an interrupted one (SIGINT or SIGTERM), which is
+completed run, 1 for a failed one (its summary line says why; ``SVRL_TRACEBACK=1`` adds the traceback),
+2 for a refused one (bad input, a run directory another run is writing, a resume that would change the
+experiment: see ``experiments.admission``) and 130 for an interrupted one (SIGINT or SIGTERM), which is
 resumable with ``resume=true hydra.run.dir=<the run directory>``. In a multirun, jobs are run, resumed
 or skipped as ``experiments.sweep`` describes, and an interrupted job stops the sweep.
 """
@@ -12,6 +14,8 @@ or skipped as ``experiments.sweep`` describes, and an interrupted job stops the 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,14 +27,17 @@ from omegaconf import DictConfig, OmegaConf
 from algorithms import schedule_for
 from algorithms.config import RunConfig
 from algorithms.infra.processes import process_context
+from experiments.admission import RunRefused, admit
 from experiments.config import exit_on_config_error, exit_on_invalid
 from experiments.plan import check_command_line
-from experiments.sweep import run_sweep_job
+from experiments.sweep import run_sweep_job, show_traceback_if_asked
 
 if TYPE_CHECKING:
     from experiments.record import RunRecord
 
 EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
 # An absolute directory: a relative config_path would be read as a Python package when the code is
 # started from the console script rather than with `python -m`.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -50,9 +57,9 @@ def train(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None) -> 
 
     from experiments.record import RunRecord
 
-    algorithm = schedule.load()
     record = RunRecord(run_dir, cfg, overrides)
     with record:
+        algorithm = schedule.load()
         # Algorithms get plain dataclasses: attribute access on them is ~100x cheaper than on a
         # DictConfig in the hot loop, and they pickle into worker processes and Ray actors needing
         # only the algorithms package.
@@ -68,21 +75,40 @@ def run_hydra_app(cfg: DictConfig) -> str:
         status = run_sweep_job(cfg, run_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.override_dirname,
                                overrides, train)
     else:
-        from experiments.record import RunFailed  # imported by train() already
-
-        try:
+        with one_line_failures():
             status = train(cfg, str(run_dir), overrides).status
-        except RunFailed:
-            sys.exit(1)  # the record has printed the one-line reason and marked the run failed
     if status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
     return status
 
 
+@contextmanager
+def one_line_failures() -> Iterator[None]:
+    """A refused run is one line and exit status 2; a failed one exits 1 after the record's one summary line, which
+    says why (``SVRL_TRACEBACK=1`` prints the traceback too)."""
+    try:
+        yield
+    except RunRefused as refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+    except Exception as error:
+        from experiments.record import was_recorded  # loaded already where a run was recorded
+
+        show_traceback_if_asked()
+        if not was_recorded(error):  # a failure before the record opened: nothing has said why
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+
+
 def main() -> None:
-    """``python -m experiments.train`` and ``svrl-train``: refuse bad input in one line, then run Hydra's app."""
+    """``python -m experiments.train`` and ``svrl-train``: refuse bad input in one line, then run Hydra's app. A run
+    directory that exists already is admitted before Hydra writes its ``.hydra`` files into it."""
     with exit_on_config_error():
-        check_command_line(sys.argv[1:])
+        run = check_command_line(sys.argv[1:])
+    run_dir = Path(run.hydra.run.dir) if run is not None else None
+    if run is not None and run_dir is not None and run_dir.exists():
+        with one_line_failures():
+            admit(run_dir, run)
     run_hydra_app()
 
 

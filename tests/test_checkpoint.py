@@ -78,7 +78,9 @@ def resume(run_dir, *overrides: str):
      r"checkpoint part 'snapshots' holds 3 parameter versions; algo.staleness.delay=3 needs 4"),
 ])
 def test_a_part_that_does_not_fit_the_resumed_run_is_refused_naming_it(tmp_path, first, then, message):
+    """The checkpoint's own check, behind the record's refusal of a changed experiment (tests/test_integrity.py):
+    a deliberate change that the checkpoint cannot take is still refused, naming the part."""
     run_dir = tmp_path / "run"
     train_run(run_dir, *FAST, *first)
     with pytest.raises(CheckpointError, match=message):
-        resume(run_dir, *then)
+        resume(run_dir, *then, "resume_accept_changes=true")

@@ -139,7 +139,7 @@ def test_after_a_divergence_the_final_checkpoint_is_refused_and_the_divergence_r
     good = (run_dir / "checkpoints" / "last.pt").read_bytes()
     # A step that overflows float32: the resumed run's first update makes the parameters infinite.
     with pytest.raises(RuntimeError, match="non-finite"):
-        train_run(run_dir, *hogwild, "total_env_steps=600", "resume=true", "algo.lr=3e38")
+        train_run(run_dir, *hogwild, "total_env_steps=600", "resume=true", "algo.lr=3e38", "resume_accept_changes=true")
     meta = read_meta(run_dir)
     assert meta["status"] == "failed" and "non-finite" in meta["error"]
     assert [entry["part"] for entry in events(run_dir) if entry["event"] == "checkpoint_refused"] == ["model"]

@@ -32,19 +32,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from algorithms.infra.checkpoint import Checkpoint, CheckpointRefused, dropped_partial_episodes
 from algorithms.infra.messages import EvalSnapshot
+from experiments.admission import Admission, admit, describe_changes, unlock
 from experiments.columns import EVAL_COLUMNS, METRIC_COLUMNS
 from experiments.record.blowup import BlowupWatch
 from experiments.record.checkpoints import Checkpoints, checkpoint_paths
 from experiments.record.clock import TrainingClock
 from experiments.record.evaluations import Evaluations, Row
-from experiments.record.files import RunFiles, WriteGuard
+from experiments.record.files import Repair, ResumePoint, RunFiles, WriteGuard
 from experiments.record.meta import MetaFile, RunFailed, git_state, initial_meta, now_iso, outcome, package_versions
 from experiments.record.metrics import MetricsGrid
 from experiments.record.progress import ProgressBar, summary_line
 from experiments.record.signals import StopSignals
 from experiments.record.wandb_run import WandbMirror
 
-__all__ = ["RunFailed", "RunRecord", "checkpoint_paths", "git_state", "package_versions"]
+__all__ = ["RECORDED", "RunFailed", "RunRecord", "checkpoint_paths", "git_state", "package_versions", "was_recorded"]
+
+# The note on an exception that ended a run: the record says how it ended, and its summary line printed why.
+RECORDED = "the run record says how the run ended; its summary line gives the reason"
+
+
+def was_recorded(error: BaseException) -> bool:
+    """Whether ``error`` ended a run whose record and summary line say so: a command line prints nothing more."""
+    return RECORDED in getattr(error, "__notes__", ())
 
 
 class RunRecord:
@@ -72,6 +81,8 @@ class RunRecord:
         self._evaluations: Evaluations | None = None
         self._evaluation_error: Exception | None = None  # a failed evaluation fails the run
         self._last_eval: dict[str, Any] | None = None
+        self.admission = Admission()
+        self._repairs: list[Repair] = []
 
     @property
     def env_steps(self) -> int:
@@ -91,19 +102,22 @@ class RunRecord:
 
     # ----------------------------------------------------------------- opening and closing
     def __enter__(self) -> RunRecord:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.admission = admit(self.run_dir, self.cfg)  # RunRefused before anything is written
         self.meta.fields = initial_meta(self.cfg, self.overrides)
         try:
             self._open()
         except BaseException as error:
             self._end(error)
             self._raise_fault(error)
+            error.add_note(RECORDED)
             raise
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         self._end(exc)
         self._raise_fault(exc)
+        if exc is not None:
+            exc.add_note(RECORDED)
         # A KeyboardInterrupt has been handled: the run is recorded as interrupted.
         return isinstance(exc, KeyboardInterrupt)
 
@@ -111,14 +125,17 @@ class RunRecord:
         self.checkpoints.create_dir()
         resuming = self._resume()
         if resuming:
-            self.meta.fields["resumed_at_env_steps"].append(self.env_steps)
+            self.meta.add_resume(self.env_steps, self.overrides, self.admission)
         else:
             self.checkpoints.discard()
         self.files.open(append=resuming)
         self._evaluations = Evaluations(self.cfg, self.env_steps)
         self.meta.reserve()
         self.meta.write()
-        self.event("resumed" if resuming else "started", env_steps=self.env_steps)
+        if resuming:
+            self._log_resume()
+        else:
+            self.event("started", env_steps=self.env_steps)
         if resuming and self.resume_state is not None and (dropped := dropped_partial_episodes(self.resume_state)):
             self.event("partial_episodes_dropped", env_steps=self.env_steps, episodes=dropped,
                        reason="the envs' state could not be saved in the checkpoint; they start fresh episodes")
@@ -143,19 +160,38 @@ class RunRecord:
         self.clock.offset = saved["wall_time"]
         self.wandb.resume_id = saved.get("wandb_id")
         self.checkpoints.schedule_after(self.env_steps)
-        self.files.drop_rows_after(self.grid.last_row[0], self.env_steps, self.updates)
+        self._repairs = self.files.drop_rows_after(ResumePoint(self.grid.last_row[0], self.env_steps, self.updates))
         return True
 
+    def _log_resume(self) -> None:
+        """The ``resumed`` event with the config changes the resume was admitted with, then each torn line it cut
+        off (``record_repaired``), said on the terminal too."""
+        admission = self.admission
+        self.event("resumed", env_steps=self.env_steps, config_checked=admission.checked,
+                   harmless_changes=admission.harmless, accepted_changes=admission.accepted)
+        if admission.accepted:
+            print(f"warning: resuming with a changed experiment (resume_accept_changes=true): "
+                  f"{describe_changes(admission.accepted)}", file=sys.stderr, flush=True)
+        for repair in self._repairs:
+            self.event("record_repaired", env_steps=self.env_steps, **vars(repair))
+            print(f"warning: {repair.file} ended in a torn line ({repair.bytes_cut} bytes), cut off on resume: "
+                  f"{repair.rows_restored} row restored (written again from the checkpoint on), {repair.rows_lost} "
+                  "lost", file=sys.stderr, flush=True)
+
     def _end(self, exc: BaseException | None) -> None:
-        """Record how the run ended (last rows, end event, meta.json), then close W&B and the progress bar."""
+        """Record how the run ended (last rows, end event, meta.json), then close W&B and the progress bar and give
+        the directory's lock back."""
         self.signals.restore()
-        if self.files.logs:
-            self._write_last_rows(completed=self._outcome(exc)[0] == "completed")
-        self.status, self.error = self._outcome(exc)
-        self._log_end(exc)
-        self.meta.write_end(self.status, self.error, self.summary())
-        self.progress.close()
-        self.wandb.close(self.status)
+        try:
+            if self.files.logs:
+                self._write_last_rows(completed=self._outcome(exc)[0] == "completed")
+            self.status, self.error = self._outcome(exc)
+            self._log_end(exc)
+            self.meta.write_end(self.status, self.error, self.summary())
+        finally:
+            self.progress.close()
+            self.wandb.close(self.status)
+            unlock(self.run_dir)
         print(self.summary_line(), flush=True)
 
     def _write_last_rows(self, completed: bool) -> None:
@@ -192,7 +228,9 @@ class RunRecord:
     def _raise_fault(self, exc: BaseException | None) -> None:
         """A failed write of the record's own fails the run with that one line rather than its traceback."""
         if self.guard.fault is not None and not isinstance(exc, RunFailed):
-            raise RunFailed(self.error) from self.guard.fault
+            failure = RunFailed(self.error)
+            failure.add_note(RECORDED)
+            raise failure from self.guard.fault
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         """SIGINT or SIGTERM: the algorithm finishes its update, checkpoints and returns (``stop_requested``)."""

@@ -1,7 +1,8 @@
 """The run directory's line files: the CSV files of ``RECORD_COLUMNS`` and ``events.jsonl``, and the record's fault.
 
 Each file is appended in whole lines and flushed as the run goes, so that a killed run keeps everything up to its
-last flush and no failure (a full disk included) leaves a torn line.
+last flush and no failure the process survives (a full disk included) leaves a torn line. A kill in the middle of a
+write can: a resume cuts that line off and says what it held (:meth:`RunFiles.drop_rows_after`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,47 @@ class CsvLog(LineLog):
         self.add(self._line([_format(value) for value in row]))
 
 
+TORN_TEXT_SHOWN = 200  # characters of a torn line kept in its record_repaired event
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: its checkpoint's env steps and updates, and the last metrics row on the grid."""
+
+    last_row: int
+    env_steps: int
+    updates: int
+
+    def kept_rows(self) -> dict[str, Callable[[dict[str, str]], bool]]:
+        """Per CSV file, whether a row stays: rows past the checkpoint are the resumed run's to write again."""
+        return {
+            "metrics": lambda row: int(row["env_steps"]) <= self.last_row,
+            "episodes": lambda row: int(row["env_steps"]) <= self.env_steps,
+            "updates": lambda row: int(row["update"]) <= self.updates,
+            "evals": lambda row: int(row["env_steps"]) <= self.env_steps,
+        }
+
+    def rewrites(self, name: str, torn: str) -> bool:
+        """Whether the resumed run writes the row that ``torn`` begins again: its first cell (the column the row is
+        kept by) is whole and places it past the checkpoint."""
+        first, comma, _ = torn.partition(",")
+        try:
+            return bool(comma) and not self.kept_rows()[name]({RECORD_COLUMNS[name][0]: first})
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class Repair:
+    """A torn last line cut off a file on resume: its bytes, the start of its text and the rows it held."""
+
+    file: str
+    bytes_cut: int
+    torn_text: str
+    rows_restored: int
+    rows_lost: int
+
+
 class WriteGuard:
     """The record's *fault*: its first failed write (a full disk), which fails the run. Once the record has failed,
     no file is written to again, so that they all end where they agreed."""
@@ -172,19 +215,30 @@ class RunFiles:
         self.events.add(json.dumps(entry, default=str) + "\n")
         self.events.flush()
 
-    def drop_rows_after(self, last_row: int, env_steps: int, updates: int) -> None:
-        """Before a resume: rows written after its checkpoint (at ``env_steps`` and ``updates``) are rewritten by
-        the resumed run, and a row that ended the run off the grid (past ``last_row``) is rewritten at the grid;
-        drop them so that nothing is duplicated."""
+    def drop_rows_after(self, resumed: ResumePoint) -> list[Repair]:
+        """Before a resume: rows written after its checkpoint are rewritten by the resumed run, and a row that ended
+        the run off the grid (past ``last_row``) is rewritten at the grid; drop them so that nothing is duplicated.
+        A line torn by a kill is cut off first; the repairs are returned, for the record to report."""
         with self.guard.writing():
-            for name, keep in (
-                ("metrics.csv", lambda row: int(row["env_steps"]) <= last_row),
-                ("episodes.csv", lambda row: int(row["env_steps"]) <= env_steps),
-                ("updates.csv", lambda row: int(row["update"]) <= updates),
-                ("evals.csv", lambda row: int(row["env_steps"]) <= env_steps),
-            ):
-                if (self.run_dir / name).exists():
-                    keep_rows(self.run_dir / name, keep)
+            repairs = [repair for name in (*RECORD_COLUMNS, "events") if (repair := self._cut_torn_line(name, resumed))]
+            for name, keep in resumed.kept_rows().items():
+                if (self.run_dir / f"{name}.csv").exists():
+                    keep_rows(self.run_dir / f"{name}.csv", keep)
+        return repairs
+
+    def _cut_torn_line(self, name: str, resumed: ResumePoint) -> Repair | None:
+        """Cut a partial last line off ``<name>.csv`` (or events.jsonl). A CSV row past the checkpoint is restored:
+        the resumed run writes it again; one it cannot place, and a torn event, is lost."""
+        path = self.run_dir / (f"{name}.csv" if name in RECORD_COLUMNS else "events.jsonl")
+        data = path.read_bytes() if path.exists() else b""
+        torn = data[data.rfind(b"\n") + 1:]
+        if not torn:
+            return None
+        os.truncate(path, len(data) - len(torn))
+        text = torn.decode(errors="replace")
+        restored = name in RECORD_COLUMNS and resumed.rewrites(name, text)
+        return Repair(path.name, len(torn), text[:TORN_TEXT_SHOWN], rows_restored=int(restored),
+                      rows_lost=int(not restored))
 
     def close(self) -> None:
         """Close every file; lines not flushed are dropped."""

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from algorithms.infra.checkpoint import write_file
+from experiments.admission import Admission, experiment_config
 from experiments.record.files import WriteGuard, replace_file
 
 RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "wandb", "pandas", "mujoco", "ale-py",
@@ -82,7 +83,9 @@ def initial_meta(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "torch_threads": cfg.torch_threads,
         "command": sys.argv,
         "overrides": overrides,
+        "config": experiment_config(cfg),  # as it last ran: a resume must continue the same experiment
         "resumed_at_env_steps": [],
+        "resumes": [],  # each resume's command, overrides and config changes (experiments.admission)
         "worker_failures": [],
         "blowup_warnings": {},  # quantity -> blow-ups reported (experiments.record.blowup)
         "clock": "real",  # "simulated" for backend=simulated: wall_time columns are virtual seconds
@@ -109,11 +112,20 @@ class MetaFile:
         self.fields: dict[str, Any] = {}
 
     def carry_over(self) -> None:
-        """On a resume: keep the first start, the resumes, the worker failures and the blow-up counts of the run it
-        continues."""
+        """On a resume: keep the first start and invocation, the resumes, the worker failures and the blow-up counts
+        of the run it continues."""
         previous = self._read() or {}
-        for key in ("start_time", "resumed_at_env_steps", "worker_failures", "blowup_warnings"):
+        for key in ("start_time", "command", "overrides", "resumed_at_env_steps", "resumes", "worker_failures",
+                    "blowup_warnings"):
             self.fields[key] = previous.get(key, self.fields[key])
+
+    def add_resume(self, env_steps: int, overrides: list[str], admission: Admission) -> None:
+        """Append this resume: where it continues, its own invocation and what it changed of the config."""
+        self.fields["resumed_at_env_steps"].append(env_steps)
+        self.fields["resumes"].append({"time": now_iso(), "env_steps": env_steps, "command": sys.argv,
+                                       "overrides": overrides, "config_checked": admission.checked,
+                                       "harmless_changes": admission.harmless,
+                                       "accepted_changes": admission.accepted})
 
     def _read(self) -> dict[str, Any] | None:
         try:
