@@ -4,7 +4,8 @@
 
 writes ``DIR/figures/*.png|pdf``, ``DIR/tables/*.md|tex`` and ``DIR/report.md`` (figures embedded as
 images, tables inline, skipped runs and skipped figures listed with their reasons), then prints where
-the report is. Thresholds default to each env's ``env.solved_return`` from the runs' Hydra configs.
+the report is. As it goes it says, on stderr, how many runs it read from where, and each figure and table as it
+writes it. Thresholds default to each env's ``env.solved_return`` from the runs' Hydra configs.
 ``--metric eval`` makes every return curve, return table and threshold read the evaluation episodes'
 return (``evals.csv``) instead of the training episodes' (``metrics.csv``); the report says which.
 
@@ -614,6 +615,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def progress(line: str) -> None:
+    """Say what the report is doing: on stderr, as stdout is the report's path alone."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def _figure_section(output: Output, out: Path, dpi: int) -> list[str]:
     lines = [f"### {output.title}", ""]
     try:
@@ -621,8 +627,10 @@ def _figure_section(output: Output, out: Path, dpi: int) -> list[str]:
             raise figures.NoData("no runs to analyse")
         fig = DRAW[output.name](output.analysis)
     except figures.NoData as reason:
+        progress(f"figure {output.file}: skipped ({reason})")
         return [*lines, f"*Skipped: {reason}.*", ""]
     png, pdf = figures.save_figure(fig, out / "figures", output.file, dpi=dpi)
+    progress(f"figure {output.file}: {png.relative_to(out).as_posix()}")
     return [*lines, f"![{output.file}]({png.relative_to(out).as_posix()})", "",
             f"{output.caption} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
 
@@ -631,6 +639,7 @@ def _table_section(output: Output, tables_dir: Path) -> list[str]:
     table, name = BUILD[output.name](output.analysis).astype(str), output.file
     (tables_dir / f"{name}.md").write_text(markdown_table(table))
     (tables_dir / f"{name}.tex").write_text(latex_table(table, output.caption, name))
+    progress(f"table {name}: tables/{name}.md")
     return [f"### {output.title}", "", output.caption, "", markdown_table(table),
             f"LaTeX: [tables/{name}.tex](tables/{name}.tex)", ""]
 
@@ -648,6 +657,8 @@ def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Seq
     tables_dir = out / "tables"
     tables_dir.mkdir(exist_ok=True)
     tables = list(BUILD) if not analysis.summary.empty else []
+    figure_count = len(selected_figures(options))
+    progress(f"drawing {figure_count} figure{'s' * (figure_count != 1)} and {len(tables)} tables into {out}")
     lines = [*_header(analysis, runset, sources), *_runs_section(analysis, runset),
              "## Figures", "", *_sections(selected_figures(options), analysis,
                                           lambda output: _figure_section(output, out, options.dpi)),
@@ -740,6 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"svrl-report: {no_evaluations}", file=sys.stderr)
         return 2
     runset = runs_for_metric(runset, options.metric)
+    left_out = f", {len(runset.skipped)} skipped" if runset.skipped else ""
+    progress(f"read {len(runset.runs)} runs from {', '.join(sources)}{left_out}")
     if not args.wandb_project:  # W&B's skipped runs were warned about as they loaded
         for skipped in runset.skipped:
             print(f"skipping run {skipped.run}: {skipped.reason}", file=sys.stderr)

@@ -7,12 +7,18 @@ refuses, before composing, keys that :class:`~experiments.config.Config` does no
 or OmegaConf still raise while composing (a value of the wrong type, bad override syntax, ``+`` on a key
 that is set) becomes a ``ConfigError`` too, as do several values outside a multirun
 (:func:`refuse_sweeps`). Like ``validate``'s, each names one key, its value and a reason.
+
+Two rules need the composition itself: the schedule group's ``workers_N`` options (:func:`workers_option`: the
+config that sets ``algo.num_workers=N``, which a study's sweep adds to the schedules that take workers, as in
+``+schedule=[a2c_workers,workers_4]``), and :func:`check_env_settings`, which finds an env given by ``env.id`` that
+keeps another env's name, budget or threshold.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import sys
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import is_dataclass
@@ -20,12 +26,13 @@ from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from hydra.core.config_loader import ConfigLoader
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, ValueType
+from hydra.core.override_parser.types import ChoiceSweep, Override, ValueType
 from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -49,6 +56,11 @@ HYDRA_MESSAGES = (
     (r"force-add of config groups is not supported: '\+\+(?P<key>[^=@]+)", "is a config group; drop the ++"),
     (r"Sweeping over Hydra's configuration is not supported : '(?P<key>[^=]+)", "Hydra's own settings cannot be swept"),
 )
+SCHEDULE_GROUP = "schedule"
+WORKERS_OPTION = re.compile(r"workers_(?P<count>[1-9][0-9]*)")  # the schedule group's option setting num_workers
+# The settings an env config makes for its own env: an env given by env.id must not keep another env's.
+ENV_SETTINGS = ("env.name", "total_env_steps", "env.solved_return")
+_warned: set[str] = set()  # warnings this process printed already: one line each, however often a config is checked
 
 
 class UnknownKey(LookupError):
@@ -149,15 +161,43 @@ def _parse_detail(error: OverrideParseException) -> str:
     return "no '='" if lines[0].startswith("missing EQUAL") else lines[0].strip()
 
 
+def workers_option(count: int) -> str:
+    """The schedule group's option ``workers_<count>``: the config that sets ``algo.num_workers=<count>``, listed after
+    a schedule (``+schedule=[a2c_workers,workers_4]``). Registered in Hydra's ConfigStore on first use; Hydra's
+    launchers carry the ConfigStore into the processes that run the jobs."""
+    name = f"workers_{count}"
+    ConfigStore.instance().store(group=SCHEDULE_GROUP, name=name, node={"algo": {"num_workers": count}},
+                                 package="_global_")
+    return name
+
+
+def group_choices(override: Override) -> list[Any]:
+    """The options a config group override names: one, a list (``[a2c_workers,workers_4]``) or a sweep of them."""
+    value = override.value()
+    elements: list[Any]
+    if isinstance(value, ChoiceSweep):
+        elements = value.list
+    elif override.is_sweep_override():
+        elements = list(override.sweep_string_iterator())
+    else:
+        elements = [value]
+    return [name for element in elements for name in (element if isinstance(element, list) else [element])]
+
+
+def _register_worker_options(overrides: Sequence[Override]) -> None:
+    """Register each ``workers_N`` option the overrides name, so that a job's overrides compose in any process."""
+    for override in overrides:
+        if override.key_or_group == SCHEDULE_GROUP and not override.is_delete():
+            for choice in group_choices(override):
+                if match := WORKERS_OPTION.fullmatch(str(choice)):
+                    workers_option(int(match["count"]))
+
+
 def _check_group_options(override: Override, loader: ConfigLoader) -> None:
     if override.is_delete() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
         return  # a glob sweep picks among the options itself
     group, value = override.key_or_group, override.value()
-    choices: list[Any]
-    if override.is_sweep_override():
-        choices = list(override.sweep_string_iterator())
-    else:
-        choices = value if isinstance(value, list) else [value]
+    choices = group_choices(override)
     options = loader.get_group_options(group)
     if not options:
         raise ConfigError(group, value, "there is no such config group")
@@ -199,6 +239,7 @@ def compose_checked(overrides: Sequence[str], run_mode: RunMode = RunMode.RUN,
     Hydra leaves swept keys at their defaults; each job's own composition checks their values.
     """
     parsed = parse_overrides(overrides)
+    _register_worker_options(parsed)
     global_hydra = GlobalHydra.instance()
     loader = global_hydra.config_loader()
     groups = [group for group in loader.list_groups("") if group != "hydra"]
@@ -278,8 +319,54 @@ def _missing_key_reason(key: str, error: OmegaConfBaseException, overrides: Sequ
 
 
 def validate_checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    """:func:`~experiments.config.validate`, with OmegaConf's errors (an unresolvable interpolation) as ConfigError."""
+    """:func:`~experiments.config.validate`, with OmegaConf's errors (an unresolvable interpolation) as ConfigError;
+    then, for a config Hydra composed (with its ``hydra`` node), :func:`check_env_settings`."""
     try:
         validate(cfg)
     except OmegaConfBaseException as error:
         raise omegaconf_error(error, parse_overrides(overrides)) from None
+    if "hydra" in cfg:
+        check_env_settings(cfg, overrides)
+
+
+def inherited_env_settings(cfg: DictConfig, overrides: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """The id of the env that ``cfg``'s env group option (with its tuned settings) is made for, and the
+    :data:`ENV_SETTINGS` that ``cfg`` keeps from that option although ``env.id`` names another env. None unless an
+    override sets ``env.id``, and none that an override sets (nor an experiment's own budget, which differs)."""
+    given = {override.key_or_group for override in parse_overrides(overrides)}
+    choices = cfg.hydra.runtime.choices
+    if "env.id" not in given or "env" not in choices or "algo" not in choices or GlobalHydra.instance().hydra is None:
+        return cfg.env.id, {}  # (outside an initialized Hydra the env's own config cannot be composed: not checked)
+    other = _env_config(cfg.hydra.job.config_name or "config", choices.env, choices.algo)
+    if other.env.id == cfg.env.id:
+        return other.env.id, {}
+    kept = {key: OmegaConf.select(cfg, key) for key in ENV_SETTINGS if key not in given}
+    return other.env.id, {key: value for key, value in kept.items()
+                          if value is not None and value == OmegaConf.select(other, key)}
+
+
+@cache
+def _env_config(config_name: str, env: str, algo: str) -> DictConfig:
+    """The config of an env option as the algorithm's runs get it (its tuned settings too): once per process."""
+    hydra = GlobalHydra.instance().hydra
+    assert hydra is not None
+    return hydra.compose_config(config_name, [f"env={env}", f"algo={algo}"], run_mode=RunMode.RUN)
+
+
+def check_env_settings(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse a study's job, and warn (once, in one line) about any other run, whose env is given by ``env.id`` but
+    keeps another env's name, budget or threshold (:func:`inherited_env_settings`), naming the keys to set: a
+    study compares schedules by that threshold within that budget, and its report labels the env by that name."""
+    other_id, kept = inherited_env_settings(cfg, overrides)
+    if not kept:
+        return
+    settings = " and ".join(f"{key}={value}" for key, value in kept.items())
+    reason = (f"keeps env={cfg.hydra.runtime.choices.env}'s {settings} (set for {other_id}); set "
+              f"{' and '.join(kept)} for this env" + (" (env.solved_return=null: no threshold)"
+                                                      if "env.solved_return" in kept else ""))
+    if "experiment" in cfg.hydra.runtime.choices:
+        raise ConfigError("env.id", cfg.env.id, reason)
+    warning = f"warning: env.id={cfg.env.id!r}: {reason}"
+    if warning not in _warned:
+        _warned.add(warning)
+        print(warning, file=sys.stderr)

@@ -23,14 +23,17 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from algorithms import schedule_for
+from experiments.composition import parse_overrides
 
 if TYPE_CHECKING:  # planning a sweep must not load torch
     from experiments.record import RunRecord
@@ -120,17 +123,74 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_name: str
     return outcome
 
 
+def sweep_jobs(sweeper_params: Mapping[str, object] | None, arguments: Sequence[str]) -> list[list[str]]:
+    """Each job's overrides, in launch order, as Hydra's basic sweeper expands them."""
+    lines = [f"{key}={value}" for key, value in (sweeper_params or {}).items()] + list(arguments)
+    overrides = parse_overrides(lines)
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, max_batch_size=None) for job in batch]
+
+
+def read_job_log(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
+    """The entries of the sweep's job log written since ``since`` (a job's line may be half written: left out)."""
+    log = sweep_dir / JOB_LOG
+    entries = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return [entry for entry in entries if entry["time"] >= since]
+
+
+def duration(seconds: float) -> str:
+    """``1h02m``, ``4m05s`` or ``12s``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress_line(entries: list[dict[str, Any]], total: int, elapsed: float, job: str, outcome: str,
+                  took: float | None) -> str:
+    """``[done/total] outcome in 12s, ETA 4m05s: JOB``: jobs done (this invocation's lines of the job log, whichever
+    process ran them) and the time left at the rate the jobs that ran finished (wall-clock per job, so a parallel
+    launcher's jobs count at the rate they finish together; skipped jobs cost nothing and do not count)."""
+    done, ran = len(entries), sum(entry["outcome"] != "skipped" for entry in entries)
+    failed = sum(entry["outcome"] == "failed" for entry in entries)
+    left = max(total - done, 0)
+    eta = "all done" if not left else f"ETA {duration(elapsed / ran * left)}" if ran else "ETA unknown"
+    return (f"[{done}/{total}{f', {failed} failed' if failed else ''}] {outcome}"
+            f"{f' in {duration(took)}' if took is not None else ''}, {eta}: {job or '(no overrides)'}")
+
+
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, summarise this invocation's jobs and fail if any job failed."""
+    """Hydra callback: a line per finished job with the jobs done of the sweep's and an ETA; after a multirun, a
+    summary of this invocation's jobs, and exit status 1 if any job failed.
+
+    Jobs may run in other processes (a parallel launcher): each gets a copy of this callback, made after
+    ``on_multirun_start``, and counts the jobs done from the sweep's job log, which every job appends to. The total
+    is the sweep's planned jobs, as ``experiments.plan.ValidateBeforeLaunch`` left the sweep (it runs first)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
+        self.total = len(sweep_jobs(config.hydra.sweeper.get("params"), config.hydra.overrides.task))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.job_started = time.time()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not hasattr(self, "total"):  # a single run: no sweep to count
+            return
+        now, hydra = time.time(), config.hydra
+        entries = read_job_log(Path(hydra.sweep.dir), self.started)
+        run_dir = str(Path(hydra.runtime.output_dir))
+        outcome = next((entry["outcome"] for entry in reversed(entries) if entry["run_dir"] == run_dir), "ended")
+        took = now - self.job_started if hasattr(self, "job_started") else None
+        print(progress_line(entries, self.total, now - self.started, hydra.job.override_dirname, outcome, took),
+              flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        log = sweep_dir / JOB_LOG
-        entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        entries = [entry for entry in entries if entry["time"] >= self.started]
+        entries = read_job_log(sweep_dir, self.started)
         counts = {outcome: sum(entry["outcome"] == outcome for entry in entries) for outcome in OUTCOMES}
         lines = [f"# Sweep summary: {sweep_dir}", "",
                  ", ".join(f"{count} {outcome}" for outcome, count in counts.items()), "",

@@ -761,6 +761,7 @@ def test_a_run_without_evaluations_is_skipped_under_eval_and_analysed_under_trai
     for name in EVALUATIONS:
         shutil.rmtree(evaluated / name)
     assert old.exists()
+    capsys.readouterr()  # what the reports above read and drew
     assert report.main([str(evaluated), "--out", str(tmp_path / "none"), "--metric", "eval"]) == 2
     assert capsys.readouterr().err == (
         "svrl-report: --metric eval: none of the 2 runs analysed has evaluations (no evals.csv, or one with only its "
