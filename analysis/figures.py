@@ -61,10 +61,10 @@ def schedule_palette(schedules: Iterable[str]) -> dict[str, tuple[float, float, 
     return {**SCHEDULE_COLOURS, **spare}
 
 
-def save_figure(fig: Figure, out_dir: Path, name: str, dpi: int = DEFAULT_DPI) -> list[Path]:
-    """Write ``name.png`` (at ``dpi``) and ``name.pdf`` (vector) into ``out_dir``; return both paths."""
+def save_figure(fig: Figure, out_dir: Path, name: str, dpi: int = DEFAULT_DPI, vector: bool = True) -> list[Path]:
+    """Write ``name.png`` (at ``dpi``) and, with ``vector``, ``name.pdf`` into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    paths = [out_dir / f"{name}.png", *([out_dir / f"{name}.pdf"] if vector else [])]
     for path in paths:
         fig.savefig(path, dpi=dpi)
     plt.close(fig)

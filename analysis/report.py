@@ -4,8 +4,9 @@
 
 writes ``DIR/figures/*.png|pdf``, ``DIR/tables/*.md|tex`` and ``DIR/report.md`` (figures embedded as
 images, tables inline, skipped runs and skipped figures listed with their reasons), then prints where
-the report is. As it goes it says, on stderr, how many runs it read from where, and each figure and table as it
-writes it. Thresholds default to each env's ``env.solved_return`` from the runs' Hydra configs.
+the report is; ``--for-docs`` leaves out the PDF and LaTeX copies and draws the PNGs at screen resolution, as the
+pages of docs/results keep them. As it goes it says, on stderr, how many runs it read from where, and each figure
+and table as it writes it. Thresholds default to each env's ``env.solved_return`` from the runs' Hydra configs.
 ``--metric eval`` makes every return curve, return table and threshold read the evaluation episodes'
 return (``evals.csv``) instead of the training episodes' (``metrics.csv``); the report says which.
 
@@ -41,6 +42,7 @@ from analysis import figures, stats
 from analysis.figures import DEFAULT_DPI
 from analysis.load import CLOCKS, RunSet, SkippedRun, SkippedRunWarning, load_runs, load_wandb
 
+DOCS_DPI = 100  # screen resolution: docs/results keeps its figures small enough to commit
 FIGURES = ("return_vs_steps", "return_vs_time", "lag_distribution", "staleness_distribution", "staleness_vs_workers",
            "return_vs_staleness", "throughput_vs_workers", "speedup_vs_workers", "barrier_wait_vs_workers")
 # The figures and tables drawn from wall_time: they name their clock, and runs of two clocks get one each per clock.
@@ -136,6 +138,7 @@ class ReportOptions:
     budget_seconds: float | None = None
     dpi: int = DEFAULT_DPI
     metric: str = "train"  # one of METRICS
+    paper_copies: bool = True  # a PDF of every figure and a LaTeX copy of every table, beside the PNG and Markdown
 
 
 @dataclass
@@ -620,7 +623,7 @@ def progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _figure_section(output: Output, out: Path, dpi: int) -> list[str]:
+def _figure_section(output: Output, out: Path, options: ReportOptions) -> list[str]:
     lines = [f"### {output.title}", ""]
     try:
         if output.analysis.runset.runs.empty:
@@ -629,19 +632,20 @@ def _figure_section(output: Output, out: Path, dpi: int) -> list[str]:
     except figures.NoData as reason:
         progress(f"figure {output.file}: skipped ({reason})")
         return [*lines, f"*Skipped: {reason}.*", ""]
-    png, pdf = figures.save_figure(fig, out / "figures", output.file, dpi=dpi)
+    png, *pdf = figures.save_figure(fig, out / "figures", output.file, dpi=options.dpi, vector=options.paper_copies)
     progress(f"figure {output.file}: {png.relative_to(out).as_posix()}")
-    return [*lines, f"![{output.file}]({png.relative_to(out).as_posix()})", "",
-            f"{output.caption} ([PDF]({pdf.relative_to(out).as_posix()}))", ""]
+    caption = output.caption + "".join(f" ([PDF]({path.relative_to(out).as_posix()}))" for path in pdf)
+    return [*lines, f"![{output.file}]({png.relative_to(out).as_posix()})", "", caption, ""]
 
 
-def _table_section(output: Output, tables_dir: Path) -> list[str]:
+def _table_section(output: Output, tables_dir: Path, paper_copies: bool) -> list[str]:
     table, name = BUILD[output.name](output.analysis).astype(str), output.file
     (tables_dir / f"{name}.md").write_text(markdown_table(table))
-    (tables_dir / f"{name}.tex").write_text(latex_table(table, output.caption, name))
+    latex = [f"LaTeX: [tables/{name}.tex](tables/{name}.tex)", ""] if paper_copies else []
+    if paper_copies:
+        (tables_dir / f"{name}.tex").write_text(latex_table(table, output.caption, name))
     progress(f"table {name}: tables/{name}.md")
-    return [f"### {output.title}", "", output.caption, "", markdown_table(table),
-            f"LaTeX: [tables/{name}.tex](tables/{name}.tex)", ""]
+    return [f"### {output.title}", "", output.caption, "", markdown_table(table), *latex]
 
 
 def _sections(names: Sequence[str], analysis: Analysis, section: Callable[[Output], list[str]]) -> list[str]:
@@ -661,8 +665,9 @@ def write_report(runset: RunSet, out: Path, options: ReportOptions, sources: Seq
     progress(f"drawing {figure_count} figure{'s' * (figure_count != 1)} and {len(tables)} tables into {out}")
     lines = [*_header(analysis, runset, sources), *_runs_section(analysis, runset),
              "## Figures", "", *_sections(selected_figures(options), analysis,
-                                          lambda output: _figure_section(output, out, options.dpi)),
-             "## Tables", "", *_sections(tables, analysis, lambda output: _table_section(output, tables_dir))]
+                                          lambda output: _figure_section(output, out, options)),
+             "## Tables", "", *_sections(tables, analysis,
+                                         lambda output: _table_section(output, tables_dir, options.paper_copies))]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
@@ -700,15 +705,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-seconds", type=float,
                         help="time budget of the probability of improvement, in seconds of the runs' clock (virtual "
                              "for simulated runs; default: the longest time all runs of both conditions reached)")
-    parser.add_argument("--dpi", type=int, default=DEFAULT_DPI,
-                        help=f"resolution of the PNG figures (default {DEFAULT_DPI}; 100 keeps them small "
-                             "enough to commit)")
+    parser.add_argument("--dpi", type=int, default=None,
+                        help=f"resolution of the PNG figures (default {DEFAULT_DPI}, or {DOCS_DPI} with --for-docs)")
+    parser.add_argument("--for-docs", action="store_true",
+                        help=f"what docs/results keeps: PNGs at {DOCS_DPI} dpi and Markdown tables, without the PDF "
+                             "and LaTeX copies a paper needs")
     parser.add_argument("--metric", default="train", metavar="{train,eval}",
                         help="the return of every curve, return table and threshold: train (default), the "
                              "training episodes' (metrics.csv), or eval, the evaluation episodes' (evals.csv)")
     args = parser.parse_args(argv)
     if args.metric not in METRICS:  # one line, without the usage, as the project's commands answer a bad value
         parser.exit(2, f"{parser.prog}: error: --metric {args.metric!r}: expected train or eval\n")
+    if args.dpi is None:
+        args.dpi = DOCS_DPI if args.for_docs else DEFAULT_DPI
     if args.dpi < 1:
         parser.error(f"--dpi must be positive, got {args.dpi}")
     if not args.runs and not args.wandb_project:
@@ -745,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = ReportOptions(envs=args.envs, thresholds=dict(args.threshold),
                             x_axes=("env_steps", "wall_time") if args.x == "both" else (args.x,),
                             figures=tuple(args.figures), estimator=args.estimator, confidence=args.confidence,
-                            budget_seconds=args.budget_seconds, dpi=args.dpi, metric=args.metric)
+                            budget_seconds=args.budget_seconds, dpi=args.dpi, metric=args.metric,
+                            paper_copies=not args.for_docs)
     no_evaluations = _no_evaluations(runset, options)
     if no_evaluations:
         print(f"svrl-report: {no_evaluations}", file=sys.stderr)

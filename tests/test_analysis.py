@@ -622,6 +622,23 @@ def test_report_dpi_sets_the_png_resolution(sweep: Path, tmp_path: Path):
     assert sizes[100] == (2 * sizes[50][0], 2 * sizes[50][1])
 
 
+def test_a_report_for_the_docs_keeps_screen_sized_pngs_and_markdown_only(sweep: Path, tmp_path: Path):
+    from PIL import Image
+
+    report.main([str(sweep), "--out", str(tmp_path / "paper"), "--figures", "return_vs_steps"])
+    report.main([str(sweep), "--out", str(tmp_path / "docs"), "--figures", "return_vs_steps", "--for-docs"])
+    written = {out: sorted(path.relative_to(tmp_path / out).as_posix() for path in (tmp_path / out).rglob("*.*"))
+               for out in ("paper", "docs")}
+    assert written["docs"] == [name for name in written["paper"] if not name.endswith((".pdf", ".tex"))]
+    assert ".pdf" not in (tmp_path / "docs" / "report.md").read_text()
+    assert ".tex" not in (tmp_path / "docs" / "report.md").read_text()
+    sizes = {}
+    for out in ("paper", "docs"):
+        with Image.open(tmp_path / out / "figures" / "return_vs_steps.png") as image:
+            sizes[out] = image.size
+    assert sizes["paper"] == (2 * sizes["docs"][0], 2 * sizes["docs"][1])  # 200 dpi and 100 dpi
+
+
 def test_a_schedule_keeps_its_colour_whatever_else_is_plotted():
     alone = figures.schedule_palette(["a3c/hogwild"])
     crowded = figures.schedule_palette(["single/serial", "a3c/hogwild", "a2c/vector", "new/mode"])
