@@ -2,8 +2,8 @@
 function of algorithms/ called while the server answers one push (the 30th), and the frames of this checkout on the
 stack when the optimizer steps. Run from the root of any checkout (this one, or an old commit's worktree):
 
-    PYTHONPATH=. .venv/bin/python docs/results/one_update/trace_update.py /tmp/trace_run
-    (cd /tmp/old && PYTHONPATH=. /work/main/.venv/bin/python /work/main/docs/results/one_update/trace_update.py /tmp/x)
+    PYTHONPATH=. .venv/bin/python docs/results/one_update/trace_update.py runs/trace_new
+    (cd ../old && PYTHONPATH=. ../main/.venv/bin/python ../main/docs/results/one_update/trace_update.py runs/trace_old)
 """
 import sys
 from pathlib import Path
