@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from experiments.tools.throughput import RunSpec, main, parse_spec
+from experiments.tools.throughput import NO_BASELINE, RunSpec, main, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,19 +46,54 @@ def test_bad_run_specs_say_why(text, message):
 
 
 def test_benchmark_runs_every_spec_and_writes_its_json(tmp_path, capsys):
-    path = tmp_path / "throughput.json"
+    """A multi-worker spec without its 1-worker spec gets one added: its efficiency is measured against it."""
+    path, markdown = tmp_path / "throughput.json", tmp_path / "throughput.md"
     main(["--runs", "single", "a2c:vector:2e", "a2c:workers:2w:1e", "--steps", "1200", "--raw-seconds", "0.2",
-          "--json", str(path)])
+          "--json", str(path), "--markdown", str(markdown)])
     table = capsys.readouterr().out
     result = json.loads(path.read_text())
     assert [run["spec"] for run in result["runs"]] == ["single:serial", "a2c:vector:2e", "a2c:workers:2w:1e"]
     assert [(run["num_workers"], run["num_envs"]) for run in result["runs"]] == [(1, 1), (1, 2), (2, 1)]
-    for run in result["runs"]:
+    (baseline,) = result["baselines"]
+    assert baseline["spec"] == "a2c:workers:1w:1e" and baseline["added"] and baseline["efficiency"] is None
+    for run in result["runs"] + result["baselines"]:
         assert run["status"] == ["completed"]
         assert run["steady_sps_median"] > 0 and run["raw_sps_median"] > 0
         assert run["fraction_of_raw"] == pytest.approx(run["steady_sps_median"] / run["raw_sps_median"])
-        assert run["spec"] in table
+        assert run["spec"] in table and f"`{run['spec']}`" in markdown.read_text()
+        assert run["cores"] == os.cpu_count() and run["oversubscribed"] == (run["busy_processes"] > os.cpu_count())
+    single, vector, workers = result["runs"]
+    assert single["efficiency"] is vector["efficiency"] is None and single["efficiency_note"] is None
+    assert workers["efficiency"] == pytest.approx(workers["steady_sps_median"] / (2 * baseline["steady_sps_median"]))
+    assert [run["busy_processes"] for run in (single, vector, workers, baseline)] == [1, 1, 2, 1]
     assert result["machine"]["cpu_count"] >= 1 and result["steps"] == 1200
+    header, rule, *rows = markdown.read_text().splitlines()
+    assert header.split(" | ")[6:8] == ["efficiency", "busy/cores"]
+    workers_row = next(row for row in rows if row.startswith("| `a2c:workers:2w:1e` |"))
+    assert f"| {workers['efficiency']:.2f} | 2/{os.cpu_count()}" in workers_row
+    assert any(row.startswith("| `a2c:workers:1w:1e` + |") for row in rows)
+    assert "+ added by the benchmark" in table
+    assert "efficiency" in next(line for line in table.splitlines() if line.startswith("run "))
+
+
+def test_efficiency_uses_the_given_one_worker_run_and_is_na_without_one(tmp_path, capsys):
+    """The 1-worker spec asked for is the baseline (nothing added); with --no-baselines a schedule without one
+    says n/a; a run with more busy processes than cores is marked over."""
+    path = tmp_path / "throughput.json"
+    main(["--runs", "a3c:hogwild:1w", "a3c:hogwild:2w", "impala:actor_learner:2w", "--steps", "700",
+          "--steps-per-worker", "--raw-seconds", "0.1", "--no-baselines", "--json", str(path)])
+    table = capsys.readouterr().out
+    result = json.loads(path.read_text())
+    one, two, impala = result["runs"]
+    assert [run["env_steps"] for run in result["runs"]] == [700, 1400, 1400] and result["steps_per_worker"]
+    assert result["baselines"] == [] and not one["added"]
+    assert two["efficiency"] == pytest.approx(two["steady_sps_median"] / (2 * one["steady_sps_median"]))
+    assert impala["efficiency"] is None and impala["efficiency_note"] == NO_BASELINE
+    assert NO_BASELINE in next(line for line in table.splitlines() if line.startswith("impala:actor_learner:2w"))
+    assert impala["busy_processes"] == 3  # two actors and the learner
+    cores = os.cpu_count() or 1
+    assert impala["oversubscribed"] == (cores < 3)
+    assert (f"3/{cores} over" in table) == (cores < 3) and ("over: more busy processes" in table) == (cores < 3)
 
 
 def test_benchmark_measures_every_run_again_in_another_checkout(tmp_path, capsys):
@@ -114,3 +150,24 @@ def test_the_stable_baselines3_peer_of_a_ppo_run_is_its_ppo_on_the_same_settings
     assert peer.ent_coef == 0.01 and peer.vf_coef == 0.25 and peer.gae_lambda == 0.95
     assert peer.policy.optimizer.defaults["eps"] == 1e-5
     peer.env.close()
+
+
+def test_no_run_starts_past_the_time_limit(tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    main(["--runs", "single", "a3c:hogwild:2w", "--steps", "600", "--time-limit", "0", "--json", str(path)])
+    result = json.loads(path.read_text())
+    assert result["runs"] == result["baselines"] == [] and result["time_limit"] == 0
+    assert result["not_run"] == ["single:serial", "a3c:hogwild:1w", "a3c:hogwild:2w"]
+    assert "not run, past --time-limit 0 s: single:serial, a3c:hogwild:1w, a3c:hogwild:2w" in capsys.readouterr().out
+
+
+def test_a_run_that_gives_no_rate_is_reported_and_the_others_measured(tmp_path, capsys):
+    """appo on CartPole updates every 512 steps (2 unrolls of 128 steps in 2 envs): 400 steps leave no steady rate."""
+    path = tmp_path / "throughput.json"
+    main(["--runs", "appo:actor_learner:1w", "single", "--steps", "400", "--raw-seconds", "0.05",
+          "--json", str(path)])
+    result = json.loads(path.read_text())
+    assert [run["spec"] for run in result["runs"]] == ["single:serial"] and result["not_run"] == []
+    assert list(result["failed"]) == ["appo:actor_learner:1w"]
+    assert "too few metrics rows for a steady-state rate" in result["failed"]["appo:actor_learner:1w"]
+    assert "no rate for appo:actor_learner:1w: RuntimeError" in capsys.readouterr().out
