@@ -45,6 +45,11 @@ class AlgoConfig:
     normalize_advantage: bool = False
     lock: bool = False
     max_restarts: int = 3
+    # A worker process (Hogwild, parameter-server or a2c worker, impala/appo actor; local or Ray) that reports no
+    # progress for this many seconds while the others go on, wait for it, or the run waits for it to finish is
+    # named in a worker_stalled event and killed: restarted where the schedule restarts workers (max_restarts),
+    # else the run fails naming it. Long enough for the slowest legitimate rollout, update or start-up.
+    worker_stall_s: float = 60.0
     start_method: str = "forkserver"
     on_nonfinite: str = "fail"  # a NaN or infinite loss or gradient: fail the run, or skip_update (drop it)
     max_nonfinite_skips: int = 10  # with skip_update: fail after this many non-finite updates of a worker in a row

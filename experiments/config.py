@@ -297,6 +297,8 @@ def validate(cfg: DictConfig) -> None:
     schedule = _schedule_of(cfg)
     _validate_algo(cfg.algo)
     _validate_nonfinite(cfg.algo)
+    _require(math.isfinite(cfg.algo.worker_stall_s) and cfg.algo.worker_stall_s > 0, "algo.worker_stall_s",
+             cfg.algo.worker_stall_s, "must be a finite number of seconds > 0")
     # Before the env is built: a schedule's own rules are cheap, and may assume the shared ones above hold.
     _validate_for_schedule(schedule, cfg)
     _validate_env(cfg.env)

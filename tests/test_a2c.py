@@ -145,7 +145,7 @@ def test_an_exception_in_a_worker_fails_the_run_with_its_message(run_dir):
         train_run(run_dir, *WORKERS, "algo.num_workers=2", f"env.id={EXPLODING_ENV}", "total_env_steps=5000",
                   "log_interval=100")
     # Each worker's env raises on its 300th step, in the update of version 59 (5 steps per update).
-    assert re.fullmatch(r"worker [01] died with exit code 1 at env step 590\nRuntimeError: simulator diverged",
+    assert re.fullmatch(r"worker [01] died with exit code 1 at env step 590: RuntimeError: simulator diverged",
                         str(error.value)), str(error.value)
     meta = read_meta(run_dir)
     assert meta["status"] == "failed" and "simulator diverged" in meta["worker_failures"][0]["error"]

@@ -287,7 +287,7 @@ def test_a_death_beyond_max_restarts_fails_the_run_clearly(run_dir):
 def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(run_dir):
     # Each worker's env raises on its 300th step; the first death is restarted, the second ends the run.
     with pytest.raises(WorkerFailure, match=r"exit code 1 at env step \d+, and no restart is left "
-                                            r"\(algo.max_restarts=1\)\nRuntimeError: simulator diverged"):
+                                            r"\(algo.max_restarts=1\): RuntimeError: simulator diverged"):
         train_run(run_dir, *FAST, "algo.num_workers=2", "algo.max_restarts=1", f"env.id={EXPLODING_ENV}",
                   "total_env_steps=5000")
     meta = read_meta(run_dir)

@@ -366,7 +366,7 @@ def test_a_worker_exception_is_logged_with_its_traceback_and_restarted(cluster, 
     # Each worker's env raises on its 300th step, in the same synchronous round: the first failure is
     # restarted (and that worker redoes the round), the second one ends the run.
     with pytest.raises(WorkerFailure, match=r"raised an exception at env step 590, and no restart is left "
-                                            r"\(algo.max_restarts=1\)\nRuntimeError: simulator diverged"):
+                                            r"\(algo.max_restarts=1\): RuntimeError: simulator diverged"):
         train_run(run_dir, *WORKERS, "algo.num_workers=2", "algo.max_restarts=1", f"env.id={EXPLODING_ENV}",
                   "total_env_steps=5000")
     meta = read_meta(run_dir)

@@ -11,6 +11,7 @@ Each pickles into a spawned worker as handles to the same memory.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -129,6 +130,11 @@ class HolderLock(SharedInts):
             yield
         finally:
             self.release()
+
+    def held_by_workers(self) -> list[int]:
+        """The worker that holds the lock now, if one does (not the trainer), as a list."""
+        holder = int(self.view[0])
+        return [holder] if holder >= 0 else []
 
     def free_if_held_by(self, holder: int) -> bool:
         """Release the lock if ``holder`` (a dead worker) holds it; return whether it did."""
@@ -282,6 +288,30 @@ class SharedRows(Generic[Row]):
         return rows
 
 
+class WorkerBarrier:
+    """A barrier of ``num_workers`` processes whose last arrival releases the others without waiting for them to
+    wake. (multiprocessing's Barrier has its last arrival wait, holding the barrier's lock, until every sleeper has
+    woken: one stopped while it waits would hold up the worker that arrived last, inside the barrier, and the
+    trainer could not tell which one the others wait for.)"""
+
+    def __init__(self, context: Any, num_workers: int):
+        self.lock = context.Lock()
+        self.wakeups = [context.Semaphore(0) for _ in range(num_workers)]  # one per worker: released once a round
+        self.count = SharedInts([0])  # workers that have arrived in this round
+
+    def wait(self, worker: int, timeout: float) -> None:
+        with self.lock:
+            arrived = int(self.count.view[0]) + 1
+            last = arrived == len(self.wakeups)
+            self.count.view[0] = 0 if last else arrived
+        if last:
+            for other, wakeup in enumerate(self.wakeups):
+                if other != worker:
+                    wakeup.release()
+        elif not self.wakeups[worker].acquire(timeout=timeout):
+            raise threading.BrokenBarrierError(f"worker {worker} waited {timeout:g}s at the barrier")
+
+
 class GradientExchange:
     """Where synchronous workers meet once per update: gradient slots, stop votes and a barrier.
 
@@ -296,16 +326,18 @@ class GradientExchange:
         self._init(torch.zeros(2, num_workers, num_params).share_memory_(),
                    torch.zeros(2, num_workers, dtype=torch.bool).share_memory_(),
                    torch.zeros(1, dtype=torch.bool).share_memory_(),
-                   context.Barrier(num_workers))
+                   torch.zeros(num_workers, dtype=torch.int64).share_memory_(),
+                   WorkerBarrier(context, num_workers))
 
-    def _init(self, gradients: torch.Tensor, votes: torch.Tensor, stop: torch.Tensor, barrier: Any) -> None:
-        self.gradients, self.votes, self.stop, self.barrier = gradients, votes, stop, barrier
-        # numpy views of the flags: element access without torch's per-op overhead
-        self._votes, self._stop = votes.numpy(), stop.numpy()
+    def _init(self, gradients: torch.Tensor, votes: torch.Tensor, stop: torch.Tensor, arrivals: torch.Tensor,
+              barrier: WorkerBarrier) -> None:
+        self.gradients, self.votes, self.stop, self.arrivals, self.barrier = gradients, votes, stop, arrivals, barrier
+        # numpy views of the flags and counts: element access without torch's per-op overhead
+        self._votes, self._stop, self._arrivals = votes.numpy(), stop.numpy(), arrivals.numpy()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "barrier_timeout": self.barrier_timeout,
-                "tensors": (self.gradients, self.votes, self.stop, self.barrier)}
+                "tensors": (self.gradients, self.votes, self.stop, self.arrivals, self.barrier)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.num_workers, self.barrier_timeout = state["num_workers"], state["barrier_timeout"]
@@ -319,9 +351,19 @@ class GradientExchange:
         """Publish ``gradient`` and this worker's stop vote, wait for every worker; return the wait in seconds."""
         self.gradients[slot, worker].copy_(gradient)
         self._votes[slot, worker] = self._stop[0]
+        self._arrivals[worker] += 1  # written by this worker only: the trainer sees who the others wait for
         started = time.perf_counter()
-        self.barrier.wait(self.barrier_timeout)
+        self.barrier.wait(worker, self.barrier_timeout)
         return time.perf_counter() - started
+
+    def arrived(self) -> np.ndarray:
+        """How many times each worker has reached the barrier (a copy)."""
+        return self._arrivals.copy()
+
+    def behind(self) -> list[int]:
+        """The workers that have not reached the barrier another worker has reached: those the others wait for."""
+        counts = self._arrivals.copy()
+        return [int(worker) for worker in np.flatnonzero(counts < counts.max())]
 
     def mean_gradient(self, slot: int, out: torch.Tensor) -> None:
         """The workers' mean gradient, bit-identical in every worker (same slots, same order of summation)."""

@@ -3,8 +3,10 @@
 Every multi-process schedule runs its worker loop through :func:`run_worker` and watches it with one
 :class:`Supervisor`: a pipe per worker for messages, the process sentinel for deaths, one
 :class:`RestartPolicy` (``algo.max_restarts`` restarts in the whole run, one failure message format,
-shared with the Ray backend), and a stall watchdog that fails the run instead of hanging. On exit every
-process is stopped (terminate, then kill) by :class:`WorkerProcesses`.
+shared with the Ray backend), a :class:`ProgressWatch` that names a worker silent for ``algo.worker_stall_s``
+while the others go on (it is killed, then restarted or the run fails, as a death is answered; also shared
+with the Ray backend), and a stall watchdog that fails the run instead of hanging when no worker progresses.
+On exit every process is stopped (terminate, then kill) by :class:`WorkerProcesses`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from multiprocessing import connection
 from typing import Any
@@ -38,14 +40,14 @@ class WorkerFailure(RuntimeError):
 
 def failure_message(worker: int, how: str, env_steps: int, error: str | None = None,
                     max_restarts: int | None = None, pid: int | None = None) -> str:
-    """The one format of a run-ending worker failure: who, how, when, whether restarts ran out, and the
+    """The one format of a run-ending worker failure, one line: who, how, when, whether restarts ran out, and the
     last line of the worker's traceback if it raised. ``max_restarts`` is None for schedules that never
     restart a worker (a synchronous round cannot go on without it)."""
     message = f"worker {worker}{f' (pid {pid})' if pid is not None else ''} {how} at env step {env_steps}"
     if max_restarts is not None:
         message += f", and no restart is left (algo.max_restarts={max_restarts})"
     if error:
-        message += f"\n{error.strip().splitlines()[-1]}"
+        message += f": {error.strip().splitlines()[-1]}"
     return message
 
 
@@ -53,34 +55,56 @@ def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "still running"
     if exitcode < 0:
-        return f"exit code {exitcode} (killed by {signal.Signals(-exitcode).name})"
+        return f"exit code {exitcode} (killed by {signal_name(exitcode)})"
     return f"exit code {exitcode}"
+
+
+def signal_name(exitcode: int | None) -> str | None:
+    """The signal that ended a process (a negative exit code, as multiprocessing reports it), or None."""
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
 
 
 class RestartPolicy:
     """``max_restarts`` restarts in the whole run (``None``: the schedule never restarts): each failure is
-    logged as ``worker_failed``; a restart is counted and logged as ``worker_restarted``; one failure more
-    raises :class:`WorkerFailure`."""
+    logged as ``worker_failed`` (with the worker's pid); a restart is counted and logged as ``worker_restarted``;
+    one failure more raises :class:`WorkerFailure` (whose message names the pid too with ``name_pid``, as the Ray
+    backend's always have)."""
 
-    def __init__(self, record: Record, max_restarts: int | None):
-        self.record, self.max_restarts = record, max_restarts
+    def __init__(self, record: Record, max_restarts: int | None, name_pid: bool = False):
+        self.record, self.max_restarts, self.name_pid = record, max_restarts, name_pid
         self.restarts = 0
+        self.stalls: dict[int, Stall] = {}  # workers killed for stalling, until their failure is answered
 
     def failed(self, worker: int, how: str, env_steps: int, finishing: bool, error: str | None = None,
                pid: int | None = None, reason: str | None = None, **fields: Any) -> bool:
-        """Log a failure (``reason``: the event's own account, ``how`` by default); return whether to restart the
-        worker (never while the run is finishing)."""
+        """Log a failure (``reason``: the event's own account, ``how`` by default; a worker killed for stalling is
+        said to have stalled); return whether to restart the worker (never while the run is finishing)."""
+        if (stall := self.stalls.pop(worker, None)) is not None:
+            how, reason, fields = stall.describe(), None, {**fields, **stall.fields()}
         self.record.event("worker_failed", worker=worker, env_steps=env_steps, reason=reason or how, error=error,
                           pid=pid, **fields)
         if finishing and self.max_restarts is not None:
             return False
         if self.max_restarts is None or self.restarts >= self.max_restarts:
-            raise WorkerFailure(failure_message(worker, how, env_steps, error, self.max_restarts, pid))
+            raise WorkerFailure(failure_message(worker, how, env_steps, error, self.max_restarts,
+                                                pid if self.name_pid else None))
         self.restarts += 1
         return True
 
     def restarted(self, worker: int, env_steps: int, **fields: Any) -> None:
         self.record.event("worker_restarted", worker=worker, env_steps=env_steps, restart=self.restarts, **fields)
+
+    def stalled(self, stall: Stall, env_steps: int, pid: int | None, **fields: Any) -> None:
+        """Log a stalled worker (``worker_stalled``), about to be killed; its death is then answered as any other,
+        as a stall."""
+        self.stalls[stall.worker] = stall
+        self.record.event("worker_stalled", worker=stall.worker, pid=pid, env_steps=env_steps, reason=stall.cause,
+                          **stall.fields(), **fields)
 
 
 class StallWatchdog:
@@ -98,6 +122,104 @@ class StallWatchdog:
         if idle > self.timeout:
             raise WorkerFailure(f"no update in {idle:.0f}s after env step {env_steps} with workers {workers} "
                                 f"running{detail}; stopping instead of hanging")
+
+
+@dataclass
+class Stall:
+    """A worker that made no progress for ``silent_s`` seconds while it should have (``cause``)."""
+
+    worker: int
+    silent_s: float  # since its last progress (or its start, or the trainer last unblocked it)
+    idle_s: float  # its last part, in which no worker progressed: time the whole run spent waiting on this one
+    cause: str
+
+    def describe(self) -> str:
+        """How the worker ended, for ``worker_failed`` and a run-ending :class:`WorkerFailure`."""
+        return f"stalled (no progress for {self.silent_s:.1f}s while {self.cause}) and was killed"
+
+    def fields(self) -> dict[str, float]:
+        return {"silent_s": round(self.silent_s, 3), "idle_s": round(self.idle_s, 3)}
+
+
+class ProgressWatch:
+    """When each worker last made progress, as its trainer hears it, and which workers have stalled.
+
+    A watched worker is stalled once it has been silent for ``stall_s`` seconds (since its last progress, its
+    start, or the trainer last unblocked it) while another worker progressed in the later half of that time,
+    while the others wait for it (``waited_on``: a barrier it has not reached, a lock it holds), or while the run,
+    finishing, waits for it to end. Silence counts up to when the trainer last listened, so a trainer busy
+    learning does not make its workers look silent. When no worker progresses no one is singled out: the
+    :class:`StallWatchdog` fails the run. Shared by the local and Ray transports.
+    """
+
+    def __init__(self, stall_s: float):
+        self.stall_s = stall_s
+        self.last: dict[int, float] = {}  # watched worker -> when it last progressed (or started, or was unblocked)
+        self.progress_at = self.listened_at = time.monotonic()  # any worker's last progress; the trainer's last look
+
+    def expect(self, worker: int) -> None:
+        """Watch ``worker`` from now on ((re)started): it has ``stall_s`` to show progress."""
+        self.last[worker] = time.monotonic()
+
+    def restarted(self, worker: int) -> None:
+        """Watch a restarted ``worker`` afresh. The others' silence starts now too: a synchronous round waited for
+        the restart, and a worker waiting on it is not hung."""
+        now = time.monotonic()
+        self.last = {other: max(last, now) for other, last in self.last.items()}
+        self.last[worker] = now
+
+    def unblocked(self, worker: int) -> None:
+        """The trainer answered ``worker`` (a reply, a free slot): whatever it waited for, its silence starts now."""
+        if worker in self.last:
+            self.last[worker] = max(self.last[worker], time.monotonic())
+
+    def heard(self, worker: int) -> None:
+        """``worker`` made progress (a row, a message, an arrival at a barrier)."""
+        self.progress_at = time.monotonic()
+        if worker in self.last:
+            self.last[worker] = self.progress_at
+
+    def forget(self, worker: int) -> None:
+        """Stop watching ``worker`` (it finished, died or was killed)."""
+        self.last.pop(worker, None)
+
+    def listened(self) -> None:
+        """The trainer is about to read what its workers sent: everything sent before now will be heard."""
+        self.listened_at = time.monotonic()
+
+    def stalled(self, waited_on: Collection[int] = (), finishing: bool = False) -> list[Stall]:
+        """The watched workers that have stalled, and why (``waited_on``: the workers the others wait for;
+        ``finishing``: the run has spent its budget or was asked to stop, and waits for its workers to end); they
+        are no longer watched (until restarted)."""
+        now, stalls = self.listened_at, []
+        for worker, last in self.last.items():
+            if now - last < self.stall_s:
+                continue
+            cause = ("the run waited for it to finish" if finishing
+                     else "the other workers waited for it" if worker in waited_on
+                     else "other workers progressed" if self.progress_at - last > self.stall_s / 2 else None)
+            if cause is not None:
+                stalls.append(Stall(worker, now - last, max(0.0, now - max(self.progress_at, last)), cause))
+        for stall in stalls:
+            self.forget(stall.worker)
+        return stalls
+
+    def silences(self) -> str:
+        """Each watched worker's silence so far, for a message: ``worker 0 for 12s, worker 1 for 3s``."""
+        now = time.monotonic()
+        return ", ".join(f"worker {worker} for {now - last:.0f}s" for worker, last in sorted(self.last.items()))
+
+
+def run_watchdog(stall_s: float) -> StallWatchdog:
+    """A run's watchdog, never quicker than its workers' own stall limit (``algo.worker_stall_s``)."""
+    return StallWatchdog(max(STALL_TIMEOUT_S, stall_s))
+
+
+def silence_detail(watch: ProgressWatch, waited_on: Collection[int] | None = None) -> str:
+    """What a watchdog's message adds: the workers the others wait for (a barrier's laggards, a lock's holder, the
+    actors a learner's batch needs), and each watched worker's silence."""
+    silences = f"silent: {watch.silences() or 'none watched'}"
+    return f" (the others wait for workers {sorted(waited_on)}; {silences})" if waited_on else f" ({silences})"
 
 
 # --------------------------------------------------------------------------- in the worker process
@@ -183,6 +305,7 @@ def watch_parent(interval: float = 1.0) -> None:
 class WorkerExit:
     worker: int
     exitcode: int
+    pid: int
 
 
 class WorkerProcesses:
@@ -203,11 +326,18 @@ class WorkerProcesses:
 
     def exited(self) -> list[WorkerExit]:
         """Workers whose process has ended (cleanly or not) and that have not been restarted."""
-        return [WorkerExit(worker, process.exitcode) for worker, process in self.processes.items()
+        return [WorkerExit(worker, process.exitcode, process.pid) for worker, process in self.processes.items()
                 if process.exitcode is not None]
 
     def alive(self) -> list[int]:
         return [worker for worker, process in self.processes.items() if process.exitcode is None]
+
+    def kill(self, worker: int, timeout: float = 5.0) -> None:
+        """SIGKILL ``worker`` (a stopped process too) and reap it."""
+        process = self.processes[worker]
+        if process.exitcode is None:
+            process.kill()
+            process.join(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate every worker, kill the ones that do not exit within ``timeout``, and reap all."""
@@ -229,18 +359,21 @@ class WorkerProcesses:
 
 
 class Supervisor:
-    """Starts a run's worker processes, passes their messages on, and answers their deaths.
+    """Starts a run's worker processes, passes their messages on, and answers their deaths and stalls.
 
     ``loop(cfg, worker, conn, *args(worker))`` is each worker's body, run through :func:`run_worker` with a
     fresh pipe per start. ``env_steps()`` says where the run is (for failure messages and restarts);
-    ``on_death(worker)`` may release what a dead worker held and returns extra ``worker_failed`` fields.
+    ``on_death(worker)`` may release what a dead worker held and returns extra ``worker_failed`` fields;
+    ``waited_on()`` names the workers the others wait for (a barrier's laggards, a lock's holder). A message
+    from a worker is its progress; a schedule whose workers report otherwise calls :meth:`heard`.
     """
 
     def __init__(self, cfg: RunConfig, record: Record, processes: WorkerProcesses, loop: Callable[..., None],
                  args: Callable[[int], tuple], policy: RestartPolicy, env_steps: Callable[[], int],
-                 on_death: Callable[[int], dict[str, Any]] | None = None):
+                 on_death: Callable[[int], dict[str, Any]] | None = None,
+                 waited_on: Callable[[], Collection[int]] | None = None):
         self.cfg, self.record, self.processes, self.policy = cfg, record, processes, policy
-        self.loop, self.args, self.env_steps, self.on_death = loop, args, env_steps, on_death
+        self.loop, self.args, self.env_steps, self.on_death, self.waited_on = loop, args, env_steps, on_death, waited_on
         self.conns: dict[int, connection.Connection] = {}
         self.errors: dict[int, str] = {}
         self.handled: set[int] = set()  # exited workers already dealt with
@@ -248,7 +381,8 @@ class Supervisor:
         # Messages read from an exited worker's pipe while answering its exit (its last rows or checkpoint
         # part come before its WorkerDone): handed out by the next messages().
         self.pending: list[tuple[int, Any]] = []
-        self.watchdog = StallWatchdog()
+        self.watch = ProgressWatch(cfg.algo.worker_stall_s)
+        self.watchdog = run_watchdog(cfg.algo.worker_stall_s)
 
     def start(self, worker: int) -> int:
         ours, theirs = self.processes.context.Pipe()
@@ -258,6 +392,7 @@ class Supervisor:
         self.conns[worker] = ours
         self.handled.discard(worker)
         self.done.discard(worker)
+        self.watch.expect(worker)
         return pid
 
     def start_all(self) -> None:
@@ -272,6 +407,7 @@ class Supervisor:
 
     def messages(self, timeout: float) -> list[tuple[int, Any]]:
         """Wait up to ``timeout`` for any message or exit; return the messages other than done and errors."""
+        self.watch.listened()
         if self.pending:
             received, self.pending = self.pending, []
             return received
@@ -281,6 +417,8 @@ class Supervisor:
         for worker, conn in list(self.conns.items()):
             if conn in ready:
                 received.extend((worker, message) for message in self._receive(worker))
+        for worker, _ in received:
+            self.watch.heard(worker)
         return received
 
     def _receive(self, worker: int) -> list[Any]:
@@ -294,6 +432,7 @@ class Supervisor:
                     self.errors[worker] = message.traceback
                 elif isinstance(message, WorkerDone):
                     self.done.add(worker)
+                    self.watch.forget(worker)
                 else:
                     received.append(message)
         except (EOFError, OSError):  # the worker is gone; its exit is handled from its sentinel
@@ -302,13 +441,16 @@ class Supervisor:
         return received
 
     def send(self, worker: int, message: Any) -> None:
+        if message is not None:  # an answer it may have waited for (None, stop, ends its wait for good)
+            self.watch.unblocked(worker)
         try:
             self.conns[worker].send(message)
         except (KeyError, OSError):  # died meanwhile: its exit is handled from its sentinel
             pass
 
     def handle_exits(self, finishing: bool) -> None:
-        """Answer each worker that exited without finishing its loop: restart it, or raise WorkerFailure."""
+        """Answer each worker that exited without finishing its loop (or was killed for stalling): restart it, or
+        raise WorkerFailure."""
         for exit in self.processes.exited():
             if exit.worker in self.handled:
                 continue
@@ -316,20 +458,37 @@ class Supervisor:
                 # its last messages, then a WorkerDone or a traceback, sent just before exiting
                 self.pending.extend((exit.worker, message) for message in self._receive(exit.worker))
             self.handled.add(exit.worker)
+            self.watch.forget(exit.worker)
             if exit.worker in self.done and exit.exitcode == 0:
                 continue
             fields = self.on_death(exit.worker) if self.on_death else {}
             env_steps = self.env_steps()
             if self.policy.failed(exit.worker, f"died with {describe_exit(exit.exitcode)}", env_steps, finishing,
-                                  self.errors.pop(exit.worker, None), exitcode=exit.exitcode, **fields):
+                                  self.errors.pop(exit.worker, None), pid=exit.pid, exitcode=exit.exitcode,
+                                  signal=signal_name(exit.exitcode), **fields):
                 pid = self.start(exit.worker)
+                self.watch.restarted(exit.worker)
                 self.policy.restarted(exit.worker, env_steps, pid=pid)
 
     def progressed(self) -> None:
+        """The run made an update."""
         self.watchdog.progressed()
 
-    def check_stall(self, detail: str = "") -> None:
-        self.watchdog.check(self.env_steps(), self.processes.alive(), detail)
+    def heard(self, worker: int) -> None:
+        """``worker`` made progress (a schedule whose workers report it other than by message: rows, arrivals)."""
+        self.watch.heard(worker)
+
+    def check_stall(self, finishing: bool = False) -> None:
+        """Kill each stalled worker and answer its death (restart it, or fail the run naming it); fail the run if
+        no update came for the watchdog's timeout, naming the workers."""
+        waited_on = self.waited_on() if self.waited_on else ()
+        stalls = self.watch.stalled(waited_on, finishing)
+        for stall in stalls:
+            self.policy.stalled(stall, self.env_steps(), self.processes.processes[stall.worker].pid)
+            self.processes.kill(stall.worker)
+        if stalls:
+            self.handle_exits(finishing)
+        self.watchdog.check(self.env_steps(), self.processes.alive(), silence_detail(self.watch, waited_on))
 
 
 class NonFiniteUpdate(RuntimeError):

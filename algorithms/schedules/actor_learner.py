@@ -78,6 +78,14 @@ class InFlightUnroll:
         self.segment_start = stop
 
 
+def starving(waiting: list[int], batch_size: int, num_workers: int) -> list[int]:
+    """The actors the learner waits for: while fewer than ``batch_size`` unrolls wait (by actor, ``waiting``), and some
+    do, those with none among them (an actor that acts ahead, or waits for its update, is held up by them)."""
+    if not waiting or len(waiting) >= batch_size:
+        return []
+    return [worker for worker in range(num_workers) if worker not in waiting]
+
+
 class UnrollLearner:
     """The central learner: one update of the global model from a batch of unrolls, a row recorded per unroll."""
 

@@ -12,6 +12,7 @@ docs/design.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -46,8 +47,16 @@ from algorithms.infra.messages import (
     to_wire,
 )
 from algorithms.infra.reaper import Reaper
-from algorithms.infra.supervision import NonFiniteUpdate, RestartPolicy, StallWatchdog, WorkerFailure
-from algorithms.schedules.actor_learner import UnrollLearner, act
+from algorithms.infra.supervision import (
+    NonFiniteUpdate,
+    ProgressWatch,
+    RestartPolicy,
+    StallWatchdog,
+    WorkerFailure,
+    run_watchdog,
+    silence_detail,
+)
+from algorithms.schedules.actor_learner import UnrollLearner, act, starving
 from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
 from algorithms.schedules.parameter_server import (
     ParameterServer,
@@ -224,6 +233,7 @@ class ParameterServerActor:
         self.server = ParameterServer(cfg, self.rows, self.global_model)
         self.diverged: str | None = None  # a NonFiniteUpdate's message: the driver fails the run with it
         self.next_checkpoint_at = next_checkpoint_at(self.global_model.counters.env_steps, cfg.checkpoint_interval)
+        self.heard: set[int] = set()  # workers whose join or push arrived since the last drain: their progress
 
     def counters(self) -> tuple[int, int]:
         counters = self.global_model.counters
@@ -233,9 +243,11 @@ class ParameterServerActor:
         self.server.stop = True
 
     def join(self, worker: int) -> Reply | None:
+        self.heard.add(worker)
         return self.server.reply()
 
     def push(self, push: Push) -> Reply | None:
+        self.heard.add(push.worker)
         try:
             return self.server.push(push)
         except NonFiniteUpdate as error:  # the run's failure, not the worker's: stop every worker
@@ -255,12 +267,25 @@ class ParameterServerActor:
             self.next_checkpoint_at = next_checkpoint_at(env_steps, self.cfg.checkpoint_interval)
         return Drained(self.rows.take(), env_steps, self.diverged)
 
+    def progress(self) -> WorkerProgress:
+        """The workers heard from since the last call (their progress), and none that the others wait for."""
+        heard, self.heard = sorted(self.heard), set()
+        return WorkerProgress(heard, [])
+
+
 class Drained(NamedTuple):
     """What the driver takes from the server actor every ``POLL_S``."""
 
     calls: list[RecordCall]
     env_steps: int
     diverged: str | None  # the run diverged: fail it with this message
+
+
+class WorkerProgress(NamedTuple):
+    """What the driver takes from the server actor with each drain, to watch its workers."""
+
+    heard: list[int]  # workers whose join or push arrived since the last call
+    behind: list[int]  # a2c: the workers that have not pushed to the round the others wait in
 
 
 def next_checkpoint_at(env_steps: int, interval: int) -> int:
@@ -315,6 +340,7 @@ class SynchronousServer(ParameterServerActor):
     def join(self, worker: int) -> Reply | None:
         """The current round; a worker that already pushed to it (and was restarted) waits for the next."""
         with self.condition:
+            self.heard.add(worker)
             current = self.round
             if worker not in current.pushes:
                 return Reply(current.version, self.params, current.with_state)
@@ -326,6 +352,7 @@ class SynchronousServer(ParameterServerActor):
         (the rollout's env steps are the same for every push: the round counts them itself)."""
         with self.condition:
             current, num_workers = self.round, self.cfg.algo.num_workers
+            self.heard.add(push.worker)
             if push.version_at_sync != current.version:
                 raise RuntimeError(f"worker {push.worker} pushed a gradient of round {push.version_at_sync} during "
                                    f"round {current.version}")
@@ -377,12 +404,20 @@ class SynchronousServer(ParameterServerActor):
             evaluate_if_due(self.cfg, self.rows, self.global_model, workers_done=ending)
             return Drained(self.rows.take(), self.global_model.counters.env_steps, self.diverged)
 
+    def progress(self) -> WorkerProgress:
+        """The workers heard from since the last call, and those that have not pushed to the round the others wait
+        in."""
+        with self.condition:
+            heard, pushed = super().progress().heard, self.round.pushes
+            return WorkerProgress(heard, [worker for worker in range(self.cfg.algo.num_workers)
+                                          if pushed and worker not in pushed])
+
 
 def synchronous_server_concurrency(algo: AlgoConfig) -> int:
     """Calls the a2c server must run at once: a push or join of every worker; the call of each worker that
     died waiting at the barrier, which waits on until its round completes (one per restart, and one for
-    the failure that ends the run); and the driver's drain and stop request."""
-    return algo.num_workers + algo.max_restarts + 1 + 2
+    the failure that ends the run); and the driver's drain, progress and stop request."""
+    return algo.num_workers + algo.max_restarts + 1 + 3
 
 
 def first_line(error: BaseException) -> str:
@@ -391,8 +426,8 @@ def first_line(error: BaseException) -> str:
 
 
 class Actors:
-    """One run's server and worker actors: created with their resources, started, restarted after a failure
-    (while ``algo.max_restarts`` allows), and killed at the end."""
+    """One run's server and worker actors: created with their resources, started, watched for progress, restarted
+    after a failure or a stall (while ``algo.max_restarts`` allows), and killed at the end."""
 
     def __init__(self, cfg: RunConfig, record: Record, server_class: type[ParameterServerActor] | None):
         self.cfg, self.record = cfg, record
@@ -407,7 +442,9 @@ class Actors:
                                                      max_restarts=algo.max_restarts, max_task_retries=0)
         self.workers: list[Any] = [worker_actor.remote(cfg, worker) for worker in range(algo.num_workers)]
         self.pids: dict[int, int] = {}
-        self.policy = RestartPolicy(record, algo.max_restarts)
+        self.nodes: dict[int, str] = {}  # each worker's node address
+        self.policy = RestartPolicy(record, algo.max_restarts, name_pid=True)
+        self.watch = ProgressWatch(algo.worker_stall_s)
 
     def start_all(self, env_steps: int, collector_states: list[dict[str, Any]] | None = None) -> None:
         settings = self.cfg.ray
@@ -422,22 +459,36 @@ class Actors:
                 f"{settings.cpus_per_worker:g} CPUs, and the cluster has {ray.available_resources().get('CPU', 0):g} "
                 f"of {ray.cluster_resources().get('CPU', 0):g} CPUs free") from None
         for worker, (pid, node) in enumerate(started):
-            self.pids[worker] = pid
+            self.pids[worker], self.nodes[worker] = pid, node
+            self.watch.expect(worker)
             self.record.event("worker_started", worker=worker, pid=pid, node=node)
 
     def restart_or_fail(self, worker: int, error: BaseException, env_steps: int, finishing: bool) -> bool:
-        """Log a worker's failure; restart it at ``env_steps`` and return True, or return False when the run is
-        finishing anyway; raise :class:`WorkerFailure` when no restart is left."""
+        """Log a worker's failure (a death, an exception, or its kill for stalling); restart it at ``env_steps`` and
+        return True, or return False when the run is finishing anyway; raise :class:`WorkerFailure` when no restart
+        is left."""
         died = isinstance(error, RayActorError)
         what = "died" if died else "raised an exception"
+        self.watch.forget(worker)
         if not self.policy.failed(worker, what, env_steps, finishing, error=None if died else str(error),
                                   pid=self.pids.get(worker), exitcode=None,
                                   reason=f"actor {what}: {first_line(error)}"):
             return False
         pid, node = self._start_again(worker, env_steps, what)
-        self.pids[worker] = pid
+        self.pids[worker], self.nodes[worker] = pid, node
+        self.watch.restarted(worker)
         self.policy.restarted(worker, env_steps, pid=pid, node=node)
         return True
+
+    def check(self, watchdog: StallWatchdog, env_steps: int, workers: list[int], finishing: bool = False,
+              waited_on: list[int] | None = None) -> None:
+        """Kill each stalled worker actor (its calls then fail, and :meth:`restart_or_fail` answers), then fail the
+        run if no update came for ``watchdog``'s timeout; ``waited_on``: the workers the others wait for (those that
+        have not pushed to a synchronous round, or whose unrolls the learner needs)."""
+        for stall in self.watch.stalled(waited_on or (), finishing):
+            self.policy.stalled(stall, env_steps, self.pids.get(stall.worker))
+            self.kill_stalled(stall.worker)
+        watchdog.check(env_steps, workers, silence_detail(self.watch, waited_on))
 
     def _start_again(self, worker: int, env_steps: int, what: str) -> tuple[int, str]:
         """Start a failed worker's actor at ``env_steps``: once Ray has restarted a dead one's process, which a
@@ -455,6 +506,15 @@ class Actors:
                         f"ray.start_timeout_s={self.cfg.ray.start_timeout_s:g}s (restarts exhausted or no node to "
                         f"place it): {first_line(again)}") from again
                 time.sleep(0.2)
+
+    def kill_stalled(self, worker: int) -> None:
+        """Kill a worker's process; Ray restarts it (while its restarts last) and its calls fail meanwhile. A stopped
+        process cannot answer Ray's kill request, which ends it only after a few seconds: one on this node gets a
+        SIGKILL at once as well."""
+        ray.kill(self.workers[worker], no_restart=False)
+        if self.nodes.get(worker) == ray.util.get_node_ip_address():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pids[worker], signal.SIGKILL)
 
     def kill(self) -> None:
         for actor in [*self.workers, *([self.server] if self.server is not None else [])]:
@@ -497,37 +557,46 @@ def supervise(cfg: RunConfig, record: Record, actors: Actors, collectors: list[d
     and stop the run when asked."""
     server = actors.server
 
-    def drain(ending: bool) -> tuple[bool, int]:
-        drained = ray.get(server.drain.remote(ending))
+    def finishing(env_steps: int) -> bool:
+        """A worker that fails now is not restarted (a synchronous round needs every worker while stopping)."""
+        return env_steps >= cfg.total_env_steps or (stopping and not synchronous)
+
+    def drain(ending: bool) -> tuple[bool, int, list[int]]:
+        """Replay the server's record calls; whether there were any, the env steps, and the workers a round waits
+        for."""
+        actors.watch.listened()
+        drained, progress = ray.get([server.drain.remote(ending), server.progress.remote()])
         replay(record, drained.calls)
+        for worker in progress.heard:
+            actors.watch.heard(worker)
         if drained.diverged and not ending:
             raise NonFiniteUpdate(drained.diverged)
-        return bool(drained.calls), drained.env_steps
+        return bool(drained.calls), drained.env_steps, progress.behind
 
     _, env_steps = ray.get(server.counters.remote())
     actors.start_all(env_steps, collectors)
     runs = {actor.run.remote(server): worker for worker, actor in enumerate(actors.workers)}
-    stopping, watchdog = False, StallWatchdog()
+    stopping, watchdog = False, run_watchdog(cfg.algo.worker_stall_s)
     try:
         while runs:
             ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=POLL_S)
             if record.stop_requested and not stopping:
                 server.request_stop.remote()
                 stopping = True
-            progressed, env_steps = drain(ending=False)
+            progressed, env_steps, behind = drain(ending=False)
             if progressed:
                 watchdog.progressed()
             for ref in ready:
                 worker = runs.pop(ref)
                 try:
                     ray.get(ref)
+                    actors.watch.forget(worker)  # done
                 except WORKER_ERRORS as error:
                     _, env_steps = ray.get(server.counters.remote())  # where the failed worker restarts
-                    finishing = env_steps >= cfg.total_env_steps or (stopping and not synchronous)
-                    if actors.restart_or_fail(worker, error, env_steps, finishing):
+                    if actors.restart_or_fail(worker, error, env_steps, finishing(env_steps)):
                         runs[actors.workers[worker].run.remote(server)] = worker
                         watchdog.progressed()
-            watchdog.check(env_steps, sorted(runs.values()))
+            actors.check(watchdog, env_steps, sorted(runs.values()), finishing(env_steps), behind)
     finally:
         try:
             server.request_stop.remote()
@@ -557,6 +626,11 @@ class UnrollCalls:
         waiting = sum(ready.worker == worker for ready, _ in self.pending)
         for _ in range(self.algo.queue_depth - waiting - sum(w == worker for w in self.in_flight.values())):
             self.in_flight[self.actors.workers[worker].unroll.remote(self.params, self.version)] = worker
+            self.actors.watch.unblocked(worker)  # an actor waiting for a call of its own starts one now
+
+    def waited_on(self) -> list[int]:
+        """The actors whose unrolls the learner waits for, to fill a batch."""
+        return starving([ready.worker for ready, _ in self.pending], self.algo.batch_size, self.algo.num_workers)
 
     def drop(self, worker: int) -> None:
         """Forget a failed actor's calls: every one of them fails with it."""
@@ -578,11 +652,12 @@ def run_impala(cfg: RunConfig, record: Record) -> None:
     counters, learner = global_model.counters, UnrollLearner(cfg, record, global_model)
     with run_actors(cfg, record, None) as actors:
         actors.start_all(counters.env_steps)
-        calls, watchdog = UnrollCalls(cfg, actors, global_model), StallWatchdog()
+        calls, watchdog = UnrollCalls(cfg, actors, global_model), run_watchdog(cfg.algo.worker_stall_s)
         for worker in range(cfg.algo.num_workers):
             calls.fill(worker)
         try:
             while calls.in_flight and not (record.stop_requested or learner.finished()):
+                actors.watch.listened()
                 ready, _ = ray.wait(list(calls.in_flight), num_returns=1, timeout=POLL_S)
                 for call in ready:
                     collect_unroll(cfg, actors, calls, call, counters.env_steps)
@@ -595,7 +670,8 @@ def run_impala(cfg: RunConfig, record: Record) -> None:
                 evaluate_if_due(cfg, record, global_model, workers_done=False)
                 if record.checkpoint_due(counters.env_steps):
                     record.save_checkpoint(global_model.checkpoint())
-                watchdog.check(counters.env_steps, sorted(set(calls.in_flight.values())))
+                actors.check(watchdog, counters.env_steps, sorted(set(calls.in_flight.values())),
+                             waited_on=calls.waited_on())
         finally:
             record.save_checkpoint(global_model.checkpoint())
     evaluate_if_due(cfg, record, global_model, workers_done=True)
@@ -608,6 +684,7 @@ def collect_unroll(cfg: RunConfig, actors: Actors, calls: UnrollCalls, call: Any
     worker = calls.in_flight.pop(call)
     try:
         calls.pending.append(ray.get(call))
+        actors.watch.heard(worker)
     except WORKER_ERRORS as error:
         calls.drop(worker)
         actors.restart_or_fail(worker, error, env_steps, finishing=False)

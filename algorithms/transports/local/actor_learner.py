@@ -35,7 +35,7 @@ from algorithms.infra.messages import Record, SlotFree, UnrollReady
 from algorithms.infra.shared_memory import ParameterBoard
 from algorithms.infra.supervision import POLL_S, RestartPolicy, Supervisor, WorkerProcesses
 from algorithms.infra.timing import TIMINGS
-from algorithms.schedules.actor_learner import InFlightUnroll, UnrollLearner, act
+from algorithms.schedules.actor_learner import InFlightUnroll, UnrollLearner, act, starving
 from algorithms.schedules.global_model import GlobalModel, evaluate_if_due
 from algorithms.schedules.worker import RolloutWorker
 from algorithms.transports.local.asynchronous import tend_workers
@@ -152,6 +152,12 @@ class SlotQueue:
         waiting = {unroll.slot for unroll in self.pending if unroll.worker == worker}
         return [slot for slot in range(self.algo.queue_depth) if slot not in waiting]
 
+    def waited_on(self) -> list[int]:
+        """The actors whose unrolls the learner waits for, to fill a batch."""
+        if self.stopped:
+            return []
+        return starving([unroll.worker for unroll in self.pending], self.algo.batch_size, self.algo.num_workers)
+
     def receive(self, unroll: UnrollReady) -> None:
         if not self.stopped:
             self.pending.append(unroll)
@@ -196,7 +202,8 @@ def run(cfg: RunConfig, record: Record) -> None:
     with WorkerProcesses(algo.start_method) as processes:
         supervisor = Supervisor(cfg, record, processes, actor_loop,
                                 lambda worker: (queue.slots, queue.board, queue.free_slots(worker), counters.env_steps),
-                                RestartPolicy(record, algo.max_restarts), lambda: counters.env_steps)
+                                RestartPolicy(record, algo.max_restarts), lambda: counters.env_steps,
+                                waited_on=queue.waited_on)
         try:
             supervisor.start_all()
             while supervisor.running():

@@ -116,8 +116,9 @@ def train_hogwild(cfg: RunConfig, record: Record, global_model: GlobalModel) -> 
     state = global_model.state()
     tables = {worker: (SharedRows(UpdateRow), SharedRows(EpisodeRow)) for worker in range(algo.num_workers)}
 
-    def drain(marks: dict[int, tuple[int, int]] | None = None) -> bool:
-        """Record the rows written so far (or up to each worker's ``marks``), updates by version."""
+    def drain(marks: dict[int, tuple[int, int]] | None = None) -> set[int]:
+        """Record the rows written so far (or up to each worker's ``marks``), updates by version; return the
+        workers that wrote update rows."""
         rows: list[tuple[int, int, UpdateRow]] = []
         for worker, (updates, episodes) in tables.items():
             until_update, until_episode = marks[worker] if marks else (None, None)
@@ -127,7 +128,7 @@ def train_hogwild(cfg: RunConfig, record: Record, global_model: GlobalModel) -> 
         rows.sort(key=lambda item: item[0])  # stable: a worker's dropped updates keep their order
         for _, worker, row in rows:
             record_update(record, worker, row)
-        return bool(rows)
+        return {worker for _, worker, _ in rows}
 
     def checkpoint() -> None:
         """Save the global state with exactly the rows reported before it: workers report under the lock."""
@@ -138,23 +139,28 @@ def train_hogwild(cfg: RunConfig, record: Record, global_model: GlobalModel) -> 
         record.save_checkpoint(state)
 
     with WorkerProcesses(algo.start_method) as processes:
+        # A worker that holds the lock is the one the others wait for.
         supervisor = Supervisor(cfg, record, processes, hogwild_worker,
                                 lambda worker: (counters.env_steps, state, *tables[worker]),
                                 RestartPolicy(record, algo.max_restarts), lambda: counters.env_steps,
-                                on_death=lambda worker: {"lock_released": lock.free_if_held_by(worker)})
+                                on_death=lambda worker: {"lock_released": lock.free_if_held_by(worker)},
+                                waited_on=lock.held_by_workers)
         try:
             supervisor.start_all()
             while supervisor.running():
                 supervisor.messages(POLL_S)
-                if drain():
+                if reported := drain():
                     supervisor.progressed()
+                for worker in reported:
+                    supervisor.heard(worker)
                 if record.stop_requested:
                     counters.request_stop()
-                supervisor.handle_exits(finishing=counters.stop or counters.env_steps >= cfg.total_env_steps)
+                finishing = counters.stop or counters.env_steps >= cfg.total_env_steps
+                supervisor.handle_exits(finishing)
                 evaluate_if_due(cfg, record, global_model, workers_done=False)
                 if record.checkpoint_due(counters.env_steps):
                     checkpoint()
-                supervisor.check_stall()
+                supervisor.check_stall(finishing=finishing)
         finally:
             counters.request_stop()
             processes.stop()
@@ -217,10 +223,10 @@ def pipe_worker(cfg: RunConfig, worker: int, conn: connection.Connection, env_st
 def tend_workers(cfg: RunConfig, record: Record, global_model: GlobalModel, supervisor: Supervisor,
                  finishing: bool) -> None:
     """What a trainer serving worker processes does after each batch of messages: answer the workers' exits
-    (``supervisor``, an ``algorithms.infra.supervision.Supervisor``), evaluate and checkpoint when due, watch for a
-    stall."""
+    (``supervisor``, an ``algorithms.infra.supervision.Supervisor``), evaluate and checkpoint when due, answer a
+    stalled worker (a straggler of a finishing run is stopped, not waited for) and watch for a stall of the run."""
     supervisor.handle_exits(finishing=finishing)
     evaluate_if_due(cfg, record, global_model, workers_done=False)
     if record.checkpoint_due(global_model.counters.env_steps):
         record.save_checkpoint(global_model.checkpoint())
-    supervisor.check_stall()
+    supervisor.check_stall(finishing=finishing)

@@ -14,6 +14,7 @@ import pickle
 from dataclasses import dataclass
 from multiprocessing import connection
 
+import numpy as np
 import torch
 
 from algorithms.config import RunConfig
@@ -103,6 +104,12 @@ def send_checkpoint_part(conn: connection.Connection, worker: int, rollouts: Rol
 
 
 # --------------------------------------------------------------------------- the trainer
+def hear_arrivals(exchange: GradientExchange, supervisor: Supervisor, before: np.ndarray) -> np.ndarray:
+    """Tell ``supervisor`` of each worker that reached the barrier since ``before``; return the new counts."""
+    arrived = exchange.arrived()
+    for worker in np.flatnonzero(arrived != before):
+        supervisor.heard(int(worker))
+    return arrived
 
 
 def worker_starts(cfg: RunConfig, resume_state: Checkpoint | None) -> list[WorkerStart]:
@@ -131,9 +138,11 @@ def run(cfg: RunConfig, record: Record) -> None:
     with WorkerProcesses(algo.start_method) as processes:
         exchange = GradientExchange(processes.context, algo.num_workers, num_params, BARRIER_TIMEOUT_S)
         # A synchronous round cannot go on without every worker: a death ends the run (no restarts).
+        # A worker's progress is its arrival at the barrier: one that does not arrive holds up the others.
         supervisor = Supervisor(cfg, record, processes, synchronous_worker,
                                 lambda worker: (starts[worker], exchange, *tables[worker]),
-                                RestartPolicy(record, None), recorded_env_steps)
+                                RestartPolicy(record, None), recorded_env_steps, waited_on=exchange.behind)
+        arrived = exchange.arrived()
         try:
             supervisor.start_all()
             while supervisor.running():
@@ -142,14 +151,14 @@ def run(cfg: RunConfig, record: Record) -> None:
                         record.evaluate(message)
                     else:
                         log.add_snapshot(worker, message)
+                arrived = hear_arrivals(exchange, supervisor, arrived)
                 if record.stop_requested:
                     exchange.request_stop()
                 supervisor.handle_exits(finishing=False)
                 log.drain(tables)
                 if log.record_complete():
                     supervisor.progressed()
-                supervisor.check_stall(f" ({exchange.barrier.n_waiting} of {algo.num_workers} workers waiting at "
-                                       "the barrier)")
+                supervisor.check_stall()  # its message names the workers that have not reached the barrier
         except BaseException:
             processes.stop()  # before recording the rest: no worker may still be writing rows
             log.drain(tables)
