@@ -85,7 +85,8 @@ def test_two_actors_record_each_step_with_the_version_its_unroll_was_acted_with(
 def test_a_resumed_run_continues_from_the_checkpoint(tmp_path: Path):
     args = ["algo=appo", *SMALL, "log_interval=320", "checkpoint_interval=320"]
     first = train_run(tmp_path, *args, "total_env_steps=640")
-    second = train_run(tmp_path, *args, "total_env_steps=1280", "resume=true")
+    # A new budget re-anneals the learning rate: a deliberate change of the experiment.
+    second = train_run(tmp_path, *args, "total_env_steps=1280", "resume=true", "resume_accept_changes=true")
     assert second.status == "completed" and second.env_steps >= 1280
     rows = read_csv(tmp_path / "updates.csv")
     assert [int(row["update"]) for row in rows] == list(range(1, len(rows) + 1))

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from algorithms import SCHEDULES
@@ -46,6 +47,7 @@ def test_the_full_plan_is_every_multi_worker_schedule_at_1_to_16_workers_within_
     assert preflight(FULL) == []  # every config the 16-core machine will run is valid
 
 
+@pytest.mark.slow
 def test_the_reduced_check_runs_the_whole_pipeline_and_writes_its_json_and_markdown(tmp_path):
     started = time.monotonic()
     assert main(["--reduced", "--out", str(tmp_path), "--timeout", "240"]) == 0
@@ -82,6 +84,7 @@ def test_the_reduced_check_runs_the_whole_pipeline_and_writes_its_json_and_markd
     assert "## The simulator against real runs (CartPole)" in text and "| a3c_parameter_server | 2 |" in text
 
 
+@pytest.mark.slow
 def test_the_timeout_stops_the_check_and_it_writes_what_it_has(tmp_path):
     """With too little time the stage running at its limit is stopped, with every process of its session, and the
     later ones are not run; the check still writes its JSON and Markdown, in time, and exits with status 1."""

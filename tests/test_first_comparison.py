@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from experiments.plan import compose_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,7 @@ def test_the_plan_of_a_first_comparison_runs_the_users_env_with_their_workers(tm
     assert list(tmp_path.iterdir()) == [], "planning must create nothing"
 
 
+@pytest.mark.slow
 def test_a_first_comparison_runs_from_one_command(tmp_path):
     sweep = tmp_path / "sweep"
     result = command("experiments.train", "-m", "+experiment=sync_vs_async", MAZE, "env.solved_return=0.9",

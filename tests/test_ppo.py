@@ -137,7 +137,8 @@ def test_dd_ppo_workers_record_each_minibatch_round_and_resume(tmp_path: Path):
     args = ["algo=ppo", "algo.mode=workers", "algo.num_workers=2", "algo.num_envs=1", "algo.n_steps=32",
             "algo.epochs=2", "algo.minibatches=2", "log_interval=128", *FAST]
     train_run(tmp_path, *args, "total_env_steps=256")
-    record = train_run(tmp_path, *args, "total_env_steps=512", "resume=true")
+    # A new budget re-anneals the learning rate: a deliberate change of the experiment.
+    record = train_run(tmp_path, *args, "total_env_steps=512", "resume=true", "resume_accept_changes=true")
     assert record.status == "completed"
     rows = read_csv(tmp_path / "updates.csv")
     assert len(rows) == 8 * 4 * 2  # batches of 64 steps x 4 steps x 2 workers

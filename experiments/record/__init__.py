@@ -285,6 +285,8 @@ class RunRecord:
         self.files.write_event(entry)
         if kind == "worker_failed":
             self.meta.fields["worker_failures"].append(entry)
+            idle = self.meta.fields["stalled_idle_s"] + fields.get("idle_s", 0.0)
+            self.meta.fields["stalled_idle_s"] = round(idle, 3)
             self.meta.write()
 
     def _event_entry(self, kind: str, **fields: Any) -> dict[str, Any]:

@@ -87,6 +87,9 @@ def initial_meta(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "resumed_at_env_steps": [],
         "resumes": [],  # each resume's command, overrides and config changes (experiments.admission)
         "worker_failures": [],
+        # Seconds of wall_time in which the whole run waited on a stalled worker, the others idle (algo.worker_stall_s):
+        # the sum of the worker_failed events' idle_s.
+        "stalled_idle_s": 0.0,
         "blowup_warnings": {},  # quantity -> blow-ups reported (experiments.record.blowup)
         "clock": "real",  # "simulated" for backend=simulated: wall_time columns are virtual seconds
         "final": None,
@@ -116,7 +119,7 @@ class MetaFile:
         of the run it continues."""
         previous = self._read() or {}
         for key in ("start_time", "command", "overrides", "resumed_at_env_steps", "resumes", "worker_failures",
-                    "blowup_warnings"):
+                    "stalled_idle_s", "blowup_warnings"):
             self.fields[key] = previous.get(key, self.fields[key])
 
     def add_resume(self, env_steps: int, overrides: list[str], admission: Admission) -> None:
