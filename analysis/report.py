@@ -28,7 +28,10 @@ and take every run, with the clock as a condition so that seeds of different clo
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
+import shlex
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -139,6 +142,7 @@ class ReportOptions:
     dpi: int = DEFAULT_DPI
     metric: str = "train"  # one of METRICS
     paper_copies: bool = True  # a PDF of every figure and a LaTeX copy of every table, beside the PNG and Markdown
+    command: tuple[str, ...] = ()  # the report command's arguments, recorded in the report
 
 
 @dataclass
@@ -568,9 +572,10 @@ def _runs_section(analysis: Analysis, runset: RunSet) -> list[str]:
 
 
 def _header(analysis: Analysis, runset: RunSet, sources: Sequence[str]) -> list[str]:
-    """The report's first lines: what was analysed, on which clocks, and how."""
+    """The report's first lines: how it was made, what was analysed, on which clocks, and how."""
     metric, options = analysis.metric, analysis.options
     return ["# Sync vs async RL: analysis report", "",
+            *_provenance_lines(analysis, options.command),
             f"Sources: {', '.join(f'`{source}`' for source in sources)}  ",
             f"Runs analysed: {len(analysis.runset.runs)}; runs skipped: {len(runset.skipped)}  ",
             *_clock_lines(analysis),
@@ -580,6 +585,28 @@ def _header(analysis: Analysis, runset: RunSet, sources: Sequence[str]) -> list[
             f"confidence intervals (scipy.stats.bootstrap)  ",
             "Thresholds: " + (", ".join(f"{env} {value:g}" for env, value in sorted(analysis.thresholds.items()))
                               or "none"), ""]
+
+
+def _provenance_lines(analysis: Analysis, command: Sequence[str]) -> list[str]:
+    """When, from which commit and by which command the report was made, and the commits its runs were trained at."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    runs = analysis.runset.runs
+    trained = runs["git_commit"].fillna("unknown").str[:7].value_counts() if "git_commit" in runs else pd.Series()
+    return [f"Made: {now}, commit {_checkout_commit()}, by `python -m analysis.report {shlex.join(command)}`  ",
+            "Runs trained at: " + (", ".join(f"{commit} ({count})" for commit, count in trained.items()) or "none")
+            + "  "]
+
+
+def _checkout_commit() -> str:
+    """This checkout's commit, short, marked when the tree has uncommitted changes; ``unknown`` outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return git("rev-parse", "--short=7", "HEAD") + (" with uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _clock_lines(analysis: Analysis) -> list[str]:
@@ -755,7 +782,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             x_axes=("env_steps", "wall_time") if args.x == "both" else (args.x,),
                             figures=tuple(args.figures), estimator=args.estimator, confidence=args.confidence,
                             budget_seconds=args.budget_seconds, dpi=args.dpi, metric=args.metric,
-                            paper_copies=not args.for_docs)
+                            paper_copies=not args.for_docs,
+                            command=tuple(sys.argv[1:] if argv is None else argv))
     no_evaluations = _no_evaluations(runset, options)
     if no_evaluations:
         print(f"svrl-report: {no_evaluations}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -620,6 +621,17 @@ def test_report_dpi_sets_the_png_resolution(sweep: Path, tmp_path: Path):
         with Image.open(tmp_path / str(dpi) / "figures" / "return_vs_steps.png") as image:
             sizes[dpi] = image.size
     assert sizes[100] == (2 * sizes[50][0], 2 * sizes[50][1])
+
+
+def test_a_report_records_when_from_which_commit_and_by_which_command_it_was_made(sweep: Path, tmp_path: Path):
+    arguments = [str(sweep), "--out", str(tmp_path), "--figures", "return_vs_steps", "--for-docs"]
+    report.main(arguments)
+    text = (tmp_path / "report.md").read_text()
+    made = re.search(r"^Made: (\d{4}-\d\d-\d\d \d\d:\d\d UTC), commit ([0-9a-f]{7})[^,]*, by `(.+)`  $", text, re.M)
+    assert made and made[3] == f"python -m analysis.report {' '.join(arguments)}"
+    commits = {json.loads(path.read_text())["git_commit"][:7] for path in sweep.rglob("meta.json")}
+    runs = len(list(sweep.rglob("meta.json")))
+    assert re.search(rf"^Runs trained at: {'|'.join(commits)} \({runs}\)  $", text, re.M)
 
 
 def test_a_report_for_the_docs_keeps_screen_sized_pngs_and_markdown_only(sweep: Path, tmp_path: Path):
