@@ -275,20 +275,21 @@ def test_same_seed_gives_identical_runs(tmp_path):
 
 @pytest.mark.slow
 def test_single_worker_learns_cartpole(tmp_path):
-    """Two seeds, 100k env steps each, run side by side on the two cores.
+    """Seed 1, 100k env steps: the weakest of the measured seeds, so the thresholds bind where they matter (a
+    one-process run is deterministic: this seed gives the same run every time on a machine).
 
     Measured on the reference 2-core machine (seeds 0, 1, 2): the best 20-episode mean return reached
     500, 464 and 500, and the mean of the last 100 episodes was 428, 174 and 500 (a random policy
     scores about 22). The thresholds leave room for the single-env A2C's known oscillation.
 
-    Cost: two busy processes for about 30 s on two idle cores (test_single_worker_learns_cartpole in
-    ``make test``'s durations table).
+    Cost: one busy process for about 30 s (test_single_worker_learns_cartpole in ``make test``'s durations
+    table); a second seed would run beside the suite's other worker on two cores.
     """
     processes = {seed: subprocess.Popen(
         cli("algo=single", "env=cartpole", f"seed={seed}", "total_env_steps=100000", *FAST,
             f"hydra.run.dir={tmp_path}/s{seed}"),
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (0, 1)}
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (1,)}
     for seed, process in processes.items():
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
