@@ -29,6 +29,7 @@ import torch
 from algorithms.config import RunConfig
 from algorithms.infra.messages import Record, WorkerDone, WorkerError
 from algorithms.infra.processes import process_context
+from algorithms.infra.reaper import stat_fields
 
 POLL_S = 0.02  # how often a trainer drains its workers' rows and checks that they are alive
 STALL_TIMEOUT_S = 120.0  # no update for this long while workers are alive: fail instead of hanging
@@ -415,11 +416,18 @@ class Supervisor:
         ready = set(connection.wait([*self.conns.values(), *sentinels], timeout))
         received = []
         for worker, conn in list(self.conns.items()):
-            if conn in ready:
+            if conn in ready and not self._stopped(worker):
                 received.extend((worker, message) for message in self._receive(worker))
         for worker, _ in received:
             self.watch.heard(worker)
         return received
+
+    def _stopped(self, worker: int) -> bool:
+        """Whether ``worker``'s process is stopped (SIGSTOP): reading its pipe could block on a message it stopped in
+        the middle of writing; left unread, it is named and killed as stalled, and its pipe then reads to the end."""
+        process = self.processes.processes.get(worker)
+        fields = stat_fields(process.pid) if process is not None and process.pid is not None else None
+        return fields is not None and fields[0] in ("T", "t")
 
     def _receive(self, worker: int) -> list[Any]:
         conn, received = self.conns[worker], []
